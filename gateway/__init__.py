@@ -1,0 +1,24 @@
+"""PGFlow: DAG workflows whose whole state lives in PostgreSQL, shown live in the browser."""
+
+from __future__ import annotations
+
+from gateway.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    FlowShapeConflictError,
+    InvalidFlowError,
+    PGFlowError,
+    UnknownFlowError,
+    UnknownRunError,
+)
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "FlowShapeConflictError",
+    "InvalidFlowError",
+    "PGFlowError",
+    "UnknownFlowError",
+    "UnknownRunError",
+]
+__version__ = "0.1.0"

