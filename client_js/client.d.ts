@@ -1,0 +1,354 @@
+// Types for client.js, the PGFlow JS client. Wire shapes follow docs/protocol.md.
+
+// ---- events -----------------------------------------------------------------------------------
+
+/** A run's status. */
+export type RunStatus = "started" | "completed" | "failed";
+
+/** A step's status; `cancelled` has no event of its own (run:failed implies it). */
+export type StepStatus = "created" | "started" | "retrying" | "completed" | "failed" | "cancelled";
+
+interface EventBase {
+  run_id: string;
+  /** 1, 2, 3, … per run, gap-free. */
+  seq: number;
+  /** ISO 8601 timestamp of the commit. */
+  at: string;
+}
+
+export interface RunStartedEvent extends EventBase {
+  event: "run:started";
+  step_slug: null;
+  status: "started";
+  output: null;
+  error: null;
+  attempt: null;
+}
+
+export interface StepStartedEvent extends EventBase {
+  event: "step:started";
+  step_slug: string;
+  status: "started";
+  output: null;
+  error: null;
+  /** The attempt about to run. */
+  attempt: number;
+}
+
+export interface StepCompletedEvent extends EventBase {
+  event: "step:completed";
+  step_slug: string;
+  status: "completed";
+  output: unknown;
+  error: null;
+  attempt: number;
+}
+
+export interface StepRetryingEvent extends EventBase {
+  event: "step:retrying";
+  step_slug: string;
+  status: "retrying";
+  output: null;
+  /** The failed attempt's error (`lease expired` when a worker vanished). */
+  error: string;
+  /** The attempt that failed. */
+  attempt: number;
+}
+
+export interface StepFailedEvent extends EventBase {
+  event: "step:failed";
+  step_slug: string;
+  status: "failed";
+  output: null;
+  error: string;
+  attempt: number;
+}
+
+export interface RunCompletedEvent<TOutput = unknown> extends EventBase {
+  event: "run:completed";
+  step_slug: null;
+  status: "completed";
+  /** The run's output: the output of the flow's output step. */
+  output: TOutput;
+  error: null;
+  attempt: null;
+}
+
+export interface RunFailedEvent extends EventBase {
+  event: "run:failed";
+  /** The failing step. */
+  step_slug: string;
+  status: "failed";
+  output: null;
+  error: string;
+  /** The failing step's last attempt. */
+  attempt: number;
+}
+
+/** Every event of a run, discriminated by `event`. */
+export type FlowEvent<TOutput = unknown> =
+  | RunStartedEvent
+  | StepStartedEvent
+  | StepCompletedEvent
+  | StepRetryingEvent
+  | StepFailedEvent
+  | RunCompletedEvent<TOutput>
+  | RunFailedEvent;
+
+export type FlowEventName = FlowEvent["event"];
+
+/** The event type for one event name, e.g. `EventOf<"run:failed">`. */
+export type EventOf<N extends FlowEventName, TOutput = unknown> = Extract<FlowEvent<TOutput>, { event: N }>;
+
+export type EventListener<E = FlowEvent> = (event: E) => void;
+
+// ---- graph and state --------------------------------------------------------------------------
+
+/** One step of a flow's shape, as `define_flow` takes it. */
+export interface FlowGraphStep {
+  slug: string;
+  depends_on: string[];
+  max_attempts?: number;
+  base_delay?: number;
+  timeout?: number;
+  [option: string]: unknown;
+}
+
+/** A flow's shape (`GET /flows/{slug}`). */
+export interface FlowGraph {
+  slug: string;
+  steps: FlowGraphStep[];
+  output_step?: string | null;
+  [option: string]: unknown;
+}
+
+/** Live state of one step, updated in place as events arrive. */
+export interface StepState {
+  readonly slug: string;
+  readonly status: StepStatus;
+  readonly output: unknown;
+  readonly error: string | null;
+  readonly attempt: number | null;
+  readonly startedAt: string | null;
+  readonly completedAt: string | null;
+  readonly failedAt: string | null;
+}
+
+// ---- errors -----------------------------------------------------------------------------------
+
+/**
+ * Error codes: docs/protocol.md's (`bad_request`, `unauthorized`, `forbidden`, `not_found`, …)
+ * for HTTP and subscription errors, plus the client's own.
+ */
+export type PGFlowErrorCode =
+  | "bad_json"
+  | "bad_request"
+  | "invalid_flow"
+  | "unauthorized"
+  | "forbidden"
+  | "not_found"
+  | "too_large"
+  | "too_many_subscriptions"
+  | "too_many_connections"
+  | "unavailable"
+  /** Non-2xx HTTP answer without a JSON error body. */
+  | "http_error"
+  /** fetch itself failed (DNS, refused connection, CORS). */
+  | "network_error"
+  /** A 2xx answer that lacks what the protocol promises. */
+  | "bad_response"
+  /** The socket was closed with 1008 (foreign Origin, bad token). */
+  | "policy_violation"
+  /** `client.close()` was called while the run was followed. */
+  | "client_closed"
+  /** `run.detach()` was called before the run finished. */
+  | "detached"
+  /** waitForStatus() on a run that ended in the other terminal status. */
+  | "status_unreachable"
+  /** No WebSocket implementation available (Node 20 without --experimental-websocket). */
+  | "unsupported"
+  /** The run ended with run:failed (FlowFailedError). */
+  | "run_failed"
+  | (string & {});
+
+export interface PGFlowErrorOptions {
+  code?: PGFlowErrorCode;
+  status?: number;
+  runId?: string;
+  closeCode?: number;
+  cause?: unknown;
+}
+
+/** An error raised by the client; messages name the run id where there is one. */
+export class PGFlowError extends Error {
+  constructor(message: string, options?: PGFlowErrorOptions);
+  readonly code: PGFlowErrorCode;
+  /** HTTP status, for errors from an HTTP answer. */
+  readonly status?: number;
+  readonly runId?: string;
+  /** Websocket close code, for errors caused by a close. */
+  readonly closeCode?: number;
+}
+
+/** The run ended with `run:failed`. */
+export class FlowFailedError extends PGFlowError {
+  constructor(event: RunFailedEvent);
+  readonly name: "FlowFailedError";
+  readonly code: "run_failed";
+  readonly runId: string;
+  /** The step whose failure failed the run. */
+  readonly stepSlug: string | null;
+  /** That step's error text. */
+  readonly error: string | null;
+  /** That step's last attempt. */
+  readonly attempt: number | null;
+  /** The `run:failed` event itself. */
+  readonly event: RunFailedEvent;
+}
+
+// ---- options ----------------------------------------------------------------------------------
+
+/** Every wait takes an AbortSignal and a timeout. */
+export interface WaitOptions {
+  /** Rejects with `signal.reason` (a DOMException named "AbortError" by default). */
+  signal?: AbortSignal;
+  /** In ms; rejects with a DOMException named "TimeoutError". */
+  timeout?: number;
+}
+
+/** A token, or a function asked for one at each request and each (re)connection. */
+export type TokenSource = string | (() => string | null | undefined | Promise<string | null | undefined>);
+
+/** The WebSocket constructor the client uses (the global one by default). */
+export type WebSocketConstructor = new (url: string) => WebSocket;
+
+export interface ReconnectOptions {
+  /** ms, default 100: the shortest delay and the base of the backoff. */
+  minDelay?: number;
+  /** ms, default 5000: the cap of the backoff. */
+  maxDelay?: number;
+}
+
+export interface ClientOptions {
+  /** Gateway base URL, e.g. "http://127.0.0.1:8000"; defaults to the origin that served client.js. */
+  url?: string;
+  /** JWT sent as `Authorization: Bearer` over HTTP and `?token=` on the socket. */
+  token?: TokenSource;
+  fetch?: typeof globalThis.fetch;
+  WebSocket?: WebSocketConstructor;
+  /** ms between pings, default 5000. */
+  heartbeatInterval?: number;
+  /** ms without any message after which the socket is replaced, default 10000. */
+  heartbeatTimeout?: number;
+  reconnect?: ReconnectOptions;
+  /** ms an unused socket stays open before it is closed, default 1000. */
+  idleTimeout?: number;
+}
+
+export interface StartFlowOptions<TOutput = unknown> {
+  /** Aborts the HTTP request (and the graph fetch). */
+  signal?: AbortSignal;
+  /** Sees every event of the run exactly once, in seq order. */
+  onEvent?: EventListener<FlowEvent<TOutput>>;
+  /** Also fetch the flow's graph before resolving (default true). */
+  graph?: boolean;
+}
+
+export interface GetRunOptions<TOutput = unknown> {
+  /** The run's flow, when known: lets `graph` load without fetching the run snapshot. */
+  flowSlug?: string;
+  /** Sees every event of the run exactly once, in seq order (replayed ones included). */
+  onEvent?: EventListener<FlowEvent<TOutput>>;
+}
+
+export interface TriggerFlowOptions<TOutput = unknown> extends WaitOptions {
+  /** Gateway base URL; defaults to the default client's. */
+  url?: string;
+  token?: TokenSource;
+  /** Use this client instead of the default one. */
+  client?: PGFlowClient;
+  /** Sees every event of the run exactly once, in seq order. */
+  onEvent?: EventListener<FlowEvent<TOutput>>;
+}
+
+// ---- classes ----------------------------------------------------------------------------------
+
+/** A run followed by a client. Get one from `client.startFlow()` or `client.getRun()`. */
+export class FlowRun<TOutput = unknown> {
+  private constructor();
+  readonly runId: string;
+  /** null for a run attached by id until its graph (or snapshot) is loaded. */
+  readonly flowSlug: string | null;
+  /** The input given to startFlow; undefined for a run attached by id. */
+  readonly input: unknown;
+  readonly status: RunStatus;
+  /** The run's output once completed, else null. */
+  readonly output: TOutput | null;
+  /** The failing step's error once failed, else null. */
+  readonly error: string | null;
+  readonly startedAt: string | null;
+  readonly completedAt: string | null;
+  readonly failedAt: string | null;
+  /** seq of the last event applied; 0 before any. */
+  readonly lastSeq: number;
+  /** Every event applied, in seq order. */
+  readonly events: readonly FlowEvent<TOutput>[];
+  /** The flow's graph, or null until loaded. */
+  readonly graph: FlowGraph | null;
+  /** Every step known so far (from the graph and the events), by slug. */
+  readonly steps: ReadonlyMap<string, StepState>;
+
+  /** Live state of one step (status `created` until an event says otherwise). */
+  step(slug: string): StepState;
+  /** Listen to one event name, or "*" for every event; returns the unsubscribe function. */
+  on<N extends FlowEventName>(event: N, listener: EventListener<EventOf<N, TOutput>>): () => void;
+  on(event: "*", listener: EventListener<FlowEvent<TOutput>>): () => void;
+  /** The run's output; rejects with FlowFailedError on run:failed. */
+  result(options?: WaitOptions): Promise<TOutput>;
+  /** Resolves with this run once it has `status`; rejects once it never can. */
+  waitForStatus(status: RunStatus, options?: WaitOptions): Promise<this>;
+  /** Fetch the flow's graph (cached per client and flow) and set `graph`. */
+  loadGraph(options?: { signal?: AbortSignal }): Promise<FlowGraph>;
+  /** Stop following this run (it goes on in the gateway); a pending result() rejects. */
+  detach(): void;
+}
+
+export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** A client: HTTP calls plus one websocket shared by all its runs. */
+export interface PGFlowClient {
+  /** The gateway base URL, without a trailing slash. */
+  readonly url: string;
+  readonly state: ConnectionState;
+  /** POST /rpc/run_flow and follow the new run. Rejects with PGFlowError (`status`, `code`) on non-2xx. */
+  startFlow<TOutput = unknown>(
+    name: string,
+    input?: unknown,
+    options?: StartFlowOptions<TOutput>,
+  ): Promise<FlowRun<TOutput>>;
+  /** Follow a run started elsewhere; its events replay from seq 1. */
+  getRun<TOutput = unknown>(runId: string, options?: GetRunOptions<TOutput>): FlowRun<TOutput>;
+  /** Close the socket and reject every followed run with code `client_closed`. Idempotent. */
+  close(): void;
+}
+
+// ---- functions --------------------------------------------------------------------------------
+
+export function createClient(options?: ClientOptions): PGFlowClient;
+
+/**
+ * Start flow `name` with `input` and resolve with the run's output.
+ * Rejects with FlowFailedError on run:failed, a DOMException "AbortError" on abort and a
+ * DOMException "TimeoutError" on timeout.
+ */
+export function triggerFlow<TOutput = unknown>(
+  name: string,
+  input?: unknown,
+  options?: TriggerFlowOptions<TOutput>,
+): Promise<TOutput>;
+
+/** The client triggerFlow uses without url, token or client; created on first use. */
+export function getDefaultClient(): PGFlowClient;
+
+/** Replace the default client; null goes back to the lazily created one. */
+export function setDefaultClient(client: PGFlowClient | null): void;

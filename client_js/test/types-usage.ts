@@ -1,0 +1,106 @@
+// Compile-time checks of client.d.ts (`npx tsc --noEmit -p .`). Nothing here runs: the
+// functions are never called, so a runner that executes .ts files finds no side effect.
+import {
+  createClient,
+  FlowFailedError,
+  FlowRun,
+  getDefaultClient,
+  PGFlowError,
+  setDefaultClient,
+  triggerFlow,
+  type EventOf,
+  type FlowEvent,
+  type FlowGraph,
+  type PGFlowClient,
+  type StepState,
+} from "../client.js";
+
+interface Summary {
+  summary: string;
+}
+
+export async function usage(): Promise<void> {
+  const controller = new AbortController();
+
+  // triggerFlow: output type from the type argument, every option optional.
+  const out = await triggerFlow<Summary>("analyze", { url: "https://example.org" }, {
+    signal: controller.signal,
+    timeout: 30_000,
+    onEvent: (e) => {
+      if (e.event === "run:completed") {
+        const s: string = e.output.summary; // narrowed by the `event` discriminant
+        void s;
+      }
+    },
+  });
+  const summary: string = out.summary;
+  void summary;
+
+  const client: PGFlowClient = createClient({
+    url: "http://127.0.0.1:8000",
+    token: async () => "jwt",
+    heartbeatInterval: 5_000,
+    heartbeatTimeout: 10_000,
+    reconnect: { minDelay: 100, maxDelay: 5_000 },
+  });
+  const run: FlowRun<Summary> = await client.startFlow<Summary>("analyze", { n: 1 }, { signal: controller.signal });
+
+  const off = run.on("step:completed", (e) => {
+    const slug: string = e.step_slug;
+    const attempt: number = e.attempt;
+    void slug, attempt;
+  });
+  off();
+  run.on("run:failed", (e: EventOf<"run:failed">) => {
+    const err: string = e.error;
+    void err;
+  });
+  run.on("*", (e: FlowEvent<Summary>) => {
+    // @ts-expect-error run:started carries no step
+    const slug: string = e.event === "run:started" ? e.step_slug : "x";
+    void slug;
+  });
+
+  const graph: FlowGraph | null = run.graph;
+  const loaded: FlowGraph = await run.loadGraph();
+  const deps: string[] = loaded.steps[0]?.depends_on ?? [];
+  void graph, deps;
+
+  const step: StepState = run.step("summarize");
+  if (step.status === "cancelled" || step.status === "retrying") void step.error;
+  // @ts-expect-error step state is read-only for users
+  step.status = "completed";
+
+  const lastSeq: number = run.lastSeq;
+  const events: readonly FlowEvent<Summary>[] = run.events;
+  void lastSeq, events;
+
+  try {
+    const result: Summary = await run.result({ timeout: 1_000 });
+    void result;
+    const same: FlowRun<Summary> = await run.waitForStatus("completed", { signal: controller.signal });
+    void same;
+  } catch (err) {
+    if (err instanceof FlowFailedError) {
+      const fields: [string, string | null, string | null, number | null] = [err.runId, err.stepSlug, err.error, err.attempt];
+      void fields;
+    } else if (err instanceof PGFlowError) {
+      const status: number | undefined = err.status;
+      void status, err.code;
+    } else if (err instanceof DOMException && (err.name === "AbortError" || err.name === "TimeoutError")) {
+      void err.message;
+    }
+  }
+
+  // @ts-expect-error not a run status
+  await run.waitForStatus("cancelled");
+
+  const attached = client.getRun("3f1c…", { flowSlug: "analyze", onEvent: (e) => void e.seq });
+  attached.detach();
+
+  setDefaultClient(client);
+  setDefaultClient(null);
+  getDefaultClient().close();
+  await triggerFlow("analyze", undefined, { client, url: "http://127.0.0.1:8000", token: "jwt" });
+  client.close();
+}

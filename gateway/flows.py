@@ -1,0 +1,201 @@
+"""Flows in Python: ``Flow`` and ``@flow.step(...)``, and loading them from ``--flows`` specs.
+
+A ``Flow`` is the shape ``define_flow`` checks plus the handlers a worker runs. Mistakes in the
+shape are raised at import time, naming the flow and the step, so a typo never reaches a worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import ConfigurationError, InvalidFlowError
+
+Handler = Callable[[Any], Any] | Callable[[Any], Awaitable[Any]]
+
+SLUG = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_BASE_DELAY = 1.0  # seconds
+DEFAULT_TIMEOUT = 60  # seconds
+
+
+@dataclass(frozen=True)
+class Step:
+    slug: str
+    handler: Handler
+    depends_on: tuple[str, ...]
+    max_attempts: int | None
+    base_delay: float | None
+    timeout: int | None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+
+@dataclass
+class Flow:
+    """A DAG of steps, declared once in Python.
+
+    Args:
+        slug: the flow's name in the database and in ``triggerFlow(slug, ...)``.
+        max_attempts, base_delay, timeout: defaults for its steps.
+        output_step: the step whose output is the run's output (default: the single leaf).
+        public: whether callers without a token may start it and read its runs.
+    """
+
+    slug: str
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    base_delay: float = DEFAULT_BASE_DELAY
+    timeout: int = DEFAULT_TIMEOUT
+    output_step: str | None = None
+    public: bool = True
+    description: str = ""
+    example_input: Any = None
+    steps: dict[str, Step] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.slug, str) or not SLUG.match(self.slug):
+            raise InvalidFlowError(f"flow slug {self.slug!r} must match {SLUG.pattern}")
+        _check_options(f"flow {self.slug!r}", self.max_attempts, self.base_delay, self.timeout)
+
+    def step(
+        self,
+        slug: str | None = None,
+        *,
+        depends_on: Iterable[str | Callable[..., Any]] = (),
+        max_attempts: int | None = None,
+        base_delay: float | None = None,
+        timeout: int | None = None,
+        output: bool = False,
+    ) -> Callable[[Handler], Handler]:
+        """Declares the decorated function as a step; its slug defaults to the function's name."""
+        where = f"flow {self.slug!r}"
+        _check_options(where, max_attempts, base_delay, timeout)
+
+        def register(handler: Handler) -> Handler:
+            step_slug = slug or getattr(handler, "__name__", "")
+            here = f"{where}, step {step_slug!r}"
+            if not callable(handler):
+                raise InvalidFlowError(f"{here}: the step must decorate a function")
+            if not SLUG.match(step_slug) or step_slug == "run":
+                raise InvalidFlowError(
+                    f"{here}: a step slug must match {SLUG.pattern} and not be 'run'"
+                )
+            if step_slug in self.steps:
+                raise InvalidFlowError(f"{here}: a step with this slug is already declared")
+            deps = tuple(_dependency_slug(here, d) for d in depends_on)
+            for dep in deps:
+                if dep not in self.steps:
+                    raise InvalidFlowError(
+                        f"{here}: depends on {dep!r}, which is not declared before it"
+                    )
+            if len(set(deps)) != len(deps):
+                raise InvalidFlowError(f"{here}: a dependency is listed twice")
+            self.steps[step_slug] = Step(
+                step_slug, handler, deps, max_attempts, base_delay, timeout
+            )
+            if output:
+                if self.output_step is not None and self.output_step != step_slug:
+                    raise InvalidFlowError(
+                        f"{here}: output step is already {self.output_step!r}"
+                    )
+                self.output_step = step_slug
+            handler.__pgflow_step__ = step_slug  # type: ignore[union-attr]
+            return handler
+
+        return register
+
+    def definition(self) -> dict[str, Any]:
+        """The shape sent to ``define_flow``."""
+        if not self.steps:
+            raise InvalidFlowError(f"flow {self.slug!r} has no steps")
+        if self.output_step is not None and self.output_step not in self.steps:
+            raise InvalidFlowError(
+                f"flow {self.slug!r}: output_step {self.output_step!r} is not one of its steps"
+            )
+        return {
+            "slug": self.slug,
+            "steps": [
+                {
+                    "slug": s.slug,
+                    "depends_on": list(s.depends_on),
+                    "max_attempts": s.max_attempts if s.max_attempts is not None
+                    else self.max_attempts,
+                    "base_delay": s.base_delay if s.base_delay is not None else self.base_delay,
+                    "timeout": s.timeout if s.timeout is not None else self.timeout,
+                }
+                for s in self.steps.values()
+            ],
+            "output_step": self.output_step,
+        }
+
+
+def _dependency_slug(where: str, dependency: str | Callable[..., Any]) -> str:
+    if isinstance(dependency, str):
+        return dependency
+    slug = getattr(dependency, "__pgflow_step__", None)
+    if slug is None:
+        raise InvalidFlowError(
+            f"{where}: depends_on takes step slugs or functions decorated with @flow.step, "
+            f"not {dependency!r}"
+        )
+    return str(slug)
+
+
+def _check_options(
+    where: str, max_attempts: int | None, base_delay: float | None, timeout: int | None
+) -> None:
+    if max_attempts is not None and (
+        not isinstance(max_attempts, int) or isinstance(max_attempts, bool)
+        or not 1 <= max_attempts <= 1000
+    ):
+        raise InvalidFlowError(f"{where}: max_attempts must be an integer from 1 to 1000")
+    if base_delay is not None and (
+        not isinstance(base_delay, int | float) or isinstance(base_delay, bool)
+        or not 0 <= base_delay <= 86400
+    ):
+        raise InvalidFlowError(f"{where}: base_delay must be seconds from 0 to 86400")
+    if timeout is not None and (
+        not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 86400
+    ):
+        raise InvalidFlowError(f"{where}: timeout must be whole seconds from 1 to 86400")
+
+
+def load_flows(specs: Sequence[str]) -> list[Flow]:
+    """Imports ``MODULE`` (every top-level Flow) or ``MODULE:ATTR`` (a Flow or a list of them).
+
+    The current directory is importable, as it is for ``python -m``.
+    """
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    flows: dict[str, Flow] = {}
+    for spec in specs:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigurationError(f"--flows {spec}: cannot import {module_name!r}: {exc}") from exc
+        if attr:
+            try:
+                value = getattr(module, attr)
+            except AttributeError as exc:
+                raise ConfigurationError(f"--flows {spec}: {module_name} has no {attr!r}") from exc
+            found = [value] if isinstance(value, Flow) else value
+            if not isinstance(found, list | tuple) or not all(isinstance(f, Flow) for f in found):
+                raise ConfigurationError(f"--flows {spec}: {attr!r} is not a Flow or a list of Flows")
+        else:
+            found = [v for v in vars(module).values() if isinstance(v, Flow)]
+            if not found:
+                raise ConfigurationError(f"--flows {spec}: {module_name} defines no Flow")
+        for flow in found:
+            other = flows.get(flow.slug)
+            if other is not None and other is not flow:
+                raise ConfigurationError(f"--flows: two flows are named {flow.slug!r}")
+            flows[flow.slug] = flow
+    return list(flows.values())
