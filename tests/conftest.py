@@ -111,3 +111,27 @@ async def conn(db_url: str) -> AsyncIterator[Any]:
     connection = await store_module.connect(db_url)
     yield connection
     await connection.close()
+
+
+@pytest.fixture
+async def private_server() -> AsyncIterator[Server]:
+    """A server of this test's own, migrated, for tests that restart or kill PostgreSQL.
+
+    ``server.cluster.restart()`` restarts it on the same port; ``server.url`` is its database.
+    """
+    bin_dir = os.environ.get("PGFLOW_TEST_PG_BIN")
+    directory = Path(tempfile.mkdtemp(prefix="pgflow-private-"))
+    cluster = PostgresCluster(
+        directory, bin_dir=Path(bin_dir) if bin_dir else None, settings=FAST_SETTINGS
+    )
+    cluster.start()
+    try:
+        connection = await asyncpg.connect(cluster.uri())
+        try:
+            await migrate(connection)
+        finally:
+            await connection.close()
+        yield Server(cluster.uri(), cluster)
+    finally:
+        cluster.kill()
+        shutil.rmtree(directory, ignore_errors=True)
