@@ -55,27 +55,39 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, default=10, help="handlers run at once (default: 10)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=None,
+        "--batch-size",
+        type=int,
+        default=None,
         help="tasks claimed per query (default: the concurrency)",
     )
     parser.add_argument(
-        "--lease", type=float, default=30.0,
+        "--lease",
+        type=float,
+        default=30.0,
         help="seconds a claimed task stays leased without a heartbeat (default: 30)",
     )
     parser.add_argument(
-        "--shutdown-grace", type=float, default=30.0,
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
         help="seconds running handlers get to finish on SIGTERM (default: 30)",
     )
     parser.add_argument(
-        "--poll-interval", type=float, default=1.0,
+        "--poll-interval",
+        type=float,
+        default=1.0,
         help="seconds between claims when no NOTIFY arrives (default: 1)",
     )
 
 
 def _add_server_options(parser: argparse.ArgumentParser, default_port: int) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=default_port,
-                        help=f"port to bind (default: {default_port}; 0 picks a free one)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=default_port,
+        help=f"port to bind (default: {default_port}; 0 picks a free one)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,14 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Workflows that live in PostgreSQL, shown live in the browser.",
     )
     parser.add_argument(
-        "--log-level", default=os.environ.get("PGFLOW_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)",
+        "--log-level",
+        default=os.environ.get("PGFLOW_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: info)",
     )
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="start everything and print the URL of the live page",
+        "demo",
+        help="start everything and print the URL of the live page",
         description="Embedded PostgreSQL, migrations, example flows, a worker and the gateway "
         "in one process. Ctrl-C stops it; running it again reuses the same data.",
     )
@@ -100,21 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flows_option(demo, required=False)
 
     serve = commands.add_parser(
-        "serve", help="run the HTTP + websocket gateway",
+        "serve",
+        help="run the HTTP + websocket gateway",
         description="Serves /rpc/run_flow, /flows/{slug}, /runs/{id}, /realtime, /client.js, / .",
     )
     _add_server_options(serve, 8000)
     _add_database_options(serve)
     _add_flows_option(serve, required=False)
-    serve.add_argument("--with-worker", action="store_true",
-                       help="also run a worker for --flows in this process")
+    serve.add_argument(
+        "--with-worker", action="store_true", help="also run a worker for --flows in this process"
+    )
     _add_worker_options(serve)
     from gateway.config import add_gateway_options
 
     add_gateway_options(serve)
 
     worker = commands.add_parser(
-        "worker", help="run step handlers",
+        "worker",
+        help="run step handlers",
         description="Claims ready tasks of the given flows, runs their handlers, reports back.",
     )
     _add_database_options(worker)

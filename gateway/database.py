@@ -87,8 +87,16 @@ class PostgresCluster:
         options = f"-h 127.0.0.1 -p {self.port} -k {self._socket_dir()}"
         for name, value in self.settings.items():
             options += f" -c {name}={value}"
-        self._pg_ctl("-w", "-t", str(START_TIMEOUT), "-l", str(self.data_dir / "server.log"),
-                     "-o", options, "start")
+        self._pg_ctl(
+            "-w",
+            "-t",
+            str(START_TIMEOUT),
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-o",
+            options,
+            "start",
+        )
         self._started_here = True
         logger.info("server started on 127.0.0.1:%s", self.port, extra={"action": "db_start"})
         return self.uri()
@@ -115,8 +123,15 @@ class PostgresCluster:
             _make_reachable(self.data_dir, self._user)
             _make_reachable(self.bin_dir, None)
         self._run(
-            str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-            "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions",
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.pgdata),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+            "--no-instructions",
         )
 
     def _socket_dir(self) -> Path:
@@ -132,7 +147,9 @@ class PostgresCluster:
             return None
         status = subprocess.run(
             [str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "status"],
-            capture_output=True, user=self._user, check=False,
+            capture_output=True,
+            user=self._user,
+            check=False,
         )
         if status.returncode != 0 or len(lines) < 4:
             return None
@@ -143,7 +160,11 @@ class PostgresCluster:
 
     def _run(self, *command: str, check: bool = True) -> None:
         result = subprocess.run(
-            command, capture_output=True, text=True, user=self._user, check=False,
+            command,
+            capture_output=True,
+            text=True,
+            user=self._user,
+            check=False,
             cwd="/",
         )
         if check and result.returncode != 0:
@@ -160,8 +181,9 @@ def _service_user() -> str:
         pwd.getpwnam(SERVICE_USER)
     except KeyError:
         useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        subprocess.run([useradd, "--system", "--no-create-home", SERVICE_USER],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [useradd, "--system", "--no-create-home", SERVICE_USER], check=True, capture_output=True
+        )
     return SERVICE_USER
 
 

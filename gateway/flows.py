@@ -79,7 +79,7 @@ class Flow:
         _check_options(where, max_attempts, base_delay, timeout)
 
         def register(handler: Handler) -> Handler:
-            step_slug = slug or getattr(handler, "__name__", "")
+            step_slug = str(slug or getattr(handler, "__name__", ""))
             here = f"{where}, step {step_slug!r}"
             if not callable(handler):
                 raise InvalidFlowError(f"{here}: the step must decorate a function")
@@ -102,9 +102,7 @@ class Flow:
             )
             if output:
                 if self.output_step is not None and self.output_step != step_slug:
-                    raise InvalidFlowError(
-                        f"{here}: output step is already {self.output_step!r}"
-                    )
+                    raise InvalidFlowError(f"{here}: output step is already {self.output_step!r}")
                 self.output_step = step_slug
             handler.__pgflow_step__ = step_slug  # type: ignore[union-attr]
             return handler
@@ -125,7 +123,8 @@ class Flow:
                 {
                     "slug": s.slug,
                     "depends_on": list(s.depends_on),
-                    "max_attempts": s.max_attempts if s.max_attempts is not None
+                    "max_attempts": s.max_attempts
+                    if s.max_attempts is not None
                     else self.max_attempts,
                     "base_delay": s.base_delay if s.base_delay is not None else self.base_delay,
                     "timeout": s.timeout if s.timeout is not None else self.timeout,
@@ -152,12 +151,14 @@ def _check_options(
     where: str, max_attempts: int | None, base_delay: float | None, timeout: int | None
 ) -> None:
     if max_attempts is not None and (
-        not isinstance(max_attempts, int) or isinstance(max_attempts, bool)
+        not isinstance(max_attempts, int)
+        or isinstance(max_attempts, bool)
         or not 1 <= max_attempts <= 1000
     ):
         raise InvalidFlowError(f"{where}: max_attempts must be an integer from 1 to 1000")
     if base_delay is not None and (
-        not isinstance(base_delay, int | float) or isinstance(base_delay, bool)
+        not isinstance(base_delay, int | float)
+        or isinstance(base_delay, bool)
         or not 0 <= base_delay <= 86400
     ):
         raise InvalidFlowError(f"{where}: base_delay must be seconds from 0 to 86400")
@@ -180,7 +181,9 @@ def load_flows(specs: Sequence[str]) -> list[Flow]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ConfigurationError(f"--flows {spec}: cannot import {module_name!r}: {exc}") from exc
+            raise ConfigurationError(
+                f"--flows {spec}: cannot import {module_name!r}: {exc}"
+            ) from exc
         if attr:
             try:
                 value = getattr(module, attr)
@@ -188,7 +191,9 @@ def load_flows(specs: Sequence[str]) -> list[Flow]:
                 raise ConfigurationError(f"--flows {spec}: {module_name} has no {attr!r}") from exc
             found = [value] if isinstance(value, Flow) else value
             if not isinstance(found, list | tuple) or not all(isinstance(f, Flow) for f in found):
-                raise ConfigurationError(f"--flows {spec}: {attr!r} is not a Flow or a list of Flows")
+                raise ConfigurationError(
+                    f"--flows {spec}: {attr!r} is not a Flow or a list of Flows"
+                )
         else:
             found = [v for v in vars(module).values() if isinstance(v, Flow)]
             if not found:

@@ -67,9 +67,10 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
             );
             """
         )
-        done = {r["version"] for r in await connection.fetch(
-            "select version from pgflow.schema_migrations"
-        )}
+        done = {
+            r["version"]
+            for r in await connection.fetch("select version from pgflow.schema_migrations")
+        }
         for migration in load_migrations():
             if migration.version in done:
                 continue
@@ -77,7 +78,8 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
                 await connection.execute(migration.sql)
                 await connection.execute(
                     "insert into pgflow.schema_migrations (version, name) values ($1, $2)",
-                    migration.version, migration.name,
+                    migration.version,
+                    migration.name,
                 )
             logger.info("applied migration %s", migration.name, extra={"action": "migrate"})
             applied_now.append(migration.name)

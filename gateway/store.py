@@ -84,7 +84,10 @@ async def init_connection(connection: asyncpg.Connection) -> None:
     """Decodes json/jsonb with orjson on every connection we open."""
     for type_name in ("json", "jsonb"):
         await connection.set_type_codec(
-            type_name, schema="pg_catalog", encoder=_dumps, decoder=orjson.loads,
+            type_name,
+            schema="pg_catalog",
+            encoder=_dumps,
+            decoder=orjson.loads,
             format="text",
         )
 
@@ -122,9 +125,7 @@ class Store:
         self.pool = pool
 
     @classmethod
-    async def open(
-        cls, url: str, *, min_size: int = 1, max_size: int = DEFAULT_POOL_SIZE
-    ) -> Store:
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = DEFAULT_POOL_SIZE) -> Store:
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=min_size, max_size=max_size, init=init_connection
@@ -160,9 +161,7 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    async def run_flow(
-        self, flow_slug: str, input: Any, *, owner: str | None = None
-    ) -> uuid.UUID:
+    async def run_flow(self, flow_slug: str, input: Any, *, owner: str | None = None) -> uuid.UUID:
         async with self._connection() as connection:
             run_id: uuid.UUID = await connection.fetchval(
                 "select pgflow.run_flow($1, $2::jsonb, $3)", flow_slug, input, owner
@@ -200,7 +199,9 @@ class Store:
         async with self._connection() as connection:
             rows = await connection.fetch(
                 "select (e ->> 'seq')::bigint, e::text from pgflow.get_run_events($1, $2, $3) as e",
-                run_id, since, until,
+                run_id,
+                since,
+                until,
             )
             return [(row[0], row[1]) for row in rows]
 
@@ -226,7 +227,9 @@ class Store:
         async with self._connection() as connection:
             rows = await connection.fetch(
                 "select * from pgflow.claim_tasks($1, $2, $3, $4)",
-                worker_id, max_tasks, list(flow_slugs) if flow_slugs is not None else None,
+                worker_id,
+                max_tasks,
+                list(flow_slugs) if flow_slugs is not None else None,
                 lease_seconds,
             )
             return [Task(**dict(row)) for row in rows]
@@ -257,7 +260,7 @@ class Store:
                 [i.output if isinstance(i, Completion) else None for i in items],
                 [i.error if isinstance(i, Failure) else None for i in items],
             )
-        return applied[: len(done)], applied[len(done):]
+        return applied[: len(done)], applied[len(done) :]
 
     async def extend_leases(
         self,
@@ -270,7 +273,10 @@ class Store:
         async with self._connection() as connection:
             kept: int = await connection.fetchval(
                 "select pgflow.extend_leases($1, $2, $3, $4)",
-                worker_id, [t[0] for t in tasks], [t[1] for t in tasks], lease_seconds,
+                worker_id,
+                [t[0] for t in tasks],
+                [t[1] for t in tasks],
+                lease_seconds,
             )
             return kept
 

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import asyncpg
+
+from gateway.migrate import load_migrations, migrate
+from tests.conftest import Server
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def fresh_database(pg_server: Server, name: str) -> str:
+    admin = await asyncpg.connect(pg_server.url)
+    try:
+        await admin.execute(f"drop database if exists {name} with (force)")
+        await admin.execute(f"create database {name}")
+    finally:
+        await admin.close()
+    return pg_server.url_for(name)
+
+
+async def test_migrate_applies_each_migration_once_and_records_it(pg_server: Server) -> None:
+    url = await fresh_database(pg_server, "migrate_once")
+    conn = await asyncpg.connect(url)
+    try:
+        applied = await migrate(conn)
+        assert applied == [m.name for m in load_migrations()]
+        assert await migrate(conn) == []
+        versions = [
+            r[0]
+            for r in await conn.fetch("select version from pgflow.schema_migrations order by 1")
+        ]
+        assert versions == [m.version for m in load_migrations()]
+    finally:
+        await conn.close()
+
+
+async def test_processes_migrating_at_once_take_turns(pg_server: Server) -> None:
+    url = await fresh_database(pg_server, "migrate_race")
+    conns = [await asyncpg.connect(url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(migrate(c) for c in conns))
+        assert sorted(len(r) for r in results) == [0, 0, 0, len(load_migrations())]
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_the_schema_needs_no_extension(pg_server: Server) -> None:
+    url = await fresh_database(pg_server, "migrate_ext")
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        assert [r[0] for r in await conn.fetch("select extname from pg_extension")] == ["plpgsql"]
+    finally:
+        await conn.close()
+
+
+def test_migration_files_are_numbered_without_gaps() -> None:
+    versions = [int(m.version) for m in load_migrations()]
+    assert versions == list(range(1, len(versions) + 1))
+
+
+def test_pgflow_migrate_works_against_a_database_url(pg_server: Server) -> None:
+    url = asyncio.run(fresh_database(pg_server, "migrate_cli"))
+    env = {**os.environ, "DATABASE_URL": url}
+    first = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert f"applied {len(load_migrations())} migration(s)" in first.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate", "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "applied 0 migration(s)" in again.stdout
+
+
+def test_pgflow_migrate_starts_and_stops_an_embedded_server(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate", "--data-dir", str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert f"applied {len(load_migrations())} migration(s)" in result.stdout
+    assert (data_dir / "pgdata" / "PG_VERSION").read_text().strip() == "18"
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # stopped cleanly
+    again = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate", "--data-dir", str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "applied 0 migration(s)" in again.stdout
+
+
+def test_the_built_wheel_ships_the_sql(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for migration in load_migrations():
+        assert f"gateway/sql/migrations/{migration.name}.sql" in names

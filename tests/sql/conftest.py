@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway import store as store_module
+
+
+@pytest.fixture
+async def listen_conn(db_url: str) -> AsyncIterator[Any]:
+    """A second connection, for LISTEN (a connection's own NOTIFYs reach it only after commit)."""
+    connection = await store_module.connect(db_url)
+    yield connection
+    await connection.close()

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from tests.sql._helpers import DIAMOND, define
+
+
+async def definition_error(conn: Any, definition: Any) -> asyncpg.PostgresError:
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await conn.fetchval("select pgflow.define_flow($1::jsonb)", definition)
+    return info.value
+
+
+async def test_define_flow_returns_the_normalised_shape_with_defaults(conn: Any) -> None:
+    shape = await define(conn, DIAMOND)
+    assert shape["slug"] == "diamond"
+    assert [s["slug"] for s in shape["steps"]] == ["a", "b", "c", "d"]
+    assert shape["steps"][3] == {
+        "slug": "d",
+        "depends_on": ["b", "c"],
+        "max_attempts": 3,
+        "base_delay": 1,
+        "timeout": 60,
+    }
+
+
+async def test_define_flow_makes_the_single_leaf_the_output_step(conn: Any) -> None:
+    assert (await define(conn, DIAMOND))["output_step"] == "d"
+
+
+async def test_define_flow_leaves_no_output_step_when_there_are_several_leaves(conn: Any) -> None:
+    shape = await define(conn, {"slug": "two", "steps": [{"slug": "a"}, {"slug": "b"}]})
+    assert shape["output_step"] is None
+
+
+async def test_define_flow_applies_flow_wide_defaults_to_steps(conn: Any) -> None:
+    shape = await define(
+        conn,
+        {
+            "slug": "f",
+            "max_attempts": 5,
+            "base_delay": 0.5,
+            "timeout": 9,
+            "steps": [{"slug": "a"}, {"slug": "b", "max_attempts": 1}],
+        },
+    )
+    assert [(s["max_attempts"], s["base_delay"], s["timeout"]) for s in shape["steps"]] == [
+        (5, 0.5, 9),
+        (1, 0.5, 9),
+    ]
+
+
+async def test_define_flow_is_idempotent_for_the_same_shape(conn: Any) -> None:
+    first = await define(conn, DIAMOND)
+    reordered = {**DIAMOND, "steps": list(reversed(DIAMOND["steps"]))}
+    assert await define(conn, reordered) == first
+    assert await conn.fetchval("select count(*) from pgflow.flows") == 1
+
+
+async def test_define_flow_accepts_its_own_output_as_input(conn: Any) -> None:
+    shape = await define(conn, DIAMOND)
+    assert await define(conn, shape) == shape
+
+
+async def test_define_flow_refuses_a_changed_shape_and_names_the_difference(conn: Any) -> None:
+    await define(conn, DIAMOND)
+    changed = {**DIAMOND, "steps": [*DIAMOND["steps"][:3], {"slug": "d", "depends_on": ["b"]}]}
+    error = await definition_error(conn, changed)
+    assert error.sqlstate == "PF409"
+    assert "'diamond' already exists with a different shape" in str(error)
+    assert "step 'd' depends_on" in str(error)
+    assert "new slug" in str(error)
+
+
+async def test_define_flow_refuses_changed_options_under_the_same_slug(conn: Any) -> None:
+    await define(conn, DIAMOND)
+    changed = {**DIAMOND, "max_attempts": 7}
+    error = await definition_error(conn, changed)
+    assert error.sqlstate == "PF409"
+    assert "max_attempts 3 -> 7" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("definition", "message"),
+    [
+        ([1, 2], "must be a JSON object"),
+        ({"steps": [{"slug": "a"}]}, '"slug" must be a string'),
+        ({"slug": "has space", "steps": [{"slug": "a"}]}, "the slug must match"),
+        (
+            {"slug": "x'; drop table pgflow.runs; --", "steps": [{"slug": "a"}]},
+            "the slug must match",
+        ),
+        ({"slug": "f", "steps": []}, '"steps" must be a non-empty array'),
+        ({"slug": "f", "steps": {"a": 1}}, '"steps" must be a non-empty array'),
+        ({"slug": "f", "steps": [{"slug": 3}]}, 'string "slug"'),
+        ({"slug": "f", "steps": [{"slug": "1a"}]}, "step slug '1a' must match"),
+        ({"slug": "f", "steps": [{"slug": "run"}]}, "'run' is reserved"),
+        ({"slug": "f", "steps": [{"slug": "a"}, {"slug": "a"}]}, "duplicate step slug 'a'"),
+        (
+            {"slug": "f", "steps": [{"slug": "a", "depends_on": ["z"]}]},
+            "depends on unknown step 'z'",
+        ),
+        (
+            {"slug": "f", "steps": [{"slug": "a", "depends_on": ["a"]}]},
+            "step 'a' depends on itself",
+        ),
+        ({"slug": "f", "steps": [{"slug": "a", "depends_on": "b"}]}, "depends_on must be an array"),
+        ({"slug": "f", "steps": [{"slug": "a"}, {"slug": "b", "depends_on": ["a", "a"]}]}, "twice"),
+        ({"slug": "f", "steps": [{"slug": "a", "max_attempts": 0}]}, "max_attempts must be"),
+        ({"slug": "f", "steps": [{"slug": "a", "max_attempts": 1.5}]}, "max_attempts must be"),
+        ({"slug": "f", "steps": [{"slug": "a", "base_delay": "1"}]}, "base_delay must be"),
+        ({"slug": "f", "steps": [{"slug": "a", "timeout": -1}]}, "timeout must be"),
+        ({"slug": "f", "steps": [{"slug": "a"}], "output_step": "nope"}, 'output_step "nope"'),
+        (
+            {
+                "slug": "f",
+                "steps": [
+                    {"slug": "a", "depends_on": ["c"]},
+                    {"slug": "b", "depends_on": ["a"]},
+                    {"slug": "c", "depends_on": ["b"]},
+                    {"slug": "root"},
+                ],
+            },
+            "cycle through a, b, c",
+        ),
+    ],
+)
+async def test_define_flow_refuses_a_bad_definition_with_a_clear_error(
+    conn: Any, definition: Any, message: str
+) -> None:
+    error = await definition_error(conn, definition)
+    assert error.sqlstate == "PF400"
+    assert message in str(error)
+    assert await conn.fetchval("select count(*) from pgflow.flows") == 0
+
+
+async def test_define_flow_from_two_connections_at_once_creates_one_flow(db_url: str) -> None:
+    connections = [await asyncpg.connect(db_url) for _ in range(4)]
+    try:
+        definition = orjson.dumps(DIAMOND).decode()
+        await asyncio.gather(
+            *(c.fetchval("select pgflow.define_flow($1::jsonb)", definition) for c in connections)
+        )
+        assert await connections[0].fetchval("select count(*) from pgflow.steps") == 4
+    finally:
+        for c in connections:
+            await c.close()
+
+
+async def test_get_flow_returns_the_shape_and_null_for_an_unknown_flow(conn: Any) -> None:
+    shape = await define(conn, DIAMOND)
+    assert await conn.fetchval("select pgflow.get_flow('diamond')") == shape
+    assert await conn.fetchval("select pgflow.get_flow('nope')") is None
+
+
+async def test_define_flow_is_callable_with_named_arguments(conn: Any) -> None:
+    shape = await conn.fetchval(
+        "select pgflow.define_flow(definition => $1::jsonb)",
+        {"slug": "n", "steps": [{"slug": "a"}]},
+    )
+    assert shape["slug"] == "n"

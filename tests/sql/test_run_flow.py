@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.sql._helpers import DIAMOND, Notifications, claim, define, events, run_state, start
+
+
+async def test_run_flow_returns_a_run_id_and_records_the_run(conn: Any) -> None:
+    await define(conn, DIAMOND)
+    run_id = await start(conn, "diamond", {"x": 1})
+    assert isinstance(run_id, uuid.UUID)
+    run = await run_state(conn, run_id)
+    assert (run["status"], run["flow_slug"], run["input"]) == ("started", "diamond", {"x": 1})
+    assert [(s["step_slug"], s["status"]) for s in run["steps"]] == [
+        ("a", "started"),
+        ("b", "created"),
+        ("c", "created"),
+        ("d", "created"),
+    ]
+
+
+async def test_run_flow_emits_run_started_then_step_started_for_each_root(conn: Any) -> None:
+    await define(
+        conn,
+        {
+            "slug": "roots",
+            "steps": [{"slug": "x"}, {"slug": "y"}, {"slug": "z", "depends_on": ["x", "y"]}],
+        },
+    )
+    run_id = await start(conn, "roots")
+    got = [(e["seq"], e["event"], e["step_slug"]) for e in await events(conn, run_id)]
+    assert got == [(1, "run:started", None), (2, "step:started", "x"), (3, "step:started", "y")]
+    assert (await run_state(conn, run_id))["seq"] == 3
+
+
+async def test_run_flow_queues_only_the_root_steps(conn: Any) -> None:
+    await define(conn, DIAMOND)
+    await start(conn, "diamond")
+    assert [t["step_slug"] for t in await claim(conn)] == ["a"]
+
+
+async def test_run_flow_refuses_an_unknown_flow(conn: Any) -> None:
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await start(conn, "nope")
+    assert info.value.sqlstate == "PF404"
+    assert "unknown flow 'nope'" in str(info.value)
+
+
+async def test_run_flow_treats_a_null_input_as_json_null(conn: Any) -> None:
+    await define(conn, DIAMOND)
+    run_id = await conn.fetchval("select pgflow.run_flow('diamond', null)")
+    assert (await claim(conn))[0]["input"] == {"run": None}
+    assert (await run_state(conn, run_id))["input"] is None
+
+
+async def test_run_flow_records_the_owner(conn: Any) -> None:
+    await define(conn, DIAMOND)
+    run_id = await conn.fetchval(
+        "select pgflow.run_flow(flow_slug => 'diamond', input => '{}', owner => 'alice')"
+    )
+    assert (await run_state(conn, run_id))["owner"] == "alice"
+
+
+async def test_run_flow_sends_its_events_in_one_notification_and_wakes_workers(
+    conn: Any, listen_conn: Any
+) -> None:
+    await define(conn, {"slug": "wide", "steps": [{"slug": f"s{i}"} for i in range(10)]})
+    async with (
+        Notifications(listen_conn, "pgflow_events") as notes,
+        Notifications(listen_conn, "pgflow_tasks") as tasks,
+    ):
+        run_id = await start(conn, "wide")
+        payload = await notes.next_json()
+        assert payload["v"] == 1
+        assert [e["seq"] for e in payload["events"]] == list(range(1, 12))
+        assert all(e["run_id"] == str(run_id) for e in payload["events"])
+        assert await notes.drain() == []
+        assert await tasks.next() == "wide"
+        assert await tasks.drain() == []
+
+
+async def test_a_rolled_back_run_flow_notifies_nothing(conn: Any, listen_conn: Any) -> None:
+    await define(conn, DIAMOND)
+    async with Notifications(listen_conn, "pgflow_events") as notes:
+        tr = conn.transaction()
+        await tr.start()
+        await start(conn, "diamond")
+        await tr.rollback()
+        assert await notes.drain() == []
+        assert await conn.fetchval("select count(*) from pgflow.run_events") == 0
