@@ -246,7 +246,7 @@ export interface ClientOptions {
 }
 
 export interface StartFlowOptions<TOutput = unknown> {
-  /** Aborts the HTTP request (and the graph fetch). */
+  /** Aborts the HTTP request (and the wait for the graph). */
   signal?: AbortSignal;
   /** Sees every event of the run exactly once, in seq order. */
   onEvent?: EventListener<FlowEvent<TOutput>>;

@@ -6,6 +6,8 @@
 //     (lazy open, resubscribe with `since`, heartbeat, backoff, close codes);
 //   - triggerFlow: start a run and await its output, on a default client.
 // Works in browsers and in Node 22+ (Node 20 with --experimental-websocket); no dependencies.
+// It stays one file, past the house ~600-line mark, because the gateway serves it as is at
+// GET /client.js and a browser should fetch a single module. Public types: client.d.ts.
 
 const HEARTBEAT_INTERVAL = 5_000; // ms between pings
 const HEARTBEAT_TIMEOUT = 10_000; // ms of silence after which the socket is presumed dead
@@ -100,7 +102,12 @@ function deadline(signal, timeout, label) {
 // `promise`, or the abort/timeout reason if that comes first. The promise itself is always
 // given handlers, so a rejection after an abort never surfaces as "unhandled".
 function race(promise, { signal, timeout } = {}, label) {
-  const d = deadline(signal, timeout, label);
+  let d;
+  try {
+    d = deadline(signal, timeout, label);
+  } catch (err) {
+    return Promise.reject(err);
+  }
   if (!d.signal) return promise;
   return new Promise((resolve, reject) => {
     const onAbort = () => {
@@ -196,7 +203,7 @@ export class FlowRun {
   /** Resolves with this run once `status` is reached; rejects if it can no longer be. */
   waitForStatus(status, { signal, timeout } = {}) {
     if (!["started", ...RUN_TERMINAL_STATUSES].includes(status)) {
-      throw new TypeError(`run ${this.runId}: unknown run status ${JSON.stringify(status)}`);
+      return Promise.reject(new TypeError(`run ${this.runId}: unknown run status ${JSON.stringify(status)}`));
     }
     // Run statuses only go started -> completed | failed, and both terminal moves settle
     // _result, so the wait derives from it without listening to events.
@@ -464,13 +471,22 @@ class Client {
   _listen(run, onEvent) {
     if (onEvent) {
       // A late listener first catches up, so it too sees every event once, in order.
-      for (const event of run.events) onEvent(event);
+      for (const event of run.events) {
+        try {
+          onEvent(event);
+        } catch (err) {
+          reportListenerError(err);
+        }
+      }
       run.on("*", onEvent);
     }
     return run;
   }
 
   _track(run, onEvent) {
+    // close() may have run while startFlow's request was in flight: nothing would ever
+    // settle this run, so refuse it (the run itself goes on in the gateway).
+    this._checkOpen();
     this._listen(run, onEvent);
     this._runs.set(run.runId, run);
     this._clearTimer("idle");
@@ -525,10 +541,10 @@ class Client {
         return;
       }
       ws = new WS(this._realtimeUrl(token));
-    } catch (err) {
+    } catch {
       // A token callback that threw, or a socket that could not even be created:
       // treat like a failed connection and retry after the backoff.
-      this._scheduleReconnect(err);
+      this._scheduleReconnect();
       return;
     }
     this._ws = ws;

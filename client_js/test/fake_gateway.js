@@ -1,0 +1,244 @@
+// A fake PGFlow gateway for the client's tests: the HTTP routes and the /realtime socket of
+// docs/protocol.md on 127.0.0.1, with an in-memory event log per run. Tests drive runs by
+// appending events, and can misbehave on purpose (kill sockets, go silent, replay too much).
+//
+// Everything observable is recorded (requests, connections, frames received) and
+// `gw.until(predicate)` awaits a condition under a timeout, so no test sleeps.
+
+import { EventEmitter } from "node:events";
+import { randomUUID } from "node:crypto";
+import { createServer } from "node:http";
+import { WebSocketServer } from "ws";
+
+const WAIT_TIMEOUT = 3_000; // ms: generous for a loaded CI machine, still a quick failure
+
+export const GRAPH = {
+  slug: "analyze",
+  steps: [
+    { slug: "fetch", depends_on: [], max_attempts: 3, base_delay: 1, timeout: 30 },
+    { slug: "summarize", depends_on: ["fetch"], max_attempts: 3, base_delay: 1, timeout: 30 },
+  ],
+  output_step: "summarize",
+};
+
+// Event rows as the gateway would log them; `seq` and `at` are filled in by `append`.
+export const ev = {
+  runStarted: () => ({ event: "run:started", step_slug: null, status: "started", output: null, error: null, attempt: null }),
+  stepStarted: (slug) => ({ event: "step:started", step_slug: slug, status: "started", output: null, error: null, attempt: 1 }),
+  stepCompleted: (slug, output, attempt = 1) => ({ event: "step:completed", step_slug: slug, status: "completed", output, error: null, attempt }),
+  stepRetrying: (slug, error, attempt) => ({ event: "step:retrying", step_slug: slug, status: "retrying", output: null, error, attempt }),
+  stepFailed: (slug, error, attempt) => ({ event: "step:failed", step_slug: slug, status: "failed", output: null, error, attempt }),
+  runCompleted: (output) => ({ event: "run:completed", step_slug: null, status: "completed", output, error: null, attempt: null }),
+  runFailed: (slug, error, attempt) => ({ event: "run:failed", step_slug: slug, status: "failed", output: null, error, attempt }),
+};
+
+/** The events of a run that completes with `output`. */
+export function completedRun(output) {
+  return [
+    ev.runStarted(),
+    ev.stepStarted("fetch"),
+    ev.stepCompleted("fetch", { page: "<html>" }),
+    ev.stepStarted("summarize"),
+    ev.stepCompleted("summarize", output),
+    ev.runCompleted(output),
+  ];
+}
+
+/** Resolves when the client-side `run` has applied event `seq` (or rejects after a timeout). */
+export function seqReached(run, seq, timeout = WAIT_TIMEOUT) {
+  return new Promise((resolve, reject) => {
+    if (run.lastSeq >= seq) return resolve(run);
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`run ${run.runId}: timed out waiting for seq ${seq} (at ${run.lastSeq})`));
+    }, timeout);
+    const off = run.on("*", () => {
+      if (run.lastSeq < seq) return;
+      off();
+      clearTimeout(timer);
+      resolve(run);
+    });
+  });
+}
+
+export async function startFakeGateway() {
+  const gw = new FakeGateway();
+  await gw.listen();
+  return gw;
+}
+
+class FakeGateway extends EventEmitter {
+  constructor() {
+    super();
+    this.flows = new Map([[GRAPH.slug, GRAPH]]);
+    this.runs = new Map(); // run_id -> { flowSlug, input, log: [event], subscribers: Set<socket> }
+    this.requests = []; // { method, path, headers, body }
+    this.connections = []; // every accepted socket, in order; `socket.pgUrl` is the request URL
+    this.received = []; // every frame from a client: { conn: index, msg }
+    // What a new run does when POSTed; tests replace it. Receives the run id.
+    this.onRunCreated = (runId) => this.append(runId, ...completedRun({ summary: "ok" }));
+    // Per-connection behaviour, by connection index.
+    this.mute = () => false; // a muted socket receives nothing at all (no pongs either)
+    this.closeOnConnect = () => null; // a close code to send right after the upgrade
+    this.replayOverlap = 0; // replay this many already-seen events too, to prove dedupe
+  }
+
+  get url() {
+    return `http://127.0.0.1:${this.server.address().port}`;
+  }
+
+  async listen() {
+    this.server = createServer((req, res) => this._http(req, res));
+    this.wss = new WebSocketServer({ server: this.server, path: "/realtime" });
+    this.wss.on("connection", (socket, req) => this._connection(socket, req));
+    await new Promise((resolve) => this.server.listen(0, "127.0.0.1", resolve));
+  }
+
+  async close() {
+    for (const socket of this.connections) socket.terminate();
+    await new Promise((resolve) => this.wss.close(resolve));
+    this.server.closeAllConnections();
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+
+  /** Resolves when `predicate()` is truthy (checked now and after every change). */
+  until(predicate, what = "condition", timeout = WAIT_TIMEOUT) {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const value = predicate();
+        if (!value) return;
+        cleanup();
+        resolve(value);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`fake gateway: timed out waiting for ${what}`));
+      }, timeout);
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.off("change", check);
+      };
+      this.on("change", check);
+      check();
+    });
+  }
+
+  /** Frames of one type received from clients. */
+  frames(type) {
+    return this.received.filter((f) => f.msg.type === type);
+  }
+
+  createRun(flowSlug = GRAPH.slug, input = {}) {
+    const runId = randomUUID();
+    this.runs.set(runId, { flowSlug, input, log: [], subscribers: new Set() });
+    return runId;
+  }
+
+  /** Log events for a run and send them live to its subscribers, like a NOTIFY would. */
+  append(runId, ...rows) {
+    const run = this.runs.get(runId);
+    for (const event of this.record(runId, ...rows)) {
+      for (const socket of run.subscribers) this._send(socket, { type: "event", ...event });
+    }
+  }
+
+  /** Log events without sending them: a NOTIFY that got lost. Returns the events. */
+  record(runId, ...rows) {
+    const log = this.runs.get(runId).log;
+    const events = rows.map((row, i) => ({ run_id: runId, seq: log.length + i + 1, ...row, at: new Date().toISOString() }));
+    log.push(...events);
+    this.emit("change");
+    return events;
+  }
+
+  /** Send an already-logged event again to every subscriber (a duplicate the client must drop). */
+  resend(runId, seq) {
+    const run = this.runs.get(runId);
+    for (const socket of run.subscribers) this._send(socket, { type: "event", ...run.log[seq - 1] });
+  }
+
+  /** Send any frame on a connection, bypassing the protocol. */
+  sendRaw(connIndex, msg) {
+    this.connections[connIndex].send(JSON.stringify(msg));
+  }
+
+  _send(socket, msg) {
+    if (!socket.pgMuted && socket.readyState === socket.OPEN) socket.send(JSON.stringify(msg));
+  }
+
+  async _http(req, res) {
+    let raw = "";
+    for await (const chunk of req) raw += chunk;
+    const path = new URL(req.url, "http://x").pathname;
+    this.requests.push({ method: req.method, path, headers: req.headers, body: raw });
+    this.emit("change");
+    const reply = (status, body) => {
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end(JSON.stringify(body));
+    };
+    const error = (status, code, message) => reply(status, { error: { code, message } });
+
+    if (req.method === "POST" && path === "/rpc/run_flow") {
+      let body;
+      try {
+        body = JSON.parse(raw);
+      } catch {
+        return error(400, "bad_json", "body is not JSON");
+      }
+      if (!this.flows.has(body.flow_slug)) return error(404, "not_found", `unknown flow ${body.flow_slug}`);
+      const runId = this.createRun(body.flow_slug, body.input);
+      reply(201, { run_id: runId, flow_slug: body.flow_slug, status: "started" });
+      // The real gateway's workers race the client's subscribe; start the run right away too.
+      this.onRunCreated(runId);
+      return;
+    }
+    const flow = /^\/flows\/([^/]+)$/.exec(path);
+    if (req.method === "GET" && flow) {
+      const graph = this.flows.get(decodeURIComponent(flow[1]));
+      return graph ? reply(200, graph) : error(404, "not_found", "unknown flow");
+    }
+    const run = /^\/runs\/([^/]+)$/.exec(path);
+    if (req.method === "GET" && run && this.runs.has(run[1])) {
+      const r = this.runs.get(run[1]);
+      return reply(200, { run_id: run[1], flow_slug: r.flowSlug, seq: r.log.length });
+    }
+    error(404, "not_found", `no route ${req.method} ${path}`);
+  }
+
+  _connection(socket, req) {
+    const index = this.connections.length;
+    socket.pgUrl = new URL(req.url, "http://x");
+    socket.pgMuted = this.mute(index);
+    this.connections.push(socket);
+    socket.on("close", () => {
+      for (const run of this.runs.values()) run.subscribers.delete(socket);
+      this.emit("change");
+    });
+    socket.on("message", (data) => this._frame(socket, index, data));
+    this.emit("change");
+    const code = this.closeOnConnect(index);
+    if (code) socket.close(code, "fake gateway says no");
+  }
+
+  _frame(socket, index, data) {
+    const msg = JSON.parse(String(data));
+    this.received.push({ conn: index, msg });
+    const run = this.runs.get(msg.run_id);
+    if (msg.type === "ping") {
+      this._send(socket, { type: "pong", id: msg.id });
+    } else if (msg.type === "subscribe" && !run) {
+      this._send(socket, { type: "error", code: "not_found", message: "unknown run", run_id: msg.run_id });
+    } else if (msg.type === "subscribe") {
+      this._send(socket, { type: "subscribed", run_id: msg.run_id, seq: run.log.length });
+      // A type the client has never heard of: it must ignore it.
+      this._send(socket, { type: "x-fake-notice", run_id: msg.run_id });
+      const from = Math.max(0, msg.since - this.replayOverlap);
+      for (const event of run.log.slice(from)) this._send(socket, { type: "event", ...event });
+      run.subscribers.add(socket);
+    } else if (msg.type === "unsubscribe") {
+      run?.subscribers.delete(socket);
+      this._send(socket, { type: "unsubscribed", run_id: msg.run_id });
+    }
+    this.emit("change");
+  }
+}
