@@ -182,6 +182,8 @@ volatile
 set search_path to ''
 as $$
 declare
+  -- a variable, not clock_timestamp() in the queries: a volatile call there defeats the indexes
+  v_now timestamptz := clock_timestamp();
   v_expired record;
 begin
   if claim_tasks.worker_id is null or claim_tasks.max_tasks is null or claim_tasks.max_tasks < 1
@@ -192,11 +194,14 @@ begin
 
   -- SWEEP: leases whose holder vanished, rechecked under each run's lock
   for v_expired in
-    select s.run_id, s.step_slug from pgflow.step_states as s
-    where s.lease_expires_at < clock_timestamp()
-      and (claim_tasks.flow_slugs is null or s.flow_slug = any(claim_tasks.flow_slugs))
-    order by s.run_id
-    limit 100
+    select e.run_id, e.step_slug from (
+      -- found through the lease index, then sorted into lock order
+      select s.run_id, s.step_slug from pgflow.step_states as s
+      where s.lease_expires_at < v_now
+        and (claim_tasks.flow_slugs is null or s.flow_slug = any(claim_tasks.flow_slugs))
+      limit 100
+    ) as e
+    order by e.run_id
   loop
     perform 1 from pgflow.runs as r
     where r.run_id = v_expired.run_id and r.status = 'started'
@@ -211,14 +216,15 @@ begin
     end if;
   end loop;
 
-  -- CLAIM
+  -- CLAIM (what the sweep made claimable again included)
+  v_now := clock_timestamp();
   return query
   with claimed as (
     select s.run_id, s.step_slug
     from pgflow.step_states as s
     where s.status in ('started', 'retrying')
       and s.lease_expires_at is null
-      and s.available_at <= clock_timestamp()
+      and s.available_at <= v_now
       and (claim_tasks.flow_slugs is null or s.flow_slug = any(claim_tasks.flow_slugs))
     order by s.available_at
     limit claim_tasks.max_tasks
@@ -228,7 +234,7 @@ begin
     set status = 'started',
         attempt = s.attempt + 1,
         leased_by = claim_tasks.worker_id,
-        lease_expires_at = clock_timestamp() + claim_tasks.lease_seconds * interval '1 second'
+        lease_expires_at = v_now + claim_tasks.lease_seconds * interval '1 second'
     from claimed as c
     where s.run_id = c.run_id and s.step_slug = c.step_slug
     returning s.run_id, s.flow_slug, s.step_slug, s.attempt

@@ -1,10 +1,18 @@
 -- 0005_report_steps: a worker's batch of results in one call, one transaction, one NOTIFY.
+--
+-- Completions are the hot path of the whole engine, so they are applied set-based: a handful of
+-- statements for the whole batch instead of a function call per step. Failures are rare and take
+-- the per-step path (fail_step), which also handles retries and failing the run.
 
--- report_steps: completes (errors[i] is null) or fails (errors[i] is not null) many leased
--- steps, in run_id order — the engine's lock order, so two workers reporting overlapping runs
--- cannot deadlock.
--- Returns: for each input position, whether it was applied (false: a stale report).
--- Locks, notifies, raises: as complete_step and fail_step, per item.
+-- report_steps: completes (errors[i] is null) or fails (errors[i] is not null) many leased steps.
+-- Returns: for each input position, whether it was applied (false: a stale report — the caller
+--   no longer holds a live lease on that step, with that worker_id and attempt, or the run ended).
+-- Locks: every run of the batch, in run_id order (the engine's lock order), before anything else,
+--   so two workers reporting overlapping runs cannot deadlock; then the step rows it changes.
+-- Notifies: pgflow_events (through the transaction's one notification), pgflow_tasks per flow
+--   whose tasks became ready.
+-- Raises: PF400 when the arrays differ in length.
+-- Idempotent: yes; a repeated report is stale and changes nothing.
 create function pgflow.report_steps(
   worker_id text,
   run_ids uuid[],
@@ -18,27 +26,208 @@ volatile
 set search_path to ''
 as $$
 declare
+  v_count int := coalesce(cardinality(report_steps.run_ids), 0);
   v_applied boolean[] := array_fill(false, array[coalesce(cardinality(report_steps.run_ids), 0)]);
   v_i int;
+  v_done int[];
+  v_done_attempts int[];
+  v_ready_runs uuid[];
+  v_ready_slugs text[];
+  v_ready_last int[];
+  v_finished uuid[];
+  v_at text := to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+  v_events text;
+  v_by_ref boolean;
+  v_flows text[];
+  v_pending text;
 begin
-  if cardinality(report_steps.run_ids) is distinct from cardinality(report_steps.step_slugs)
-     or cardinality(report_steps.run_ids) is distinct from cardinality(report_steps.attempts)
-     or cardinality(report_steps.run_ids) is distinct from cardinality(report_steps.outputs)
-     or cardinality(report_steps.run_ids) is distinct from cardinality(report_steps.errors) then
+  if v_count is distinct from coalesce(cardinality(report_steps.step_slugs), 0)
+     or v_count is distinct from coalesce(cardinality(report_steps.attempts), 0)
+     or v_count is distinct from coalesce(cardinality(report_steps.outputs), 0)
+     or v_count is distinct from coalesce(cardinality(report_steps.errors), 0) then
     raise exception 'report_steps needs arrays of equal length' using errcode = 'PF400';
   end if;
+  if v_count = 0 then
+    return v_applied;
+  end if;
+
+  -- LOCK ACQUISITION: all the batch's runs, in run_id order
+  perform 1 from pgflow.runs as r
+  where r.run_id = any(report_steps.run_ids)
+  order by r.run_id
+  for update;
+
+  -- FAILURES, one by one: each may retry, or fail its step and its run
   for v_i in
     select i from generate_subscripts(report_steps.run_ids, 1) as i
+    where report_steps.errors[i] is not null
     order by report_steps.run_ids[i], i
   loop
-    if report_steps.errors[v_i] is null then
-      v_applied[v_i] := pgflow.complete_step(report_steps.run_ids[v_i], report_steps.step_slugs[v_i],
-        report_steps.outputs[v_i], report_steps.worker_id, report_steps.attempts[v_i]);
-    else
-      v_applied[v_i] := pgflow.fail_step(report_steps.run_ids[v_i], report_steps.step_slugs[v_i],
-        report_steps.errors[v_i], report_steps.worker_id, report_steps.attempts[v_i]);
-    end if;
+    v_applied[v_i] := pgflow.fail_step(report_steps.run_ids[v_i], report_steps.step_slugs[v_i],
+      report_steps.errors[v_i], report_steps.worker_id, report_steps.attempts[v_i]);
   end loop;
+
+  -- COMPLETIONS: only from the live lease holder of a step of a run still going
+  with reported as (
+    select i, report_steps.run_ids[i] as run_id, report_steps.step_slugs[i] as step_slug,
+      report_steps.attempts[i] as attempt, coalesce(report_steps.outputs[i], 'null'::jsonb) as output
+    from generate_subscripts(report_steps.run_ids, 1) as i
+    where report_steps.errors[i] is null
+  ), valid as (
+    select distinct on (p.run_id, p.step_slug) p.*
+    from reported as p
+    join pgflow.step_states as s on s.run_id = p.run_id and s.step_slug = p.step_slug
+    join pgflow.runs as r on r.run_id = p.run_id
+    where r.status = 'started'
+      and s.status = 'started'
+      and s.leased_by = report_steps.worker_id
+      and s.lease_expires_at >= clock_timestamp()
+      and (p.attempt is null or s.attempt = p.attempt)
+    order by p.run_id, p.step_slug, p.i
+  ), completed as (
+    update pgflow.step_states as s
+    set status = 'completed', output = v.output, error = null, completed_at = now(),
+        leased_by = null, lease_expires_at = null
+    from valid as v
+    where s.run_id = v.run_id and s.step_slug = v.step_slug
+    returning v.i, s.attempt
+  )
+  select array_agg(c.i order by c.i), array_agg(c.attempt order by c.i)
+    into v_done, v_done_attempts
+  from completed as c;
+  if v_done is null then
+    return v_applied;
+  end if;
+  foreach v_i in array v_done loop
+    v_applied[v_i] := true;
+  end loop;
+
+  -- DEPENDENTS: one decrement per completed dependency; those reaching zero start, each
+  -- remembering which completion (the last of its dependencies) started it
+  with completed as (
+    select report_steps.run_ids[i] as run_id, report_steps.step_slugs[i] as step_slug, i
+    from unnest(v_done) as i
+  ), decrements as (
+    select c.run_id, d.dependent, count(*)::int as n, max(c.i) as last_i
+    from completed as c
+    join pgflow.runs as r on r.run_id = c.run_id
+    join pgflow.steps as st on st.flow_slug = r.flow_slug and st.step_slug = c.step_slug
+    cross join unnest(st.dependents) as d (dependent)
+    group by c.run_id, d.dependent
+  ), ready as (
+    update pgflow.step_states as s
+    set remaining_deps = s.remaining_deps - d.n,
+        status = case when s.remaining_deps = d.n then 'started' else s.status end,
+        available_at = case when s.remaining_deps = d.n then now() else s.available_at end,
+        started_at = case when s.remaining_deps = d.n then now() else s.started_at end
+    from decrements as d
+    where s.run_id = d.run_id and s.step_slug = d.dependent
+    returning s.run_id, s.step_slug, s.flow_slug, s.remaining_deps, d.last_i
+  )
+  select array_agg(r.run_id), array_agg(r.step_slug), array_agg(r.last_i),
+    array_agg(distinct r.flow_slug)
+    into v_ready_runs, v_ready_slugs, v_ready_last, v_flows
+  from ready as r where r.remaining_deps = 0;
+
+  -- RUNS: count the completed steps down; those reaching zero are complete
+  with per_run as (
+    select report_steps.run_ids[i] as run_id, count(*)::int as n
+    from unnest(v_done) as i group by 1
+  ), counted as (
+    update pgflow.runs as r
+    set remaining_steps = r.remaining_steps - p.n
+    from per_run as p
+    where r.run_id = p.run_id
+    returning r.run_id, r.remaining_steps
+  )
+  select array_agg(c.run_id) into v_finished from counted as c where c.remaining_steps = 0;
+
+  -- EVENTS, in the order completing the steps one by one would give: each step:completed (in
+  -- report order) followed by the step:started of the steps it was the last dependency of (in
+  -- flow order), then run:completed — written in one insert, queued for the one notification
+  with raw as (
+    select report_steps.run_ids[d.i] as run_id, d.i as ord, 1 as kind, 0 as sub,
+      'step:completed' as event, report_steps.step_slugs[d.i] as step_slug,
+      'completed' as status, coalesce(report_steps.outputs[d.i], 'null'::jsonb) as output,
+      d.attempt
+    from unnest(v_done, v_done_attempts) as d (i, attempt)
+    union all
+    select g.run_id, g.last_i, 2, st.step_index, 'step:started', g.step_slug, 'started',
+      null::jsonb, 1
+    from unnest(v_ready_runs, v_ready_slugs, v_ready_last) as g (run_id, step_slug, last_i)
+    join pgflow.runs as r on r.run_id = g.run_id
+    join pgflow.steps as st on st.flow_slug = r.flow_slug and st.step_slug = g.step_slug
+    union all
+    select r.run_id, 2147483647, 3, 0, 'run:completed', null, 'completed',
+      case when f.output_step is not null then (
+        select o.output from pgflow.step_states as o
+        where o.run_id = r.run_id and o.step_slug = f.output_step
+      ) else (
+        select jsonb_object_agg(o.step_slug, o.output)
+        from pgflow.steps as ost
+        join pgflow.step_states as o on o.run_id = r.run_id and o.step_slug = ost.step_slug
+        where ost.flow_slug = r.flow_slug and cardinality(ost.dependents) = 0
+      ) end,
+      null
+    from unnest(v_finished) as fin (run_id)
+    join pgflow.runs as r on r.run_id = fin.run_id
+    join pgflow.flows as f on f.flow_slug = r.flow_slug
+  ), numbered as (
+    select raw.*, r.last_seq + row_number() over (
+      partition by raw.run_id order by raw.ord, raw.kind, raw.sub
+    ) as seq
+    from raw
+    join pgflow.runs as r on r.run_id = raw.run_id
+  ), payloads as (
+    select n.run_id, n.seq, n.event, n.step_slug, n.kind, n.output,
+      jsonb_build_object(
+        'run_id', n.run_id, 'seq', n.seq, 'event', n.event, 'step_slug', n.step_slug,
+        'status', n.status, 'output', n.output, 'error', null, 'attempt', n.attempt,
+        'at', v_at
+      ) as payload
+    from numbered as n
+  ), inserted as (
+    -- data-modifying CTEs run to completion whether or not the main query reads them
+    insert into pgflow.run_events (run_id, seq, event, step_slug, payload)
+    select p.run_id, p.seq, p.event, p.step_slug, p.payload from payloads as p
+    returning run_id
+  ), finished as (
+    update pgflow.runs as r
+    set last_seq = x.last_seq,
+        status = case when x.output_seen then 'completed' else r.status end,
+        output = case when x.output_seen then x.output else r.output end,
+        completed_at = case when x.output_seen then now() else r.completed_at end
+    from (
+      select p.run_id, max(p.seq) as last_seq, bool_or(p.kind = 3) as output_seen,
+        (array_agg(p.output) filter (where p.kind = 3))[1] as output
+      from payloads as p group by p.run_id
+    ) as x
+    where r.run_id = x.run_id
+    returning 1
+  ), texts as (
+    select p.run_id, p.seq, p.payload::text as body from payloads as p
+  )
+  select
+    string_agg(
+      case when octet_length(t.body) > 7000
+        then jsonb_build_object('run_id', t.run_id, 'seq', t.seq, 'ref', true)::text
+        else t.body end,
+      ',' order by t.run_id, t.seq),
+    bool_or(octet_length(t.body) > 7000)
+  into v_events, v_by_ref
+  from texts as t;
+
+  -- NOTIFICATION: join this transaction's pending events (sent once, at commit)
+  if v_by_ref then
+    perform set_config('pgflow.pending_by_ref', 'on', true);
+  end if;
+  v_pending := current_setting('pgflow.pending_events', true);
+  perform set_config('pgflow.pending_events',
+    case when v_pending is null or v_pending = '' then v_events else v_pending || ',' || v_events end,
+    true);
+  if v_flows is not null then
+    perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
+  end if;
   return v_applied;
 end;
 $$;

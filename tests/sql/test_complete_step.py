@@ -247,3 +247,58 @@ async def test_concurrent_completions_of_a_fan_in_start_it_exactly_once(
     finally:
         for c in completers:
             await c.close()
+
+
+async def report(conn: Any, tasks: list[Any], worker: str = "w1") -> list[bool]:
+    applied: list[bool] = await conn.fetchval(
+        "select pgflow.report_steps($1, $2, $3, $4, $5::jsonb[], $6)",
+        worker,
+        [t["run_id"] for t in tasks],
+        [t["step_slug"] for t in tasks],
+        [t["attempt"] for t in tasks],
+        [{"by": t["step_slug"]} for t in tasks],
+        [None] * len(tasks),
+    )
+    return applied
+
+
+def without_times(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in e.items() if k not in ("at", "run_id")} for e in log]
+
+
+async def test_report_steps_writes_the_same_log_as_completing_one_by_one(conn: Any) -> None:
+    await define(conn, {"slug": "shape", "steps": [
+        {"slug": "a"}, {"slug": "b", "depends_on": ["a"]}, {"slug": "c", "depends_on": ["a"]},
+        {"slug": "e", "depends_on": ["a"]}, {"slug": "d", "depends_on": ["b", "c"]},
+    ]})
+    one_by_one = await start(conn, "shape", {"n": 1})
+    batched = await start(conn, "shape", {"n": 1})
+    while tasks := await claim(conn):
+        mine = [t for t in tasks if t["run_id"] == one_by_one]
+        async with conn.transaction():
+            for t in mine:
+                await complete(conn, t)
+        assert await report(conn, [t for t in tasks if t["run_id"] == batched]) == [True] * (
+            len(tasks) - len(mine)
+        )
+    first, second = await events(conn, one_by_one), await events(conn, batched)
+    assert without_times(first) == without_times(second)
+    assert second[-1]["event"] == "run:completed"
+    assert second[-1]["output"] == {"d": {"by": "d"}, "e": {"by": "e"}}
+    assert (await run_state(conn, batched))["status"] == "completed"
+
+
+async def test_report_steps_starts_a_join_once_when_its_dependencies_complete_together(
+    conn: Any,
+) -> None:
+    await define(conn, DIAMOND)
+    run_id = await start(conn, "diamond")
+    await report(conn, await claim(conn))
+    b, c = await claim(conn)
+    assert await report(conn, [c, b, b]) == [True, True, False]
+    log = await events(conn, run_id)
+    assert [(e["event"], e["step_slug"]) for e in log[-3:]] == [
+        ("step:completed", "c"), ("step:completed", "b"), ("step:started", "d"),
+    ]
+    (d,) = await claim(conn)
+    assert d["input"] == {"run": None, "b": {"by": "b"}, "c": {"by": "c"}}
