@@ -15,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.database import PostgresCluster  # noqa: E402
+from gateway.database import PostgresCluster
 
 # A benchmark server: durable commits as in production, more connections than the default.
 BENCH_SETTINGS = {"max_connections": "300", "shared_buffers": "256MB"}
@@ -44,7 +44,11 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 def machine() -> dict[str, Any]:
     import os
 
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
 
 
 def emit(result: dict[str, Any]) -> None:

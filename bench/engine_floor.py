@@ -13,8 +13,8 @@ import asyncio
 import time
 
 import asyncpg
-
 from _common import emit, machine, private_server, summary
+
 from gateway.migrate import migrate
 from gateway.store import init_connection
 
@@ -36,7 +36,8 @@ async def seed(url: str, runs: int) -> None:
         await migrate(conn)
         await conn.fetchval("select pgflow.define_flow($1::jsonb)", DIAMOND)
         await conn.execute(
-            "select pgflow.run_flow('diamond', jsonb_build_object('n', i)) from generate_series(1, $1) i",
+            "select pgflow.run_flow('diamond', jsonb_build_object('n', i))"
+            " from generate_series(1, $1) as i",
             runs,
         )
     finally:
@@ -94,8 +95,16 @@ def main() -> None:
         with private_server() as url:
             asyncio.run(seed(url, runs))
             rates.append(asyncio.run(drive(url, args.connections, args.batch, runs * 4)))
-    emit({"benchmark": "engine_floor", "steps_per_s": summary(rates), "runs": runs,
-          "connections": args.connections, "batch": args.batch, "machine": machine()})
+    emit(
+        {
+            "benchmark": "engine_floor",
+            "steps_per_s": summary(rates),
+            "runs": runs,
+            "connections": args.connections,
+            "batch": args.batch,
+            "machine": machine(),
+        }
+    )
 
 
 if __name__ == "__main__":
