@@ -1,0 +1,167 @@
+// Small pure helpers for the live page: durations, times, JSON previews, step looks.
+
+export const STATUS_LABELS = {
+  created: "waiting",
+  started: "running",
+  retrying: "retrying",
+  completed: "completed",
+  failed: "failed",
+  cancelled: "cancelled",
+};
+
+export const RUN_STATUS_LABELS = { started: "Running", completed: "Completed", failed: "Failed" };
+
+/** "420 ms", "3.2 s", "1 min 05 s", "2 h 03 min". */
+export function formatDuration(ms) {
+  if (!Number.isFinite(ms) || ms < 0) ms = 0;
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
+  const s = Math.floor(ms / 1000);
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+/** "+1.234 s" from the run's first event. */
+export function formatOffset(ms) {
+  if (!Number.isFinite(ms)) return "";
+  const sign = ms < 0 ? "−" : "+";
+  ms = Math.abs(ms);
+  if (ms < 60_000) return `${sign}${(ms / 1000).toFixed(3)} s`;
+  return `${sign}${Math.floor(ms / 60_000)}:${((ms % 60_000) / 1000).toFixed(1).padStart(4, "0")}`;
+}
+
+export function formatClock(iso) {
+  const t = Date.parse(iso);
+  if (!Number.isFinite(t)) return "—";
+  const d = new Date(t);
+  const sameDay = d.toDateString() === new Date().toDateString();
+  const time = d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return sameDay ? time : `${d.toLocaleDateString(undefined, { month: "short", day: "numeric" })} ${time}`;
+}
+
+export function formatAgo(iso, now = Date.now()) {
+  const t = Date.parse(iso);
+  if (!Number.isFinite(t)) return "";
+  const s = Math.max(0, Math.round((now - t) / 1000));
+  if (s < 5) return "just now";
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return new Date(t).toLocaleDateString(undefined, { month: "short", day: "numeric" });
+}
+
+export function prettyJson(value) {
+  try {
+    return JSON.stringify(value, null, 2) ?? "null";
+  } catch {
+    return String(value);
+  }
+}
+
+/** One line of JSON, cut to `max` characters. */
+export function jsonPreview(value, max = 80) {
+  let text;
+  try {
+    text = JSON.stringify(value) ?? "null";
+  } catch {
+    text = String(value);
+  }
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
+export function shortId(id) {
+  return typeof id === "string" ? id.slice(0, 8) : "";
+}
+
+/** The status colour an event's chip takes in the timeline. */
+export function eventStatus(name) {
+  if (name.endsWith(":completed")) return "completed";
+  if (name.endsWith(":failed")) return "failed";
+  if (name.endsWith(":retrying")) return "retrying";
+  if (name.endsWith(":started")) return "started";
+  return "created";
+}
+
+/**
+ * Per-step timing from a run's events: {runStart, runEnd, steps: Map(slug -> {first, end,
+ * retryAt, retryAttempt})}, all in ms since the epoch (server clock). Applied one event at a time.
+ */
+export function newTiming() {
+  return { runStart: null, runEnd: null, steps: new Map() };
+}
+
+export function applyTiming(timing, e) {
+  const at = Date.parse(e.at);
+  if (!Number.isFinite(at)) return;
+  timing.runStart ??= at;
+  let s = null;
+  if (e.step_slug) {
+    s = timing.steps.get(e.step_slug);
+    if (!s) timing.steps.set(e.step_slug, (s = { first: null, end: null, retryAt: null, retryAttempt: null }));
+  }
+  switch (e.event) {
+    case "step:started":
+      s.first ??= at;
+      s.end = null;
+      s.retryAt = null;
+      break;
+    case "step:retrying":
+      s.first ??= at;
+      s.retryAt = at;
+      s.retryAttempt = e.attempt;
+      break;
+    case "step:completed":
+    case "step:failed":
+      s.first ??= at;
+      s.end = at;
+      break;
+    case "run:completed":
+    case "run:failed":
+      timing.runEnd = at;
+      // steps cut short by the failure stop their clocks here
+      for (const step of timing.steps.values()) if (step.first !== null && step.end === null) step.end = at;
+      break;
+    default:
+      break;
+  }
+}
+
+/**
+ * How a step looks, from the client's live step state, its timing and its options:
+ * {status, attempt, sub (the node's second line), pill, label (for screen readers), duration}.
+ */
+export function stepLook(state, timing, options, now) {
+  const status = state?.status ?? "created";
+  const attempt = state?.attempt ?? null;
+  const max = options?.max_attempts ?? null;
+  const t = timing?.steps.get(state?.slug);
+  const duration = t?.first != null ? (t.end ?? now) - t.first : null;
+  const dur = duration === null ? "" : formatDuration(duration);
+  let sub;
+  let subShort; // for a narrow node, or one with an attempt pill: the icon already tells the status
+  switch (status) {
+    case "created":
+      sub = "waiting";
+      break;
+    case "retrying": {
+      const delay = options?.base_delay != null && t?.retryAt != null
+        ? options.base_delay * 1000 * 2 ** ((t.retryAttempt ?? 1) - 1) : null;
+      const left = delay === null ? null : t.retryAt + delay - now;
+      sub = left !== null && left > 0 ? `retry in ${formatDuration(left)}` : "retrying…";
+      subShort = left !== null && left > 0 ? `in ${formatDuration(left)}` : "retrying";
+      break;
+    }
+    case "cancelled":
+      sub = "cancelled";
+      break;
+    default:
+      sub = dur ? `${STATUS_LABELS[status]} · ${dur}` : STATUS_LABELS[status] ?? status;
+      subShort = dur || undefined;
+  }
+  const pill = attempt > 1 ? (max ? `try ${attempt}/${max}` : `try ${attempt}`) : null;
+  const parts = [`${state?.slug}: ${STATUS_LABELS[status] ?? status}`];
+  if (attempt > 1) parts.push(max ? `attempt ${attempt} of ${max}` : `attempt ${attempt}`);
+  if (dur && status !== "created") parts.push(dur);
+  if (state?.error && (status === "failed" || status === "retrying")) parts.push(`error: ${state.error}`);
+  return { status, attempt, sub, subShort, pill, label: parts.join(", "), duration };
+}
