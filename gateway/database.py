@@ -109,7 +109,8 @@ class PostgresCluster:
 
     def restart(self, mode: str = "fast") -> None:
         """Restarts the server on the same port (the tests' 'database went away')."""
-        self._pg_ctl("-w", "-m", mode, "restart", check=True)
+        # -l as at start: without it the server inherits (and holds open) our captured stdout.
+        self._pg_ctl("-w", "-m", mode, "-l", str(self.data_dir / "server.log"), "restart")
 
     def kill(self) -> None:
         """Stops the server immediately, whoever started it."""

@@ -96,6 +96,9 @@ create table pgflow.run_events (
   step_slug text,
   payload jsonb not null,
   at timestamptz not null default clock_timestamp(),
+  -- the top-level transaction that wrote it (also from inside a subtransaction): how the
+  -- commit-time notification finds the transaction's events
+  tx xid8 not null default pg_current_xact_id(),
   primary key (run_id, seq),
   constraint seq_is_positive check (seq >= 1),
   constraint event_is_known check (
@@ -103,3 +106,5 @@ create table pgflow.run_events (
               'step:started', 'step:completed', 'step:failed', 'step:retrying')
   )
 );
+
+create index run_events_tx_idx on pgflow.run_events (tx);

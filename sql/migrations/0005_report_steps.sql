@@ -36,10 +36,7 @@ declare
   v_ready_last int[];
   v_finished uuid[];
   v_at text := to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
-  v_events text;
-  v_by_ref boolean;
   v_flows text[];
-  v_pending text;
 begin
   if v_count is distinct from coalesce(cardinality(report_steps.step_slugs), 0)
      or v_count is distinct from coalesce(cardinality(report_steps.attempts), 0)
@@ -144,7 +141,7 @@ begin
 
   -- EVENTS, in the order completing the steps one by one would give: each step:completed (in
   -- report order) followed by the step:started of the steps it was the last dependency of (in
-  -- flow order), then run:completed — written in one insert, queued for the one notification
+  -- flow order), then run:completed — written in one insert, notified at commit
   with raw as (
     select report_steps.run_ids[d.i] as run_id, d.i as ord, 1 as kind, 0 as sub,
       'step:completed' as event, report_steps.step_slugs[d.i] as step_slug,
@@ -187,7 +184,6 @@ begin
       ) as payload
     from numbered as n
   ), inserted as (
-    -- data-modifying CTEs run to completion whether or not the main query reads them
     insert into pgflow.run_events (run_id, seq, event, step_slug, payload)
     select p.run_id, p.seq, p.event, p.step_slug, p.payload from payloads as p
     returning run_id
@@ -204,27 +200,10 @@ begin
     ) as x
     where r.run_id = x.run_id
     returning 1
-  ), texts as (
-    select p.run_id, p.seq, p.payload::text as body from payloads as p
   )
-  select
-    string_agg(
-      case when octet_length(t.body) > 7000
-        then jsonb_build_object('run_id', t.run_id, 'seq', t.seq, 'ref', true)::text
-        else t.body end,
-      ',' order by t.run_id, t.seq),
-    bool_or(octet_length(t.body) > 7000)
-  into v_events, v_by_ref
-  from texts as t;
-
-  -- NOTIFICATION: join this transaction's pending events (sent once, at commit)
-  if v_by_ref then
-    perform set_config('pgflow.pending_by_ref', 'on', true);
-  end if;
-  v_pending := current_setting('pgflow.pending_events', true);
-  perform set_config('pgflow.pending_events',
-    case when v_pending is null or v_pending = '' then v_events else v_pending || ',' || v_events end,
-    true);
+  -- data-modifying CTEs run to completion whether or not the main query reads them
+  select count(*) into v_i from finished;
+  perform set_config('pgflow.events_pending', 'on', true);
   if v_flows is not null then
     perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
   end if;

@@ -4,6 +4,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from tests.sql._helpers import DIAMOND, Notifications, claim, define, events, run_state, start
@@ -92,3 +93,37 @@ async def test_a_rolled_back_run_flow_notifies_nothing(conn: Any, listen_conn: A
         await tr.rollback()
         assert await notes.drain() == []
         assert await conn.fetchval("select count(*) from pgflow.run_events") == 0
+
+
+async def test_events_of_a_released_savepoint_are_notified_and_of_a_rolled_back_one_not(
+    conn: Any, listen_conn: Any
+) -> None:
+    await define(conn, DIAMOND)
+    async with Notifications(listen_conn, "pgflow_events") as notes:
+        async with conn.transaction():
+            kept = await start(conn, "diamond")
+            async with conn.transaction():  # a savepoint that is released
+                also_kept = await start(conn, "diamond")
+            savepoint = conn.transaction()
+            await savepoint.start()
+            await start(conn, "diamond")
+            await savepoint.rollback()
+        payload = await notes.next_json()
+        assert await notes.drain() == []
+    notified = {(e["run_id"], e["seq"]) for e in payload["events"]}
+    assert notified == {(str(r), s) for r in (kept, also_kept) for s in (1, 2)}
+
+
+async def test_thousands_of_runs_started_in_one_statement_notify_by_reference(
+    conn: Any, listen_conn: Any
+) -> None:
+    await define(conn, DIAMOND)
+    async with Notifications(listen_conn, "pgflow_events") as notes:
+        await conn.execute(
+            "select pgflow.run_flow('diamond', to_jsonb(i)) from generate_series(1, 2000) as i"
+        )
+        payloads = [orjson.loads(p) for p in await notes.drain(quiet=0.5)]
+    refs = [ref for p in payloads for ref in p["refs"]]
+    assert len(refs) == 2000
+    assert {(r["from"], r["to"]) for r in refs} == {(1, 2)}
+    assert all(len(orjson.dumps(p)) <= 8000 for p in payloads)
