@@ -11,13 +11,16 @@ from gateway.errors import (
     UnknownFlowError,
     UnknownRunError,
 )
+from gateway.flows import Flow, StepContext
 
 __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "Flow",
     "FlowShapeConflictError",
     "InvalidFlowError",
     "PGFlowError",
+    "StepContext",
     "UnknownFlowError",
     "UnknownRunError",
 ]

@@ -10,18 +10,34 @@ import importlib
 import inspect
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.errors import ConfigurationError, InvalidFlowError
 
-Handler = Callable[[Any], Any] | Callable[[Any], Awaitable[Any]]
+# A handler takes the step's input, or (input, context); it may be async or plain.
+Handler = Callable[..., Any]
+H = TypeVar("H", bound=Callable[..., Any])
 
 SLUG = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BASE_DELAY = 1.0  # seconds
 DEFAULT_TIMEOUT = 60  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What a handler declared as ``def handler(input, context)`` is told about its task."""
+
+    run_id: uuid.UUID
+    flow_slug: str
+    step_slug: str
+    attempt: int  # 1 for the first try; a retry or a rerun after a lost lease counts up
+    max_attempts: int
+    timeout: int  # seconds this attempt may run
+    worker_id: str
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,7 @@ class Step:
     max_attempts: int | None
     base_delay: float | None
     timeout: int | None
+    takes_context: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -73,12 +90,17 @@ class Flow:
         base_delay: float | None = None,
         timeout: int | None = None,
         output: bool = False,
-    ) -> Callable[[Handler], Handler]:
-        """Declares the decorated function as a step; its slug defaults to the function's name."""
+    ) -> Callable[[H], H]:
+        """Declares the decorated function as a step; its slug defaults to the function's name.
+
+        The handler is called with the step's input, ``{"run": <flow input>, "<dep>": <dep
+        output>, ...}``; one that takes two parameters also gets a ``StepContext``.
+        """
         where = f"flow {self.slug!r}"
         _check_options(where, max_attempts, base_delay, timeout)
+        depends_on = list(depends_on)  # an iterator would be used up by the first call
 
-        def register(handler: Handler) -> Handler:
+        def register(handler: H) -> H:
             step_slug = str(slug or getattr(handler, "__name__", ""))
             here = f"{where}, step {step_slug!r}"
             if not callable(handler):
@@ -89,7 +111,8 @@ class Flow:
                 )
             if step_slug in self.steps:
                 raise InvalidFlowError(f"{here}: a step with this slug is already declared")
-            deps = tuple(_dependency_slug(here, d) for d in depends_on)
+            takes_context = _takes_context(here, handler)
+            deps = tuple(self._dependency_slug(here, d) for d in depends_on)
             for dep in deps:
                 if dep not in self.steps:
                     raise InvalidFlowError(
@@ -98,16 +121,28 @@ class Flow:
             if len(set(deps)) != len(deps):
                 raise InvalidFlowError(f"{here}: a dependency is listed twice")
             self.steps[step_slug] = Step(
-                step_slug, handler, deps, max_attempts, base_delay, timeout
+                step_slug, handler, deps, max_attempts, base_delay, timeout, takes_context
             )
             if output:
                 if self.output_step is not None and self.output_step != step_slug:
                     raise InvalidFlowError(f"{here}: output step is already {self.output_step!r}")
                 self.output_step = step_slug
-            handler.__pgflow_step__ = step_slug  # type: ignore[union-attr]
             return handler
 
         return register
+
+    def _dependency_slug(self, where: str, dependency: str | Callable[..., Any]) -> str:
+        if isinstance(dependency, str):
+            return dependency
+        # Found by identity among this flow's own steps: the same function may be a step of
+        # several flows, under different slugs.
+        for step in self.steps.values():
+            if step.handler is dependency:
+                return step.slug
+        raise InvalidFlowError(
+            f"{where}: depends_on takes step slugs or functions declared as steps of this flow "
+            f"before it, not {dependency!r}"
+        )
 
     def definition(self) -> dict[str, Any]:
         """The shape sent to ``define_flow``."""
@@ -135,16 +170,24 @@ class Flow:
         }
 
 
-def _dependency_slug(where: str, dependency: str | Callable[..., Any]) -> str:
-    if isinstance(dependency, str):
-        return dependency
-    slug = getattr(dependency, "__pgflow_step__", None)
-    if slug is None:
+def _takes_context(where: str, handler: Callable[..., Any]) -> bool:
+    """Whether the handler wants ``(input, context)`` rather than ``(input)``."""
+    try:
+        parameters = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):  # some builtins have no signature: call them with input
+        return False
+    positional = [
+        p for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    if len(required) > 2 or (not positional and not varargs):
         raise InvalidFlowError(
-            f"{where}: depends_on takes step slugs or functions decorated with @flow.step, "
-            f"not {dependency!r}"
+            f"{where}: a handler takes (input) or (input, context), "
+            f"not {inspect.signature(handler)}"
         )
-    return str(slug)
+    return len(positional) >= 2 or varargs
 
 
 def _check_options(
@@ -178,6 +221,8 @@ def load_flows(specs: Sequence[str]) -> list[Flow]:
     flows: dict[str, Flow] = {}
     for spec in specs:
         module_name, _, attr = spec.partition(":")
+        if not module_name:
+            raise ConfigurationError(f"--flows {spec!r}: expected MODULE or MODULE:ATTR")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:

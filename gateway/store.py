@@ -7,9 +7,10 @@ methods only call them, batching where many calls share a transaction.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from gateway.errors import (
 
 DEFAULT_LEASE = 30.0  # seconds
 DEFAULT_POOL_SIZE = 10
+LISTEN_CLOSE_TIMEOUT = 5.0  # seconds
 
 # Errors that mean "the server went away", as opposed to "the query was wrong".
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -74,6 +76,16 @@ class Failure:
     step_slug: str
     attempt: int
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunReplay:
+    """A run's access facts and its events after some seq (``Store.get_run_replay``)."""
+
+    flow_slug: str
+    owner: str | None
+    last_seq: int
+    events: list[tuple[int, str]]  # (seq, event as JSON text)
 
 
 def _dumps(value: Any) -> str:
@@ -136,6 +148,10 @@ class Store:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    def terminate(self) -> None:
+        """Closes every connection at once, without waiting for the server (it may be gone)."""
+        self.pool.terminate()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -295,3 +311,113 @@ class Store:
     async def ping(self) -> None:
         async with self._connection() as connection:
             await connection.fetchval("select 1")
+
+    # -- the gateway's reads ------------------------------------------------------------------
+
+    async def get_run_replay(
+        self, run_id: uuid.UUID, since: int = 0, until: int | None = None
+    ) -> RunReplay | None:
+        """What a websocket subscription needs, in one round trip and one snapshot: the run's
+        flow and owner (for the access check), its last seq, and its events after ``since``
+        (up to ``until``) as JSON text. None for an unknown run.
+        """
+        async with self._connection() as connection:
+            row = await connection.fetchrow(
+                """
+                select r.flow_slug, r.owner, r.last_seq, ev.seqs, ev.events
+                from pgflow.runs as r
+                cross join lateral (
+                  select array_agg((e ->> 'seq')::bigint order by t.o) as seqs,
+                         array_agg(e::text order by t.o) as events
+                  from pgflow.get_run_events(r.run_id, $2, $3) with ordinality as t (e, o)
+                ) as ev
+                where r.run_id = $1
+                """,
+                run_id, since, until,
+            )
+        if row is None:
+            return None
+        return RunReplay(
+            flow_slug=row["flow_slug"], owner=row["owner"], last_seq=row["last_seq"],
+            events=list(zip(row["seqs"] or (), row["events"] or (), strict=True)),
+        )
+
+    async def get_runs_events_json(
+        self, reads: Sequence[tuple[uuid.UUID | str, int, int | None]]
+    ) -> dict[str, list[tuple[int, str]]]:
+        """Many runs' events in one query: for each (run_id, since, until), the events with
+        ``since < seq <= until`` as (seq, JSON text), in seq order, keyed by the run id text.
+        """
+        result: dict[str, list[tuple[int, str]]] = {}
+        if not reads:
+            return result
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                """
+                select t.run_id::text, (e ->> 'seq')::bigint as seq, e::text
+                from unnest($1::uuid[], $2::bigint[], $3::bigint[]) as t (run_id, since, until)
+                cross join lateral pgflow.get_run_events(t.run_id, t.since, t.until) as e
+                order by 1, 2
+                """,
+                [str(r[0]) for r in reads], [r[1] for r in reads], [r[2] for r in reads],
+            )
+        for run_id, seq, text in rows:
+            result.setdefault(run_id, []).append((seq, text))
+        return result
+
+
+class ListenConnection:
+    """A dedicated connection LISTENing on one channel: the worker's wake-up for new tasks.
+
+    Never a pooled connection: a pool's reset sends ``UNLISTEN *``. ``lost`` is set when the
+    server or the network drops the connection; the owner then opens a new one.
+    """
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+        self.lost = asyncio.Event()
+        connection.add_termination_listener(self._on_terminated)
+
+    @classmethod
+    async def open(
+        cls, url: str, channel: str, on_payload: Callable[[str], None], *, name: str = "pgflow"
+    ) -> ListenConnection:
+        """Connects and LISTENs; ``on_payload`` runs in the event loop and must not block."""
+        try:
+            connection = await asyncpg.connect(url, server_settings={"application_name": name})
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailableError(f"cannot connect to the database: {exc}") from exc
+        listening = cls(connection)
+
+        def deliver(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
+            on_payload(payload)
+
+        try:
+            with translate_errors():
+                await connection.add_listener(channel, deliver)
+        except BaseException:
+            connection.terminate()
+            raise
+        return listening
+
+    def _on_terminated(self, _connection: Any) -> None:
+        self.lost.set()
+
+    async def ping(self) -> None:
+        """A round trip, to find a connection that died without the socket noticing."""
+        with translate_errors():
+            await self._connection.fetchval("select 1")
+
+    def terminate(self) -> None:
+        """Drops the connection without a goodbye to the server."""
+        if not self._connection.is_closed():
+            self._connection.terminate()
+
+    async def close(self) -> None:
+        if self._connection.is_closed():
+            return
+        try:
+            with translate_errors():
+                await asyncio.wait_for(self._connection.close(), LISTEN_CLOSE_TIMEOUT)
+        except (DatabaseUnavailableError, asyncpg.PostgresError):
+            self._connection.terminate()

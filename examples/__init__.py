@@ -1,0 +1,3 @@
+"""Example flows for ``pgflow demo`` and the tests: ``--flows examples.flows``."""
+
+from __future__ import annotations

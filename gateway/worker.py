@@ -1,0 +1,657 @@
+"""The worker: claims ready tasks, runs their handlers, reports the results in batches.
+
+    claim loop ──claim_tasks(n = free slots)──▶ handlers (at most `concurrency` at once)
+        ▲  woken by NOTIFY pgflow_tasks, a freed slot, a retry coming due, or poll_interval
+        │                                           │ results queue up in memory
+    listener (its own connection)            reporter ──report_steps──▶ one transaction per round
+    heartbeat: one extend_leases call for everything held, every lease/3
+
+Shutdown (``stop()``, SIGTERM): stop claiming, give running handlers ``shutdown_grace`` to
+finish, report their results, then release whatever is still leased so another worker takes it
+at once. A second ``stop()`` aborts: handlers are cancelled and their tasks released.
+
+A database error never stops the worker: each loop logs it, backs off (capped, jittered) and
+carries on; finished results wait in memory until they can be reported. A stale report (the
+lease ran out meanwhile) is harmless: the engine ignores it and the step runs again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from gateway._attempts import Attempts, Runner, describe_error, runners
+from gateway.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    FlowShapeConflictError,
+)
+from gateway.flows import Flow, load_flows
+from gateway.store import (
+    CONNECTION_ERRORS,
+    Completion,
+    Failure,
+    ListenConnection,
+    Store,
+    Task,
+)
+
+logger = logging.getLogger(__name__)
+
+TASKS_CHANNEL = "pgflow_tasks"
+DEFAULT_CONCURRENCY = 10
+DEFAULT_LEASE = 30.0  # seconds
+DEFAULT_POLL_INTERVAL = 1.0  # seconds
+DEFAULT_SHUTDOWN_GRACE = 30.0  # seconds
+POOL_SIZE = 4  # claim, report, heartbeat, and one for shutdown
+DB_CALL_TIMEOUT = 20.0  # seconds; a call stuck longer is abandoned and retried
+RETRY_BASE_DELAY = 0.1  # seconds: the first wait after a database error
+RETRY_MAX_DELAY = 5.0  # seconds: where the exponential backoff stops growing
+LISTEN_HEALTH_INTERVAL = 10.0  # seconds of silence before the listener pings its connection
+REPORT_BATCH_MAX = 500  # results per report_steps call
+REPORTERS = 2  # report_steps calls in flight at once: the database works on both on two cores
+FLUSH_TIMEOUT = 10.0  # seconds, on shutdown, to report the last results and release the rest
+ABORT_TIMEOUT = 2.0  # seconds for the same when aborting
+RETRY_WAKE_MARGIN = 0.01  # seconds after a retry's backoff before claiming it
+
+_Key = tuple[uuid.UUID, str, int]  # run_id, step_slug, attempt
+_UNREACHABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, DatabaseUnavailableError)
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` consecutive database errors: exponential, capped,
+    jittered so that workers cut off together do not reconnect together."""
+    ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2.0 ** min(failures - 1, 30))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+class _Retry:
+    """Consecutive failures of one loop: logs the first and the recovery, gives the backoff."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> float:
+        self.failures += 1
+        delay = backoff_delay(self.failures)
+        # The first failure is news; the rest of an outage is noise.
+        level = logging.WARNING if self.failures == 1 else logging.DEBUG
+        expected = isinstance(exc, _UNREACHABLE)  # no traceback for an outage
+        logger.log(
+            level, "%s failed, retrying in %.2f s: %s", self.what, delay, describe_error(exc),
+            exc_info=None if expected else exc,
+            extra={"action": "db_retry", "what": self.what, "failures": self.failures},
+        )
+        return delay
+
+    def succeeded(self) -> None:
+        if self.failures:
+            logger.info(
+                "%s works again after %d failure(s)", self.what, self.failures,
+                extra={"action": "db_recovered", "what": self.what},
+            )
+            self.failures = 0
+
+
+async def sync_flows(store: Store, flows: Sequence[Flow]) -> None:
+    """Defines each flow's shape in the database, or checks that it has not changed.
+
+    Raises:
+        FlowShapeConflictError: a slug already exists with another shape; the message says
+            what differs and to give the new shape a new slug (``name_v2``).
+        InvalidFlowError: the database refused a shape.
+    """
+    for flow in flows:
+        try:
+            await store.define_flow(flow.definition())
+        except FlowShapeConflictError as exc:
+            message = str(exc)
+            if "new slug" not in message:
+                message += f"; give the new shape a new slug, e.g. '{flow.slug}_v2'"
+            raise FlowShapeConflictError(message) from exc
+        logger.debug("flow %s defined", flow.slug, extra={"action": "flow_sync"})
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Worker:
+    """Runs the handlers of ``flows``: claims their ready tasks, runs them, reports back.
+
+    ``run()`` opens its own pool and LISTEN connection and works until ``stop()``. Call
+    ``stop()`` from the event loop's thread (another thread is fine too: it is handed over).
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        flows: Sequence[Flow],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        batch_size: int | None = None,
+        lease_seconds: float = DEFAULT_LEASE,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        worker_id: str | None = None,
+    ) -> None:
+        if not flows:
+            raise ConfigurationError("a worker needs at least one flow")
+        if len({f.slug for f in flows}) != len(flows):
+            raise ConfigurationError("two of the worker's flows share a slug")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, not {concurrency!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigurationError(f"batch size must be at least 1, not {batch_size!r}")
+        if not lease_seconds > 0:
+            raise ConfigurationError(f"the lease must be positive seconds, not {lease_seconds!r}")
+        if not poll_interval > 0:
+            raise ConfigurationError(
+                f"the poll interval must be positive seconds, not {poll_interval!r}"
+            )
+        if not shutdown_grace >= 0:
+            raise ConfigurationError(
+                f"the shutdown grace must be seconds >= 0, not {shutdown_grace!r}"
+            )
+        self.database_url = database_url
+        self.flows = list(flows)
+        self.concurrency = concurrency
+        self.batch_size = batch_size or concurrency
+        self.lease_seconds = float(lease_seconds)
+        self.poll_interval = float(poll_interval)
+        self.shutdown_grace = float(shutdown_grace)
+        self.worker_id = worker_id or default_worker_id()
+        self.started = asyncio.Event()
+
+        self._slugs = frozenset(f.slug for f in self.flows)
+        self._runners = runners(self.flows)
+        self._attempts = Attempts(self.worker_id, concurrency, self._slot_freed_by_thread)
+
+        self._stopping = asyncio.Event()
+        self._aborting = asyncio.Event()
+        self._wakeup = asyncio.Event()  # a task may be ready: claim now
+        self._slot_freed = asyncio.Event()
+        self._results_ready = asyncio.Event()
+        self._running: dict[_Key, tuple[Task, asyncio.Task[None]]] = {}
+        # Finished, not yet reported; _reporting holds the batches in flight, per reporter.
+        self._done: list[Completion] = []
+        self._failed: list[Failure] = []
+        self._retry_in: list[float | None] = []  # per _failed entry: seconds to its retry
+        self._reporting: dict[int, list[Completion | Failure]] = {}
+        self._flushing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._ran = False
+        self._finished = False
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborting.is_set()
+
+    @property
+    def lingering_threads(self) -> int:
+        """Sync handlers still running in a thread after their timeout or the shutdown."""
+        return self._attempts.lingering
+
+    def stop(self) -> None:
+        """Begins a graceful shutdown; a second call while shutting down aborts it."""
+        if (
+            self._loop is not None
+            and self._loop_thread != threading.get_ident()
+            and not self._loop.is_closed()
+        ):
+            self._loop.call_soon_threadsafe(self.stop)
+            return
+        if not self._stopping.is_set():
+            logger.info("worker stopping", extra={"action": "worker_stop",
+                                                  "worker_id": self.worker_id})
+            self._stopping.set()
+            # whatever the claim loop waits on, it must notice
+            self._wakeup.set()
+            self._slot_freed.set()
+            return
+        if self._finished or self._aborting.is_set():
+            return
+        logger.warning("worker aborting: cancelling running handlers",
+                       extra={"action": "worker_abort", "worker_id": self.worker_id})
+        self._aborting.set()
+
+    async def run(self) -> None:
+        """Works until ``stop()``; returns after the shutdown.
+
+        Raises:
+            FlowShapeConflictError, InvalidFlowError: a flow cannot be defined as declared.
+            ConfigurationError: the database refuses the connection (bad URL, credentials).
+        """
+        if self._ran:
+            raise RuntimeError(f"worker {self.worker_id!r} has already run")
+        self._ran = True
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        store = await self._open_store()
+        if store is None:
+            self._finished = True
+            return
+        try:
+            if await self._sync_flows(store):
+                await self._work(store)
+        finally:
+            self._finished = True
+            for _, handler in self._running.values():
+                handler.cancel()
+            self._attempts.close()
+            await self._close_store(store)
+            logger.info("worker stopped", extra={"action": "worker_stopped",
+                                                 "worker_id": self.worker_id})
+
+    # -- start-up and shutdown ---------------------------------------------------------------
+
+    async def _open_store(self) -> Store | None:
+        retry = _Retry("connecting to the database")
+        while not self._stopping.is_set():
+            try:
+                store = await Store.open(self.database_url, min_size=1, max_size=POOL_SIZE)
+            except DatabaseUnavailableError as exc:
+                await self._wait(self._stopping, retry.failed(exc))
+                continue
+            except (OSError, ValueError) as exc:
+                raise ConfigurationError(f"cannot use the database: {exc}") from exc
+            except Exception as exc:  # asyncpg refusals: bad credentials, unknown database
+                raise ConfigurationError(
+                    f"the database refused the connection: {describe_error(exc)}"
+                ) from exc
+            retry.succeeded()
+            return store
+        return None
+
+    async def _sync_flows(self, store: Store) -> bool:
+        retry = _Retry("defining flows")
+        while not self._stopping.is_set():
+            try:
+                async with asyncio.timeout(DB_CALL_TIMEOUT):
+                    await sync_flows(store, self.flows)
+            except (DatabaseUnavailableError, TimeoutError) as exc:
+                await self._wait(self._stopping, retry.failed(exc))
+                continue
+            retry.succeeded()
+            return True
+        return False
+
+    async def _close_store(self, store: Store) -> None:
+        try:
+            async with asyncio.timeout(ABORT_TIMEOUT):
+                await store.close()
+        except Exception:
+            store.terminate()
+
+    async def _work(self, store: Store) -> None:
+        async with asyncio.TaskGroup() as group:
+            listener = group.create_task(self._listen_loop(), name="pgflow-worker-listen")
+            heartbeat = group.create_task(
+                self._heartbeat_loop(store), name="pgflow-worker-heartbeat"
+            )
+            reporters = [
+                group.create_task(self._report_loop(store, n), name=f"pgflow-worker-report-{n}")
+                for n in range(REPORTERS)
+            ]
+            try:
+                logger.info(
+                    "worker started: %s, concurrency %d", ", ".join(sorted(self._slugs)),
+                    self.concurrency,
+                    extra={"action": "worker_start", "worker_id": self.worker_id,
+                           "flows": sorted(self._slugs)},
+                )
+                self.started.set()
+                await self._claim_loop(store)
+                listener.cancel()  # nothing more is claimed: hints are useless now
+                await self._drain()
+                await self._flush(reporters)
+                await self._release(store)
+            except asyncio.CancelledError:
+                # Cancelled from outside (the embedding app shuts down): hand back what we hold.
+                self._aborting.set()
+                for _, handler in self._running.values():
+                    handler.cancel()
+                await self._release(store, final_report=True)
+                raise
+            finally:
+                for side in (listener, heartbeat, *reporters):
+                    side.cancel()
+
+    async def _drain(self) -> None:
+        """Lets running handlers finish within the grace; cancels the rest (their tasks are
+        released, not failed: they did nothing wrong)."""
+        handlers = [handler for _, handler in self._running.values()]
+        if not handlers:
+            return
+        if not self._aborting.is_set():
+            logger.info(
+                "waiting up to %.1f s for %d running handler(s)", self.shutdown_grace,
+                len(handlers), extra={"action": "worker_drain", "count": len(handlers)},
+            )
+            await self._phase(handlers, self.shutdown_grace, on_abort=0.0)
+        handlers = [handler for _, handler in self._running.values()]
+        if handlers:
+            logger.warning(
+                "cancelling %d handler(s) still running; their tasks go back to the queue",
+                len(handlers), extra={"action": "worker_cancel", "count": len(handlers)},
+            )
+            for handler in handlers:
+                handler.cancel()
+            # A handler that swallows its cancellation is not waited for forever.
+            await asyncio.wait(handlers, timeout=ABORT_TIMEOUT)
+            self._running.clear()
+
+    async def _flush(self, reporters: list[asyncio.Task[None]]) -> None:
+        self._flushing = True
+        self._results_ready.set()
+        await self._phase(reporters, FLUSH_TIMEOUT, on_abort=ABORT_TIMEOUT)
+        if not all(r.done() for r in reporters):
+            for reporter in reporters:
+                reporter.cancel()
+            await asyncio.wait(reporters)
+            lost = len(self._done) + len(self._failed)
+            logger.warning(
+                "could not report %d result(s) before stopping; those steps will run again",
+                lost, extra={"action": "report_lost", "count": lost},
+            )
+
+    async def _release(self, store: Store, *, final_report: bool = False) -> None:
+        """Gives back every task this worker still holds, so that another takes it at once."""
+        timeout = ABORT_TIMEOUT if self._aborting.is_set() else FLUSH_TIMEOUT
+        try:
+            async with asyncio.timeout(timeout):
+                if final_report and (self._done or self._failed):
+                    await store.report(self.worker_id, self._done, self._failed)
+                    self._done, self._failed, self._retry_in = [], [], []
+                released = await store.release_tasks(self.worker_id)
+        except Exception as exc:
+            logger.warning(
+                "could not release tasks, they run again when their lease ends: %s",
+                describe_error(exc), extra={"action": "release_failed"},
+            )
+            return
+        if released:
+            logger.info("released %d task(s)", released,
+                        extra={"action": "release", "count": released})
+
+    async def _phase(
+        self, tasks: Collection[asyncio.Future[Any]], timeout: float, *, on_abort: float
+    ) -> None:
+        """Waits for ``tasks`` for up to ``timeout`` seconds, cut to ``on_abort`` by an abort."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (on_abort if self._aborting.is_set() else timeout)
+        abort = asyncio.ensure_future(self._aborting.wait())
+        try:
+            while True:
+                pending = {t for t in tasks if not t.done()}
+                remaining = deadline - loop.time()
+                if not pending or remaining <= 0:
+                    return
+                # once aborting, a finished `abort` would make every wait return at once
+                waits = pending if abort.done() else pending | {abort}
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if abort.done():
+                    deadline = min(deadline, loop.time() + on_abort)
+        finally:
+            abort.cancel()
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return self.concurrency - len(self._running) - self._attempts.lingering
+
+    async def _claim_loop(self, store: Store) -> None:
+        slugs = sorted(self._slugs)
+        retry = _Retry("claiming tasks")
+        claim_now = True  # at start, and after a full batch: more may be waiting
+        while not self._stopping.is_set():
+            free = self._free_slots()
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            if not claim_now:
+                # jittered, so that workers started together do not poll together
+                await self._wait(self._wakeup, self.poll_interval * random.uniform(0.9, 1.1))
+                if self._stopping.is_set():
+                    return
+            self._wakeup.clear()  # before the claim: a hint arriving during it is kept
+            wanted = min(free, self.batch_size)
+            try:
+                async with asyncio.timeout(DB_CALL_TIMEOUT):
+                    tasks = await store.claim_tasks(
+                        self.worker_id, wanted, flow_slugs=slugs,
+                        lease_seconds=self.lease_seconds,
+                    )
+            except Exception as exc:
+                await self._wait(self._stopping, retry.failed(exc))
+                claim_now = True
+                continue
+            retry.succeeded()
+            for task in tasks:
+                self._start(task)
+            claim_now = len(tasks) >= wanted
+
+    def _start(self, task: Task) -> None:
+        key = (task.run_id, task.step_slug, task.attempt)
+        runner = self._runners.get((task.flow_slug, task.step_slug))
+        self._running[key] = (task, asyncio.create_task(self._execute(task, runner, key)))
+
+    async def _wait(self, event: asyncio.Event, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
+
+    def _on_notify(self, payload: str) -> None:
+        if payload in self._slugs:
+            self._wakeup.set()
+
+    async def _listen_loop(self) -> None:
+        retry = _Retry("listening for tasks")
+        while True:
+            try:
+                listening = await ListenConnection.open(
+                    self.database_url, TASKS_CHANNEL, self._on_notify,
+                    name=f"pgflow worker {self.worker_id}"[:63],
+                )
+            except Exception as exc:
+                await asyncio.sleep(retry.failed(exc))
+                continue
+            retry.succeeded()
+            self._wakeup.set()  # tasks queued while we were not listening sent no hint to us
+            try:
+                while not listening.lost.is_set():
+                    try:
+                        async with asyncio.timeout(LISTEN_HEALTH_INTERVAL):
+                            await listening.lost.wait()
+                    except TimeoutError:
+                        try:
+                            async with asyncio.timeout(DB_CALL_TIMEOUT):
+                                await listening.ping()
+                        except Exception as exc:
+                            logger.debug("listen connection ping failed: %s", exc)
+                            break
+                logger.warning("listen connection lost, reconnecting",
+                               extra={"action": "listen_lost"})
+            finally:
+                listening.terminate()
+
+    # -- running handlers ----------------------------------------------------------------------
+
+    async def _execute(self, task: Task, runner: Runner | None, key: _Key) -> None:
+        try:
+            error, output = await self._attempts.run(task, runner)
+        finally:
+            self._running.pop(key, None)
+            self._slot_freed.set()
+        if error is None:
+            self._done.append(Completion(task.run_id, task.step_slug, task.attempt, output))
+        else:
+            self._record_failure(task, runner, error)
+        self._results_ready.set()
+
+    def _slot_freed_by_thread(self) -> None:
+        self._slot_freed.set()
+
+    def _record_failure(self, task: Task, runner: Runner | None, error: str) -> None:
+        retry_in = runner.retry_in(task) if runner is not None else None
+        self._failed.append(Failure(task.run_id, task.step_slug, task.attempt, error))
+        self._retry_in.append(retry_in)
+        logger.warning(
+            "step %s failed (attempt %d of %d): %s", task.step_slug, task.attempt,
+            task.max_attempts, error,
+            extra={"action": "step_failed", "run_id": str(task.run_id),
+                   "step": task.step_slug, "attempt": task.attempt},
+        )
+
+    # -- reporting and leases ------------------------------------------------------------------
+
+    async def _report_loop(self, store: Store, reporter: int) -> None:
+        retry = _Retry("reporting results")
+        while True:
+            if not self._done and not self._failed:
+                if self._flushing:
+                    self._results_ready.set()  # the other reporters must see it too
+                    return
+                self._results_ready.clear()
+                await self._results_ready.wait()
+                continue
+            # Everything finished since the last round goes in one call: one transaction,
+            # one NOTIFY, however many steps.
+            done = self._done[:REPORT_BATCH_MAX]
+            del self._done[: len(done)]
+            room = REPORT_BATCH_MAX - len(done)
+            failed, retry_in = self._failed[:room], self._retry_in[:room]
+            del self._failed[: len(failed)], self._retry_in[: len(failed)]
+            self._reporting[reporter] = [*done, *failed]
+            try:
+                async with asyncio.timeout(DB_CALL_TIMEOUT):
+                    _, applied_failures = await store.report(self.worker_id, done, failed)
+            except BaseException as exc:
+                # Kept for the next round (or the final report): a repeat of a report that
+                # did commit is stale and changes nothing.
+                self._done[:0] = done
+                self._failed[:0] = failed
+                self._retry_in[:0] = retry_in
+                del self._reporting[reporter]
+                if not isinstance(exc, Exception):
+                    raise
+                await asyncio.sleep(retry.failed(exc))  # the shutdown's deadline cuts this
+                continue
+            del self._reporting[reporter]
+            retry.succeeded()
+            self._schedule_retries(applied_failures, retry_in)
+
+    def _schedule_retries(self, applied: list[bool], retry_in: list[float | None]) -> None:
+        """A retry becomes claimable after its backoff with no NOTIFY: wake up for it."""
+        loop = asyncio.get_running_loop()
+        for was_applied, delay in zip(applied, retry_in, strict=True):
+            if was_applied and delay is not None:
+                loop.call_later(delay + RETRY_WAKE_MARGIN, self._wakeup.set)
+
+    def _held(self) -> list[tuple[uuid.UUID, str]]:
+        held = {(task.run_id, task.step_slug) for task, _ in self._running.values()}
+        unreported: list[Sequence[Completion | Failure]] = [
+            self._done, self._failed, *self._reporting.values()
+        ]
+        for results in unreported:
+            held.update((r.run_id, r.step_slug) for r in results)
+        return list(held)
+
+    async def _heartbeat_loop(self, store: Store) -> None:
+        retry = _Retry("extending leases")
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = self._held()
+            if not held:
+                continue
+            try:
+                async with asyncio.timeout(min(DB_CALL_TIMEOUT, self.lease_seconds)):
+                    kept = await store.extend_leases(self.worker_id, held, self.lease_seconds)
+            except Exception as exc:
+                retry.failed(exc)
+                continue
+            retry.succeeded()
+            if kept < len(held):
+                # Also counts results reported during the call: no warning for that.
+                logger.debug("extended %d of %d leases", kept, len(held),
+                             extra={"action": "lease_extend"})
+
+
+# -- pgflow worker ---------------------------------------------------------------------------
+
+async def _migrate(url: str, worker: Worker) -> bool:
+    """Applies migrations, waiting for the database to come up; False if stopped meanwhile."""
+    from gateway.migrate import migrate_url
+
+    retry = _Retry("migrating")
+    while not worker._stopping.is_set():
+        try:
+            await migrate_url(url)
+        except _UNREACHABLE as exc:
+            await worker._wait(worker._stopping, retry.failed(exc))
+            continue
+        except Exception as exc:  # refused login, unknown database, a failing migration
+            raise ConfigurationError(f"cannot migrate the database: {describe_error(exc)}") from exc
+        retry.succeeded()
+        return True
+    return False
+
+
+async def _worker_main(args: argparse.Namespace, flows: Sequence[Flow]) -> Worker:
+    from gateway.database import database_url
+
+    with database_url(args.database_url, args.data_dir) as url:
+        worker = Worker(
+            url, flows, concurrency=args.concurrency, batch_size=args.batch_size,
+            lease_seconds=args.lease, poll_interval=args.poll_interval,
+            shutdown_grace=args.shutdown_grace,
+        )
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for signum in signals:
+            # first: graceful; second: abort (Worker.stop escalates)
+            loop.add_signal_handler(signum, worker.stop)
+        try:
+            if await _migrate(url, worker):
+                await worker.run()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+    return worker
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    """``pgflow worker``: runs the handlers of ``--flows`` until SIGTERM or SIGINT.
+
+    Exits 0 after a graceful shutdown, 1 after an abort (a second signal).
+    """
+    flows = load_flows(args.flows)
+    worker = asyncio.run(_worker_main(args, flows))
+    code = 1 if worker.aborted else 0
+    if worker.lingering_threads:
+        # A sync handler stuck in a thread would keep the interpreter from exiting.
+        logger.warning("exiting with %d handler thread(s) still running",
+                       worker.lingering_threads, extra={"action": "worker_exit"})
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

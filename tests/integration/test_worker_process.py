@@ -1,0 +1,211 @@
+"""``pgflow worker`` processes against a real database: start-up, crashes, signals, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+
+from examples import flows as examples
+from gateway.flows import load_flows
+from gateway.store import Store
+from gateway.worker import sync_flows
+from tests.conftest import Server
+from tests.integration.worker_helpers import (
+    restart_server,
+    running_worker,
+    server_down,
+    sigkill,
+    start_worker,
+    step_of,
+    wait_for_run,
+    wait_until,
+)
+
+FAST = ("--poll-interval", "0.2")
+
+
+async def _leased_by(store: Store, run_id: uuid.UUID) -> str | None:
+    async with store.pool.acquire() as connection:
+        holder: str | None = await connection.fetchval(
+            "select leased_by from pgflow.step_states where run_id = $1 "
+            "and lease_expires_at is not null", run_id,
+        )
+    return holder
+
+
+async def _count_leased(store: Store) -> int:
+    async with store.pool.acquire() as connection:
+        count: int = await connection.fetchval(
+            "select count(*) from pgflow.step_states where lease_expires_at is not null"
+        )
+    return count
+
+
+async def test_a_worker_process_runs_the_diamond_example_to_its_output(
+    db_url: str, store: Store
+) -> None:
+    async with running_worker(db_url, *FAST, flows="examples.flows"):
+        run_id = await store.run_flow("diamond", {"text": "The cat saw the dog.  The dog ran."})
+        run = await wait_for_run(store, run_id)
+    assert run["status"] == "completed", run
+    assert run["output"] == {
+        "summary": "The cat saw the dog. The dog ran.",
+        "words": 8,
+        "top_words": ["the", "dog", "cat"],
+    }
+    # summarize and count_words ran side by side: each started before the other completed
+    events = await store.get_run_events(run_id)
+    seq = {(e["event"], e["step_slug"]): e["seq"] for e in events}
+    assert seq[("step:started", "summarize")] == seq[("step:started", "count_words")] - 1
+    assert seq[("step:started", "count_words")] < seq[("step:completed", "summarize")]
+
+
+async def test_a_worker_process_starts_on_unchanged_shapes_and_runs_the_fanout_example(
+    db_url: str, store: Store
+) -> None:
+    await sync_flows(store, load_flows(["examples.flows"]))
+    async with running_worker(db_url, *FAST, flows="examples.flows"):
+        run = await wait_for_run(store, await store.run_flow("fanout", {"start": 1}))
+    assert run["status"] == "completed", run
+    assert run["output"]["sum"] == sum(n * n for n in range(1, examples.FANOUT_WIDTH + 1))
+    assert len(run["steps"]) == examples.FANOUT_WIDTH + 2
+
+
+async def test_a_worker_process_refuses_to_start_when_a_flow_changed_shape(
+    db_url: str, store: Store
+) -> None:
+    await store.define_flow({"slug": "diamond", "steps": [{"slug": "fetch"}]})
+    worker = await start_worker(db_url, *FAST, flows="examples.flows")
+    try:
+        code = await worker.wait()
+    finally:
+        await worker.close()
+    assert code != 0
+    message = worker.stderr
+    assert "flow 'diamond' already exists with a different shape" in message
+    assert "step 'summarize' added" in message
+    assert "diamond_v2" in message
+    assert "worker started" not in message
+
+
+async def test_a_step_killed_with_its_worker_runs_again_after_its_lease(
+    db_url: str, store: Store
+) -> None:
+    lease = ("--lease", "1")
+    async with running_worker(db_url, *FAST, *lease) as doomed_worker:
+        run_id = await store.run_flow("hangs_once", {})
+        await wait_until(lambda: _leased_by(store, run_id), timeout=10,
+                         what="the first worker to claim the step")
+        sigkill(doomed_worker)
+        await doomed_worker.wait()
+    async with running_worker(db_url, *FAST, *lease):
+        run = await wait_for_run(store, run_id, timeout=10)
+    assert run["status"] == "completed", run
+    assert step_of(run, "hang_first")["attempt"] == 2
+    assert run["output"] == {"attempt": 2}
+    retrying = [e for e in await store.get_run_events(run_id) if e["event"] == "step:retrying"]
+    assert [(e["error"], e["attempt"]) for e in retrying] == [("lease expired", 1)]
+
+
+async def test_sigterm_finishes_running_handlers_releases_the_rest_and_exits_0(
+    db_url: str, store: Store
+) -> None:
+    async with running_worker(db_url, *FAST, "--shutdown-grace", "1.5") as worker:
+        finishing = [await store.run_flow("drains", {"hang": False}) for _ in range(3)]
+        hanging = await store.run_flow("drains", {"hang": True})
+        await wait_until(lambda: _all_leased(store, 4), timeout=10,
+                         what="all four tasks to be running")
+        worker.send(signal.SIGTERM)
+        code = await worker.wait(timeout=15)
+    assert code == 0, worker.stderr
+    for run_id in finishing:
+        run = await store.get_run(run_id)
+        assert run is not None
+        assert run["status"] == "completed", run
+    # the handler that outlived the grace was cancelled and its task given back, unattempted
+    assert await _count_leased(store) == 0
+    hung = await store.get_run(hanging)
+    assert hung is not None
+    assert (hung["status"], step_of(hung, "work")["attempt"]) == ("started", 0)
+    assert "for 4 running handler(s)" in worker.stderr  # all four were running at SIGTERM
+    assert "released 1 task(s)" in worker.stderr
+
+
+async def test_a_second_sigterm_aborts_at_once_and_still_releases_the_tasks(
+    db_url: str, store: Store
+) -> None:
+    async with running_worker(db_url, *FAST, "--shutdown-grace", "60") as worker:
+        run_id = await store.run_flow("drains", {"hang": True})
+        await wait_until(lambda: _leased_by(store, run_id), timeout=10,
+                         what="the task to be running")
+        worker.send(signal.SIGTERM)
+        await worker.wait_for_line("waiting up to 60.0 s for 1 running handler(s)")
+        worker.send(signal.SIGTERM)
+        code = await worker.wait(timeout=10)  # far less than the 60 s grace
+    assert code == 1, worker.stderr
+    assert await _count_leased(store) == 0
+    assert "released 1 task(s)" in worker.stderr
+
+
+async def test_a_worker_process_exits_even_when_a_sync_handler_never_returns(
+    db_url: str, store: Store
+) -> None:
+    async with running_worker(db_url, *FAST, "--shutdown-grace", "0.2") as worker:
+        run_id = await store.run_flow("stuck_thread", {})
+        await wait_until(lambda: _leased_by(store, run_id), timeout=10,
+                         what="the task to be running")
+        worker.send(signal.SIGTERM)
+        code = await worker.wait(timeout=10)
+    assert code == 0, worker.stderr
+    assert "exiting with 1 handler thread(s) still running" in worker.stderr
+    assert await _count_leased(store) == 0
+
+
+async def _all_leased(store: Store, count: int) -> bool:
+    return await _count_leased(store) == count
+
+
+async def test_runs_started_before_and_after_a_database_restart_complete(
+    private_server: Server,
+) -> None:
+    assert private_server.cluster is not None
+    store = await Store.open(private_server.url, max_size=2)
+    try:
+        async with running_worker(private_server.url, *FAST) as worker:
+            before = [await store.run_flow("survives", {"n": n}) for n in range(3)]
+            await wait_until(lambda: _all_leased(store, 3), timeout=10,
+                             what="the first steps to be running")
+            await asyncio.to_thread(restart_server, private_server.cluster)
+            await store.close()
+            store = await Store.open(private_server.url, max_size=2)
+            after = [await store.run_flow("survives", {"n": n}) for n in range(3, 6)]
+            runs = [await wait_for_run(store, r, timeout=20) for r in before + after]
+            assert worker.process.returncode is None  # still running
+    finally:
+        await store.close()
+    assert [r["status"] for r in runs] == ["completed"] * 6, runs
+    assert [r["output"] for r in runs] == [{"n": n + 1} for n in range(6)]
+
+
+async def test_results_finished_while_the_database_is_down_are_reported_once_it_is_back(
+    private_server: Server,
+) -> None:
+    assert private_server.cluster is not None
+    store = await Store.open(private_server.url, max_size=2)
+    try:
+        async with running_worker(private_server.url, *FAST) as worker:
+            run_ids = [await store.run_flow("survives", {"n": n}) for n in range(3)]
+            await wait_until(lambda: _all_leased(store, 3), timeout=10,
+                             what="the first steps to be running")
+            await store.close()
+            async with server_down(private_server.cluster):
+                # the handlers finish meanwhile; their report fails and is kept
+                await worker.wait_for_line("reporting results failed")
+            store = await Store.open(private_server.url, max_size=2)
+            runs = [await wait_for_run(store, r, timeout=20) for r in run_ids]
+    finally:
+        await store.close()
+    assert [r["output"] for r in runs] == [{"n": n + 1} for n in range(3)]
+    # reported late but within the lease: the first attempt counted, none ran twice
+    assert [step_of(r, "slow")["attempt"] for r in runs] == [1, 1, 1]
