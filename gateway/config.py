@@ -1,9 +1,272 @@
-"""The gateway's settings: limits, access control, and their command-line options."""
+"""The gateway's settings: limits, access control, and their command-line options.
+
+``GatewayConfig`` is what ``create_app`` takes; ``add_gateway_options`` adds its options to
+``pgflow serve`` and ``GatewayConfig.from_args`` reads them back. Every option also has an
+environment variable (``PGFLOW_<OPTION>``), used when the option is not given, so secrets need
+not appear on a command line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigurationError
+
+MIN_HS256_SECRET_BYTES = 32  # RFC 7518 3.2: a key at least as long as the hash output
+DEFAULT_JWT_LEEWAY = 5.0  # seconds of clock skew tolerated on exp / nbf
+DEFAULT_ROLE_CLAIM = "role"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024
+DEFAULT_MAX_SUBSCRIPTIONS = 100  # per socket
+DEFAULT_MAX_SOCKETS = 10_000  # per gateway process
+DEFAULT_SOCKET_BUFFER_FRAMES = 4096  # frames queued for one socket before it is dropped (1013)
+DEFAULT_SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
+DEFAULT_SOCKET_STALL_TIMEOUT = 20.0  # seconds a socket may accept nothing before it is dropped
+DEFAULT_CLOSE_TIMEOUT = 5.0  # seconds a close frame may take to leave before the TCP is aborted
+DEFAULT_LISTENER_HEALTH_INTERVAL = 10.0  # seconds of silence before the listener runs `select 1`
+DEFAULT_LISTENER_HEALTH_TIMEOUT = 5.0  # seconds `select 1` may take before the link is dead
+DEFAULT_POOL_SIZE = 10
 
 
-def add_gateway_options(parser: argparse.ArgumentParser) -> None:
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Settings of one gateway process. The defaults are a public, unauthenticated gateway.
+
+    Access: ``jwt_secret`` (HS256) or ``jwt_public_key`` (RS256, PEM text) turns tokens on;
+    without either everything is public and tokens are ignored.
+    """
+
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: float = DEFAULT_JWT_LEEWAY
+    role_claim: str = DEFAULT_ROLE_CLAIM
+    admin_role: str | None = None
+    private_flows: frozenset[str] = frozenset()
+    # Socket Origins allowed besides the request's own host ("*": any).
+    allowed_origins: tuple[str, ...] = ()
+    # Origins whose pages may call the HTTP API (CORS) — also allowed on the socket.
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+    max_sockets: int = DEFAULT_MAX_SOCKETS
+    socket_buffer_frames: int = DEFAULT_SOCKET_BUFFER_FRAMES
+    socket_buffer_bytes: int = DEFAULT_SOCKET_BUFFER_BYTES
+    socket_stall_timeout: float = DEFAULT_SOCKET_STALL_TIMEOUT
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    listener_health_interval: float = DEFAULT_LISTENER_HEALTH_INTERVAL
+    listener_health_timeout: float = DEFAULT_LISTENER_HEALTH_TIMEOUT
+    pool_size: int = DEFAULT_POOL_SIZE
+    migrate: bool = True
+    # Keyword arguments of gateway.worker.Worker for create_app(..., with_worker=True).
+    worker_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.jwt_secret is not None and self.jwt_public_key is not None:
+            raise ConfigurationError("give --jwt-secret or --jwt-public-key, not both")
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_HS256_SECRET_BYTES:
+            raise ConfigurationError(
+                f"--jwt-secret must be at least {MIN_HS256_SECRET_BYTES} bytes for HS256"
+            )
+        for name in ("max_body_bytes", "max_frame_bytes", "max_subscriptions", "max_sockets",
+                     "socket_buffer_frames", "socket_buffer_bytes", "pool_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
+        for name in ("jwt_leeway", "close_timeout", "listener_health_interval",
+                     "listener_health_timeout", "socket_stall_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ConfigurationError(f"{name} must be a non-negative number, not {value!r}")
+        for origin in (*self.allowed_origins, *self.cors_origins):
+            if origin != "*" and not _is_origin(origin):
+                raise ConfigurationError(
+                    f"origin {origin!r} must look like scheme://host[:port], or be '*'"
+                )
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.jwt_secret is not None or self.jwt_public_key is not None
+
+    def with_changes(self, **changes: Any) -> GatewayConfig:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GatewayConfig:
+        """The settings ``add_gateway_options`` parsed (environment variables fill the gaps)."""
+        public_key = None
+        if args.jwt_public_key:
+            try:
+                public_key = Path(args.jwt_public_key).read_text()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"--jwt-public-key {args.jwt_public_key}: cannot read it: {exc}"
+                ) from exc
+        return cls(
+            jwt_secret=args.jwt_secret or None,
+            jwt_public_key=public_key,
+            jwt_audience=args.jwt_audience or None,
+            jwt_leeway=args.jwt_leeway,
+            role_claim=args.role_claim,
+            admin_role=args.admin_role or None,
+            private_flows=frozenset(args.private_flow),
+            allowed_origins=tuple(_normalise_origins(args.allowed_origin)),
+            cors_origins=tuple(_normalise_origins(args.cors_origin)),
+            max_body_bytes=args.max_body_bytes,
+            max_frame_bytes=args.max_frame_bytes,
+            max_subscriptions=args.max_subscriptions,
+            max_sockets=args.max_sockets,
+            socket_buffer_frames=args.socket_buffer_frames,
+            socket_buffer_bytes=args.socket_buffer_bytes,
+            socket_stall_timeout=args.socket_stall_timeout,
+            close_timeout=args.close_timeout,
+            listener_health_interval=args.listener_health_interval,
+            pool_size=args.pool_size,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+        """The settings given only by ``PGFLOW_*`` environment variables."""
+        parser = argparse.ArgumentParser(add_help=False)
+        add_gateway_options(parser, environ)
+        return cls.from_args(parser.parse_args([]))
+
+
+def _is_origin(origin: str) -> bool:
+    scheme, sep, rest = origin.partition("://")
+    return bool(sep) and scheme in ("http", "https") and bool(rest) and "/" not in rest
+
+
+def _normalise_origins(origins: Iterable[str]) -> list[str]:
+    return [o.rstrip("/").lower() for o in origins]
+
+
+def _env_list(environ: Mapping[str, str], name: str) -> list[str]:
+    return [item.strip() for item in environ.get(name, "").split(",") if item.strip()]
+
+
+def add_gateway_options(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> None:
     """Options of ``pgflow serve`` beyond host, port, database and flows (auth, limits)."""
+    env = os.environ if environ is None else environ
+
+    def number(name: str, default: float) -> float:
+        raw = env.get(name)
+        try:
+            return float(raw) if raw else default
+        except ValueError as exc:
+            raise ConfigurationError(f"${name}={raw!r} is not a number") from exc
+
+    def integer(name: str, default: int) -> int:
+        raw = env.get(name)
+        try:
+            return int(raw) if raw else default
+        except ValueError as exc:
+            raise ConfigurationError(f"${name}={raw!r} is not an integer") from exc
+
+    auth = parser.add_argument_group("access (JWT; without a key everything is public)")
+    auth.add_argument(
+        "--jwt-secret", default=env.get("PGFLOW_JWT_SECRET"), metavar="SECRET",
+        help="HS256 secret, at least 32 bytes (default: $PGFLOW_JWT_SECRET)",
+    )
+    auth.add_argument(
+        "--jwt-public-key", default=env.get("PGFLOW_JWT_PUBLIC_KEY"), metavar="FILE",
+        help="PEM file of the RS256 public key (default: $PGFLOW_JWT_PUBLIC_KEY)",
+    )
+    auth.add_argument(
+        "--jwt-audience", default=env.get("PGFLOW_JWT_AUDIENCE"),
+        help="required `aud` claim (default: not checked)",
+    )
+    auth.add_argument(
+        "--jwt-leeway", type=float, metavar="SECONDS",
+        default=number("PGFLOW_JWT_LEEWAY", DEFAULT_JWT_LEEWAY),
+        help=f"clock skew allowed on exp/nbf (default: {DEFAULT_JWT_LEEWAY:g})",
+    )
+    auth.add_argument(
+        "--role-claim", default=env.get("PGFLOW_ROLE_CLAIM", DEFAULT_ROLE_CLAIM),
+        help=f"claim holding the token's role(s) (default: {DEFAULT_ROLE_CLAIM})",
+    )
+    auth.add_argument(
+        "--admin-role", default=env.get("PGFLOW_ADMIN_ROLE"),
+        help="role that may read every run (default: none)",
+    )
+    auth.add_argument(
+        "--private-flow", action="append", metavar="SLUG",
+        default=_env_list(env, "PGFLOW_PRIVATE_FLOWS"),
+        help="a flow only token holders may start and read; repeatable (flows loaded with "
+        "--flows say so with Flow(public=False))",
+    )
+    auth.add_argument(
+        "--allowed-origin", action="append", metavar="ORIGIN",
+        default=_env_list(env, "PGFLOW_ALLOWED_ORIGINS"),
+        help="Origin allowed on /realtime besides the gateway's own host ('*': any); repeatable",
+    )
+    auth.add_argument(
+        "--cors-origin", action="append", metavar="ORIGIN",
+        default=_env_list(env, "PGFLOW_CORS_ORIGINS"),
+        help="Origin whose pages may call the HTTP API and open /realtime ('*': any); "
+        "repeatable",
+    )
+
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-body-bytes", type=int,
+        default=integer("PGFLOW_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        help=f"largest HTTP body (default: {DEFAULT_MAX_BODY_BYTES})",
+    )
+    limits.add_argument(
+        "--max-frame-bytes", type=int,
+        default=integer("PGFLOW_MAX_FRAME_BYTES", DEFAULT_MAX_FRAME_BYTES),
+        help=f"largest websocket frame from a client (default: {DEFAULT_MAX_FRAME_BYTES})",
+    )
+    limits.add_argument(
+        "--max-subscriptions", type=int,
+        default=integer("PGFLOW_MAX_SUBSCRIPTIONS", DEFAULT_MAX_SUBSCRIPTIONS),
+        help=f"runs one socket may follow (default: {DEFAULT_MAX_SUBSCRIPTIONS})",
+    )
+    limits.add_argument(
+        "--max-sockets", type=int,
+        default=integer("PGFLOW_MAX_SOCKETS", DEFAULT_MAX_SOCKETS),
+        help=f"open websockets per process (default: {DEFAULT_MAX_SOCKETS})",
+    )
+    limits.add_argument(
+        "--socket-buffer-frames", type=int,
+        default=integer("PGFLOW_SOCKET_BUFFER_FRAMES", DEFAULT_SOCKET_BUFFER_FRAMES),
+        help="frames queued for a slow socket before it is closed with 1013 "
+        f"(default: {DEFAULT_SOCKET_BUFFER_FRAMES})",
+    )
+    limits.add_argument(
+        "--socket-buffer-bytes", type=int,
+        default=integer("PGFLOW_SOCKET_BUFFER_BYTES", DEFAULT_SOCKET_BUFFER_BYTES),
+        help=f"bytes queued for a slow socket before it is closed with 1013 "
+        f"(default: {DEFAULT_SOCKET_BUFFER_BYTES})",
+    )
+    limits.add_argument(
+        "--socket-stall-timeout", type=float, metavar="SECONDS",
+        default=number("PGFLOW_SOCKET_STALL_TIMEOUT", DEFAULT_SOCKET_STALL_TIMEOUT),
+        help="time a socket may accept no data while frames wait before it is closed with "
+        f"1013 (default: {DEFAULT_SOCKET_STALL_TIMEOUT:g})",
+    )
+    limits.add_argument(
+        "--close-timeout", type=float, metavar="SECONDS",
+        default=number("PGFLOW_CLOSE_TIMEOUT", DEFAULT_CLOSE_TIMEOUT),
+        help="time a socket's close frame may take before the connection is aborted "
+        f"(default: {DEFAULT_CLOSE_TIMEOUT:g})",
+    )
+    limits.add_argument(
+        "--listener-health-interval", type=float, metavar="SECONDS",
+        default=number("PGFLOW_LISTENER_HEALTH_INTERVAL", DEFAULT_LISTENER_HEALTH_INTERVAL),
+        help="quiet time after which the LISTEN connection is probed with `select 1` "
+        f"(default: {DEFAULT_LISTENER_HEALTH_INTERVAL:g})",
+    )
+    limits.add_argument(
+        "--pool-size", type=int, default=integer("PGFLOW_POOL_SIZE", DEFAULT_POOL_SIZE),
+        help=f"database connections for HTTP and replays (default: {DEFAULT_POOL_SIZE})",
+    )

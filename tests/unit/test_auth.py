@@ -1,0 +1,171 @@
+"""Tokens and access decisions: what is refused, and with which error."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.auth import ANONYMOUS, Authenticator, Principal, bearer_token
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigurationError, ForbiddenError, UnauthorizedError
+
+SECRET = "s" * 40
+RUN = "0b7e8a3c-5a43-4b8e-9f5c-2f1e6f3b9a10"
+
+
+@pytest.fixture(scope="module")
+def rsa_pair() -> tuple[Any, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    return key, public
+
+
+def hs(claims: dict[str, Any], secret: str = SECRET) -> str:
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def unsigned(claims: dict[str, Any]) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def authenticator(**options: Any) -> Authenticator:
+    config = GatewayConfig(**{"jwt_secret": SECRET, "jwt_leeway": 0, **options})
+    return Authenticator(config, {"secret_flow": False, "open_flow": True})
+
+
+def test_without_a_key_everything_is_public_and_tokens_are_ignored() -> None:
+    auth = Authenticator(GatewayConfig(private_flows=frozenset({"x"})), {"y": False})
+    assert auth.authenticate("garbage") is ANONYMOUS
+    assert auth.is_public("x")
+    assert auth.is_public("y")
+    auth.check_run(ANONYMOUS, "x", "someone", RUN)
+    assert auth.owner_filter(ANONYMOUS) == (True, None)
+
+
+def test_a_valid_token_gives_its_subject_roles_and_expiry() -> None:
+    auth = authenticator(admin_role="admin")
+    exp = int(time.time()) + 60
+    principal = auth.authenticate(hs({"sub": "alice", "role": ["user", "admin"], "exp": exp}))
+    assert principal == Principal("alice", frozenset({"user", "admin"}), float(exp), True)
+    assert auth.is_admin(principal)
+    assert 55 < (auth.expires_in(principal) or 0) <= 60
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    (hs({"sub": "a", "exp": int(time.time()) - 60}), "expired"),
+    (hs({"sub": "a", "nbf": int(time.time()) + 60}), "not yet valid"),
+    (hs({"sub": "a"}, secret="t" * 40), "signature"),
+    (unsigned({"sub": "a"}), "algorithm"),
+    ("not.a.token", "invalid token"),
+    ("", "empty"),
+    (hs({"sub": 5}), "invalid token"),
+])
+def test_bad_tokens_are_unauthorized(token: str, message: str) -> None:
+    with pytest.raises(UnauthorizedError, match=message):
+        authenticator().authenticate(token)
+
+
+def test_the_audience_is_checked_when_configured() -> None:
+    auth = authenticator(jwt_audience="pgflow")
+    assert auth.authenticate(hs({"sub": "a", "aud": "pgflow"})).subject == "a"
+    with pytest.raises(UnauthorizedError, match="audience"):
+        auth.authenticate(hs({"sub": "a", "aud": "other"}))
+    with pytest.raises(UnauthorizedError):
+        auth.authenticate(hs({"sub": "a"}))
+
+
+def test_rs256_accepts_its_key_and_refuses_hs256_signed_with_the_public_key(
+    rsa_pair: tuple[Any, str],
+) -> None:
+    private, public = rsa_pair
+    auth = Authenticator(GatewayConfig(jwt_public_key=public), {})
+    assert auth.authenticate(jwt.encode({"sub": "a"}, private, algorithm="RS256")).subject == "a"
+    # The classic confusion: an HS256 token whose "secret" is the public key's PEM.
+    import hashlib
+    import hmac
+
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body = base64.urlsafe_b64encode(b'{"sub":"mallory"}').rstrip(b"=")
+    signature = base64.urlsafe_b64encode(
+        hmac.new(public.encode(), header + b"." + body, hashlib.sha256).digest()).rstrip(b"=")
+    with pytest.raises(UnauthorizedError, match="algorithm"):
+        auth.authenticate((header + b"." + body + b"." + signature).decode())
+    with pytest.raises(UnauthorizedError, match="algorithm"):
+        auth.authenticate(unsigned({"sub": "a"}))
+
+
+def test_hs256_refuses_an_rs256_token(rsa_pair: tuple[Any, str]) -> None:
+    private, _ = rsa_pair
+    with pytest.raises(UnauthorizedError, match="algorithm"):
+        authenticator().authenticate(jwt.encode({"sub": "a"}, private, algorithm="RS256"))
+
+
+def test_bad_keys_are_configuration_errors(rsa_pair: tuple[Any, str]) -> None:
+    with pytest.raises(ConfigurationError, match="32 bytes"):
+        GatewayConfig(jwt_secret="short")
+    with pytest.raises(ConfigurationError, match="not both"):
+        GatewayConfig(jwt_secret=SECRET, jwt_public_key=rsa_pair[1])
+    with pytest.raises(ConfigurationError, match="PEM"):
+        Authenticator(GatewayConfig(jwt_public_key="nope"), {})
+
+
+def test_private_flows_need_a_token() -> None:
+    auth = authenticator(private_flows=frozenset({"psql_flow"}))
+    alice = auth.authenticate(hs({"sub": "alice"}))
+    for slug in ("secret_flow", "psql_flow"):
+        assert not auth.is_public(slug)
+        with pytest.raises(UnauthorizedError):
+            auth.check_flow(ANONYMOUS, slug)
+        auth.check_flow(alice, slug)
+    auth.check_flow(ANONYMOUS, "open_flow")
+    auth.check_flow(ANONYMOUS, "never_loaded")
+
+
+def test_a_run_is_visible_to_its_owner_and_admins_only() -> None:
+    auth = authenticator(admin_role="ops", role_claim="roles")
+    alice = auth.authenticate(hs({"sub": "alice"}))
+    bob = auth.authenticate(hs({"sub": "bob"}))
+    ops = auth.authenticate(hs({"sub": "carol", "roles": "ops"}))
+    auth.check_run(alice, "open_flow", "alice", RUN)
+    auth.check_run(ops, "open_flow", "alice", RUN)
+    with pytest.raises(ForbiddenError, match=RUN):
+        auth.check_run(bob, "open_flow", "alice", RUN)
+    with pytest.raises(UnauthorizedError):
+        auth.check_run(ANONYMOUS, "open_flow", "alice", RUN)
+    # Without owner: whoever may read the flow.
+    auth.check_run(ANONYMOUS, "open_flow", None, RUN)
+    auth.check_run(bob, "secret_flow", None, RUN)
+    with pytest.raises(UnauthorizedError):
+        auth.check_run(ANONYMOUS, "secret_flow", None, RUN)
+
+
+def test_listing_runs_filters_by_owner() -> None:
+    auth = authenticator(admin_role="admin")
+    assert auth.owner_filter(ANONYMOUS) == (False, None)
+    assert auth.owner_filter(auth.authenticate(hs({"sub": "a"}))) == (True, "a")
+    assert auth.owner_filter(auth.authenticate(hs({"role": "admin"}))) == (True, None)
+
+
+@pytest.mark.parametrize(("header", "token"), [
+    (None, None), ("Bearer abc", "abc"), ("bearer  abc ", "abc"),
+])
+def test_bearer_token(header: str | None, token: str | None) -> None:
+    assert bearer_token(header) == token
+
+
+@pytest.mark.parametrize("header", ["Basic abc", "Bearer", "Bearer   ", "abc"])
+def test_a_malformed_authorization_header_is_unauthorized(header: str) -> None:
+    with pytest.raises(UnauthorizedError):
+        bearer_token(header)
