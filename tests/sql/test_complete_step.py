@@ -169,7 +169,7 @@ async def test_one_transaction_sends_one_notification_however_many_events(
     assert all(r["to"] == 5 for r in refs)
 
 
-async def test_a_small_batch_travels_inline_in_commit_order(conn: Any, listen_conn: Any) -> None:
+async def test_a_small_batch_travels_inline_each_run_contiguous_and_in_seq_order(conn: Any, listen_conn: Any) -> None:
     await define(conn, DIAMOND)
     runs = [await start(conn, "diamond") for _ in range(2)]
     tasks = await claim(conn)
@@ -178,9 +178,8 @@ async def test_a_small_batch_travels_inline_in_commit_order(conn: Any, listen_co
             for task in tasks:
                 await complete(conn, task)
         payload = await notes.next_json()
-    assert [(e["run_id"], e["seq"]) for e in payload["events"]] == [
-        (str(r), seq) for r in runs for seq in (3, 4, 5)
-    ]
+    got = [(e["run_id"], e["seq"]) for e in payload["events"]]
+    assert got == [(str(r), seq) for r in sorted(runs) for seq in (3, 4, 5)]
 
 
 async def test_report_steps_applies_a_batch_and_says_which_were_stale(conn: Any) -> None:
