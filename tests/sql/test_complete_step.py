@@ -169,7 +169,9 @@ async def test_one_transaction_sends_one_notification_however_many_events(
     assert all(r["to"] == 5 for r in refs)
 
 
-async def test_a_small_batch_travels_inline_each_run_contiguous_and_in_seq_order(conn: Any, listen_conn: Any) -> None:
+async def test_a_small_batch_travels_inline_each_run_contiguous_and_in_seq_order(
+    conn: Any, listen_conn: Any
+) -> None:
     await define(conn, DIAMOND)
     runs = [await start(conn, "diamond") for _ in range(2)]
     tasks = await claim(conn)
@@ -266,10 +268,19 @@ def without_times(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def test_report_steps_writes_the_same_log_as_completing_one_by_one(conn: Any) -> None:
-    await define(conn, {"slug": "shape", "steps": [
-        {"slug": "a"}, {"slug": "b", "depends_on": ["a"]}, {"slug": "c", "depends_on": ["a"]},
-        {"slug": "e", "depends_on": ["a"]}, {"slug": "d", "depends_on": ["b", "c"]},
-    ]})
+    await define(
+        conn,
+        {
+            "slug": "shape",
+            "steps": [
+                {"slug": "a"},
+                {"slug": "b", "depends_on": ["a"]},
+                {"slug": "c", "depends_on": ["a"]},
+                {"slug": "e", "depends_on": ["a"]},
+                {"slug": "d", "depends_on": ["b", "c"]},
+            ],
+        },
+    )
     one_by_one = await start(conn, "shape", {"n": 1})
     batched = await start(conn, "shape", {"n": 1})
     while tasks := await claim(conn):
@@ -297,7 +308,9 @@ async def test_report_steps_starts_a_join_once_when_its_dependencies_complete_to
     assert await report(conn, [c, b, b]) == [True, True, False]
     log = await events(conn, run_id)
     assert [(e["event"], e["step_slug"]) for e in log[-3:]] == [
-        ("step:completed", "c"), ("step:completed", "b"), ("step:started", "d"),
+        ("step:completed", "c"),
+        ("step:completed", "b"),
+        ("step:started", "d"),
     ]
     (d,) = await claim(conn)
     assert d["input"] == {"run": None, "b": {"by": "b"}, "c": {"by": "c"}}
