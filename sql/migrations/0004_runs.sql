@@ -311,6 +311,26 @@ begin
 end;
 $$;
 
+-- _run_output: a finished run's output: its output step's, or {leaf: output} for several leaves.
+create function pgflow._run_output(p_run_id uuid) returns jsonb
+language sql
+stable
+set search_path to ''
+as $$
+  select case when f.output_step is not null then (
+      select s.output from pgflow.step_states as s
+      where s.run_id = r.run_id and s.step_slug = f.output_step
+    ) else (
+      select jsonb_object_agg(s.step_slug, s.output)
+      from pgflow.steps as st
+      join pgflow.step_states as s on s.run_id = r.run_id and s.step_slug = st.step_slug
+      where st.flow_slug = r.flow_slug and cardinality(st.dependents) = 0
+    ) end
+  from pgflow.runs as r
+  join pgflow.flows as f on f.flow_slug = r.flow_slug
+  where r.run_id = p_run_id;
+$$;
+
 -- complete_step: completes a leased step, starts the dependents that became ready and, when it
 -- was the run's last step, completes the run with its output.
 -- Returns: true if applied; false (and changes nothing) when the caller no longer holds the
@@ -385,17 +405,7 @@ begin
     where r.run_id = v_run.run_id;
     return true;
   end if;
-  select case when f.output_step is not null then (
-      select s.output from pgflow.step_states as s
-      where s.run_id = v_run.run_id and s.step_slug = f.output_step
-    ) else (
-      select jsonb_object_agg(s.step_slug, s.output)
-      from pgflow.step_states as s
-      join pgflow.steps as st on st.flow_slug = s.flow_slug and st.step_slug = s.step_slug
-      where s.run_id = v_run.run_id and cardinality(st.dependents) = 0
-    ) end
-    into v_run_output
-  from pgflow.flows as f where f.flow_slug = v_run.flow_slug;
+  v_run_output := pgflow._run_output(v_run.run_id);
   v_seq := v_seq + 1;
   perform pgflow._event(v_run.run_id, v_seq, 'run:completed', null, 'completed', v_run_output, null, null);
   update pgflow.runs as r

@@ -155,20 +155,9 @@ begin
     join pgflow.runs as r on r.run_id = g.run_id
     join pgflow.steps as st on st.flow_slug = r.flow_slug and st.step_slug = g.step_slug
     union all
-    select r.run_id, 2147483647, 3, 0, 'run:completed', null, 'completed',
-      case when f.output_step is not null then (
-        select o.output from pgflow.step_states as o
-        where o.run_id = r.run_id and o.step_slug = f.output_step
-      ) else (
-        select jsonb_object_agg(o.step_slug, o.output)
-        from pgflow.steps as ost
-        join pgflow.step_states as o on o.run_id = r.run_id and o.step_slug = ost.step_slug
-        where ost.flow_slug = r.flow_slug and cardinality(ost.dependents) = 0
-      ) end,
-      null
+    select fin.run_id, 2147483647, 3, 0, 'run:completed', null, 'completed',
+      pgflow._run_output(fin.run_id), null
     from unnest(v_finished) as fin (run_id)
-    join pgflow.runs as r on r.run_id = fin.run_id
-    join pgflow.flows as f on f.flow_slug = r.flow_slug
   ), numbered as (
     select raw.*, r.last_seq + row_number() over (
       partition by raw.run_id order by raw.ord, raw.kind, raw.sub
