@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-URL_LINE = re.compile(r"open (http://127\.0\.0\.1:\d+)/")
+URL_LINE = re.compile(r"(?:open|listening on) (http://127\.0\.0\.1:\d+)")
 START_TIMEOUT = 60.0  # seconds
 
 
@@ -44,14 +44,15 @@ class Demo:
     output: list[str] = field(default_factory=list)
 
 
-async def start_demo(args: list[str], env: dict[str, str]) -> Demo:
+async def start_demo(args: list[str], env: dict[str, str], command: str = "demo") -> Demo:
+    """Starts ``pgflow demo`` (or ``serve``) on a free port; returns once it prints its URL."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway",
         "--log-level",
         "warning",
-        "demo",
+        command,
         "--port",
         "0",
         *args,

@@ -18,26 +18,42 @@ from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 BASE = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8765"
 OUT = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/pgflow-shots")
 ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 
 
 def inject(run_id: str, *rows: dict) -> None:
     req = urllib.request.Request(
-        f"{BASE}/_dev/runs/{run_id}/events", data=json.dumps(list(rows)).encode(), method="POST",
+        f"{BASE}/_dev/runs/{run_id}/events",
+        data=json.dumps(list(rows)).encode(),
+        method="POST",
         headers={"content-type": "application/json"},
     )
     urllib.request.urlopen(req).read()
 
 
 def ev(
-    event: str, slug: str | None, status: str, attempt: int | None = None,
-    error: str | None = None, output: object = None,
+    event: str,
+    slug: str | None,
+    status: str,
+    attempt: int | None = None,
+    error: str | None = None,
+    output: object = None,
 ) -> dict:
-    return {"event": event, "step_slug": slug, "status": status, "output": output,
-            "error": error, "attempt": attempt}
+    return {
+        "event": event,
+        "step_slug": slug,
+        "status": status,
+        "output": output,
+        "error": error,
+        "attempt": attempt,
+    }
 
 
 def start(page: Page, flow: str, input_: object | None = None) -> str:
@@ -49,7 +65,8 @@ def start(page: Page, flow: str, input_: object | None = None) -> str:
     page.wait_for_function(
         "b => { const v = document.querySelector('#run-view').dataset.runId; "
         "return v && v !== b; }",
-        arg=before)
+        arg=before,
+    )
     return page.locator("#run-view").get_attribute("data-run-id") or ""
 
 
@@ -59,6 +76,7 @@ def status_is(page: Page, status: str) -> None:
 
 def watch(page: Page, where: str, problems: list[str]) -> None:
     """Records console errors and warnings and uncaught exceptions."""
+
     def on_console(m: ConsoleMessage) -> None:
         if m.type in ("error", "warning"):
             problems.append(f"{where} console.{m.type}: {m.text}")
@@ -74,8 +92,11 @@ def main() -> int:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
         for scheme in ("light", "dark"):
             for name, (w, h) in SIZES.items():
-                ctx = browser.new_context(viewport={"width": w, "height": h}, color_scheme=scheme,
-                                          device_scale_factor=1 if name == "desktop" else 2)
+                ctx = browser.new_context(
+                    viewport={"width": w, "height": h},
+                    color_scheme=scheme,
+                    device_scale_factor=1 if name == "desktop" else 2,
+                )
                 page = ctx.new_page()
                 watch(page, f"{scheme}/{name}", problems)
                 page.goto(BASE + "/")
@@ -100,15 +121,20 @@ def main() -> int:
 
                 manual = {"endpoint": "https://api.example.org", "_dev": {"manual": True}}
                 run_id = start(page, "flaky", manual)
-                inject(run_id, ev("step:started", "prepare", "started", 1),
-                       ev("step:completed", "prepare", "completed", 1, output={"ok": True}),
-                       ev("step:started", "call_api", "started", 1),
-                       ev("step:retrying", "call_api", "retrying", 1, "HTTP 503 from upstream"))
+                inject(
+                    run_id,
+                    ev("step:started", "prepare", "started", 1),
+                    ev("step:completed", "prepare", "completed", 1, output={"ok": True}),
+                    ev("step:started", "call_api", "started", 1),
+                    ev("step:retrying", "call_api", "retrying", 1, "HTTP 503 from upstream"),
+                )
                 page.wait_for_selector('[data-testid="node-call_api"][data-status="retrying"]')
                 page.get_by_test_id("node-call_api").hover()
                 page.screenshot(path=OUT / f"{tag}-5-retrying.png", full_page=True)
                 inject(run_id, ev("step:started", "call_api", "started", 2))
-                page.wait_for_selector('[data-testid="node-call_api"][data-attempt="2"][data-status="started"]')
+                page.wait_for_selector(
+                    '[data-testid="node-call_api"][data-attempt="2"][data-status="started"]'
+                )
                 page.wait_for_timeout(700)
                 page.get_by_test_id("node-call_api").focus()
                 page.screenshot(path=OUT / f"{tag}-6-attempt2.png", full_page=True)
