@@ -39,6 +39,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A connection the server cut mid-protocol (a restart) can be left in a state where the
+    # next query fails before it is sent: "cannot switch to state 12; another operation (2) is
+    # in progress". Nothing ran; the caller may retry, as for any lost connection.
+    asyncpg.exceptions.InternalClientError,
     TimeoutError,
 )
 
@@ -156,8 +160,24 @@ class Store:
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         with translate_errors():
-            async with self.pool.acquire() as connection:
+            connection = await self.pool.acquire()
+        try:
+            with translate_errors():
                 yield connection
+        finally:
+            await self._release(connection)
+
+    async def _release(self, connection: asyncpg.Connection) -> None:
+        """Gives a connection back to the pool, which resets it first.
+
+        When the server goes away (a restart) just after the work on the connection was done,
+        the reset fails, even with asyncpg's InternalClientError ("cannot switch to state 15;
+        another operation is in progress"). The pool has then terminated the connection and
+        will open a new one; the work itself committed or not on its own, so its result (or
+        its error) is what the call returns: a failed reset is no error of the caller's.
+        """
+        with contextlib.suppress(Exception):
+            await self.pool.release(connection)
 
     # -- flows --------------------------------------------------------------------------------
 
