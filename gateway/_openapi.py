@@ -85,7 +85,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json({"type": "object", "required": ["runs"],
                                             "properties": {"runs": {"type": "array",
                                                                     "items": _ref("RunSummary")}}},
-                                           "the runs"), **_errors(400, 401, 503)},
+                                           "the runs"), **_errors(400, 401, 403, 503)},
             }},
             "/runs/{run_id}": {"get": {
                 "summary": "A run now, with every step",

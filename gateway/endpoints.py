@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -29,6 +29,7 @@ from gateway.errors import (
     BadRequestError,
     DatabaseUnavailableError,
     FlowShapeConflictError,
+    ForbiddenError,
     InvalidFlowError,
     PGFlowError,
     RequestError,
@@ -154,11 +155,17 @@ async def read_json(request: Request, limit: int) -> Any:
             raise TooLargeError(f"the body is over the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLargeError(f"the body is over the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLargeError(f"the body is over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left before sending the whole body: its fault, not a 500 (nobody will
+        # read the answer, but the metrics and the log must not call it a bug).
+        raise BadRequestError("the client closed the connection before the end of the body"
+                              ) from None
     body = b"".join(chunks)
     if not body.strip():
         raise BadJsonError("the body is empty: send a JSON object")
@@ -335,6 +342,8 @@ def http_routes(gateway: Gateway) -> list[BaseRoute]:
             gateway.auth.check_flow(principal, flow_slug)
         allowed, owner = gateway.auth.owner_filter(principal)
         if not allowed:
+            if principal.authenticated:  # a valid token, but without `sub`: owns no runs
+                raise ForbiddenError("listing runs needs a token with a `sub`")
             raise UnauthorizedError("listing runs needs a token")
         runs = await gateway.require_store().list_runs(
             max_runs=int(raw_limit), flow_slug=flow_slug, owner=owner

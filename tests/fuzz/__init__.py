@@ -1,0 +1,109 @@
+"""Fuzzing the gateway with hypothesis (docs/protocol.md is the oracle).
+
+Hypothesis drives plain (synchronous) test functions, so each fuzz module runs ONE real gateway
+(uvicorn on 127.0.0.1, port 0, through ``tests.integration.gateway_harness``) on an event loop
+of its own in a background thread, and talks to it with synchronous clients (``httpx.Client``,
+``websockets.sync``). That keeps hypothesis' shrinking: a failing input is reduced to a minimal
+one.
+
+``PGFLOW_FUZZ_EXAMPLES`` sets the number of examples per fuzz test (default: a few hundred, for
+CI); the full run is ``PGFLOW_FUZZ_EXAMPLES=10000 pytest tests/fuzz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.flows import Flow
+from tests.conftest import TEMPLATE_DB
+from tests.integration.gateway_harness import (
+    RunningGateway,
+    drop_database,
+    fresh_database,
+    running_gateway,
+)
+
+# Every error code of docs/protocol.md, with its HTTP status.
+ERROR_STATUS = {
+    "bad_json": 400,
+    "bad_request": 400,
+    "invalid_flow": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "too_large": 413,
+    "too_many_subscriptions": 429,
+    "too_many_connections": 429,
+    "unavailable": 503,
+}
+SOCKET_ERROR_CODES = set(ERROR_STATUS) - {"method_not_allowed", "invalid_flow"}
+CLOSE_CODES = {1000, 1001, 1008, 1009, 1011, 1012, 1013, 4001}
+
+
+def examples(default: int) -> int:
+    """The number of examples a fuzz test runs (``PGFLOW_FUZZ_EXAMPLES`` overrides)."""
+    value = os.environ.get("PGFLOW_FUZZ_EXAMPLES")
+    return int(value) if value else default
+
+
+class ThreadedGateway:
+    """A gateway serving from its own event loop in a thread; ``call`` runs a coroutine there."""
+
+    def __init__(self, running: RunningGateway, loop: asyncio.AbstractEventLoop) -> None:
+        self.running = running
+        self.loop = loop
+        self.url = running.url
+        self.ws_url = running.ws_url
+
+    def call(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+
+@contextmanager
+def threaded_gateway(
+    server_url: str, name_prefix: str, *, config: GatewayConfig | None = None,
+    flows: Iterable[Flow] = (), shapes: Iterable[dict[str, Any]] = (),
+) -> Iterator[ThreadedGateway]:
+    """Runs a gateway on a fresh database in a thread until the block ends."""
+    name = f"{name_prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    started: Future[ThreadedGateway] = Future()
+    stop: asyncio.Event | None = None
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        url = await fresh_database(server_url, TEMPLATE_DB, name)
+        try:
+            async with running_gateway(url, flows=flows, config=config) as running:
+                for shape in shapes:
+                    await running.gateway.require_store().define_flow(shape)
+                started.set_result(ThreadedGateway(running, loop))
+                await stop.wait()
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            raise
+        finally:
+            await drop_database(server_url, name)
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()),
+                              name=f"gateway-{name}", daemon=True)
+    thread.start()
+    try:
+        yield started.result(timeout=60)
+    finally:
+        if stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=60)
+        if not thread.is_alive():
+            loop.close()
