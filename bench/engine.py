@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -115,7 +116,13 @@ def main() -> None:
             "benchmark": "engine",
             "engine_steps_per_s": summary(engine),
             "engine_floor_steps_per_s": summary(floor),
-            "ratio_to_floor": {k: round(v, 2) for k, v in summary(ratios).items()},
+            "ratio_to_floor": {
+                "min": round(min(ratios), 3),
+                "median": round(statistics.median(ratios), 3),
+                "max": round(max(ratios), 3),
+            },
+            "engine_each": [round(e) for e in engine],
+            "floor_each": [round(f) for f in floor],
             "runs": runs,
             "steps_per_run": len(DIAMOND["steps"]),
             "concurrency": args.concurrency,

@@ -160,8 +160,8 @@ class Connection:
         self._waiter: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        # loop.time() when the writer began its current batch; None while idle. A batch that
-        # does not go out within the stall timeout means a peer that stopped reading.
+        # loop.time() of the writer's last progress (a batch begun, a frame sent); None while
+        # idle. No progress within the stall timeout means a peer that stopped reading.
         self.sending_since: float | None = None
         self._replay_page = gateway.read_page
 
@@ -268,7 +268,16 @@ class Connection:
                     self.sending_since = loop.time()
                     # Consecutive sends: none of them yields unless the transport is full.
                     for message in batch:
-                        await send(message)
+                        try:
+                            await send(message)
+                        except RuntimeError:
+                            # The socket was closed under us (dropped as too slow): the server
+                            # refuses sends after a close. The client resumes with since.
+                            if client.close_code is None:
+                                raise
+                            return
+                        # Progress is per frame: a long backlog that keeps moving is not a stall.
+                        self.sending_since = loop.time()
                     self.sending_since = None
                     metrics.frames_out += len(batch)
                     del batch, message  # an idle socket keeps no frame alive
