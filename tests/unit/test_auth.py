@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -63,16 +64,19 @@ def test_a_valid_token_gives_its_subject_roles_and_expiry() -> None:
     assert 55 < (auth.expires_in(principal) or 0) <= 60
 
 
-@pytest.mark.parametrize(("token", "message"), [
-    (hs({"sub": "a", "exp": int(time.time()) - 60}), "expired"),
-    (hs({"sub": "a", "nbf": int(time.time()) + 60}), "not yet valid"),
-    (hs({"sub": "a"}, secret="t" * 40), "signature"),
-    (unsigned({"sub": "a"}), "algorithm"),
-    ("not.a.token", "invalid token"),
-    ("", "empty"),
-    (hs({"sub": 5}), "invalid token"),
-])
-def test_bad_tokens_are_unauthorized(token: str, message: str) -> None:
+# Tokens are made when the test runs, not when it is collected: a long suite would otherwise
+# let a "not yet valid" token become valid before its test ran.
+@pytest.mark.parametrize(("make_token", "message"), [
+    (lambda: hs({"sub": "a", "exp": int(time.time()) - 60}), "expired"),
+    (lambda: hs({"sub": "a", "nbf": int(time.time()) + 60}), "not yet valid"),
+    (lambda: hs({"sub": "a"}, secret="t" * 40), "signature"),
+    (lambda: unsigned({"sub": "a"}), "algorithm"),
+    (lambda: "not.a.token", "invalid token"),
+    (lambda: "", "empty"),
+    (lambda: hs({"sub": 5}), "invalid token"),
+], ids=["expired", "not-yet-valid", "wrong-key", "alg-none", "garbage", "empty", "sub-not-string"])
+def test_bad_tokens_are_unauthorized(make_token: Callable[[], str], message: str) -> None:
+    token = make_token()
     with pytest.raises(UnauthorizedError, match=message):
         authenticator().authenticate(token)
 
