@@ -312,11 +312,15 @@ def test_content_length_lies(gw: ThreadedGateway, http: httpx.Client, declared: 
     assert http.get("/healthz").status_code == 200
 
 
-def http_500s(http: httpx.Client) -> float:
+def http_count(http: httpx.Client, status: int) -> float:
     for line in http.get("/metrics").text.splitlines():
-        if line.startswith('pgflow_http_requests_total{status="500"}'):
+        if line.startswith(f'pgflow_http_requests_total{{status="{status}"}}'):
             return float(line.split()[1])
     return 0.0
+
+
+def http_500s(http: httpx.Client) -> float:
+    return http_count(http, 500)
 
 
 def test_a_client_that_disconnects_mid_body_is_not_counted_as_a_500(
@@ -326,11 +330,15 @@ def test_a_client_that_disconnects_mid_body_is_not_counted_as_a_500(
     it sends and closes was an unhandled ClientDisconnect in read_json, i.e. an "internal" 500
     (logged with a traceback, counted in pgflow_http_requests_total{status="500"})."""
     before = http_500s(http)
+    answered_before = http_count(http, 400)
     head = (b"POST /rpc/run_flow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
             b"\r\nContent-Length: 100\r\n\r\n")
     for _ in range(3):
         raw_request(gw, head + b'{"flow_slug": "ch', shutdown=True)
-    time.sleep(0.2)
+    # wait (bounded) until the gateway has handled all three: each is counted as a 400
+    deadline = time.monotonic() + 10
+    while http_count(http, 400) < answered_before + 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert http_500s(http) == before
     assert http.get("/healthz").status_code == 200
 
