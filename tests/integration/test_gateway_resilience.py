@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 from typing import Any
 
 import orjson
@@ -40,21 +39,6 @@ async def terminate_listener(conn: Any) -> bool:
         "where application_name = $1 and datname = current_database()", APPLICATION_NAME,
     )
     return terminated
-
-
-def restart_postgres(cluster: Any) -> None:
-    """Restarts the server on its port, as ``cluster.restart()`` means to.
-
-    Not ``cluster.restart()`` itself: it runs ``pg_ctl restart`` without ``-l`` under
-    ``capture_output``, so the new postmaster inherits the pipe and ``subprocess.run`` waits
-    for its EOF forever.
-    """
-    subprocess.run(
-        [str(cluster.bin_dir / "pg_ctl"), "-D", str(cluster.pgdata), "-w", "-m", "fast",
-         "-l", str(cluster.data_dir / "server.log"), "restart"],
-        user=getattr(cluster, "_user", None), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, cwd="/", timeout=60,
-    )
 
 
 async def drive_with_retries(driver: Driver, max_tasks: int, steps: int | None = None) -> int:
@@ -116,7 +100,7 @@ async def test_a_postgres_restart_loses_no_event(private_server: Server) -> None
             driver = Driver(store)
             await drive_with_retries(driver, max_tasks=2, steps=4)
             assert private_server.cluster is not None
-            await asyncio.to_thread(restart_postgres, private_server.cluster)
+            await asyncio.to_thread(private_server.cluster.restart)
             await drive_with_retries(driver, max_tasks=2)
             await wait_until(gw.healthy)
             for run_id in run_ids:

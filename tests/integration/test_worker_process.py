@@ -12,7 +12,6 @@ from gateway.store import Store
 from gateway.worker import sync_flows
 from tests.conftest import Server
 from tests.integration.worker_helpers import (
-    restart_server,
     running_worker,
     server_down,
     sigkill,
@@ -176,7 +175,7 @@ async def test_runs_started_before_and_after_a_database_restart_complete(
             before = [await store.run_flow("survives", {"n": n}) for n in range(3)]
             await wait_until(lambda: _all_leased(store, 3), timeout=10,
                              what="the first steps to be running")
-            await asyncio.to_thread(restart_server, private_server.cluster)
+            await asyncio.to_thread(private_server.cluster.restart)
             await store.close()
             store = await Store.open(private_server.url, max_size=2)
             after = [await store.run_flow("survives", {"n": n}) for n in range(3, 6)]

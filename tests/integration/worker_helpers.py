@@ -146,15 +146,6 @@ def sigkill(worker: WorkerProcess) -> None:
     worker.send(signal.SIGKILL)
 
 
-def restart_server(cluster: PostgresCluster) -> None:
-    """Restarts PostgreSQL on the same port (fast mode: every session is cut).
-
-    Not ``cluster.restart()``: without ``-l`` the restarted server inherits pg_ctl's captured
-    stdout, so that call never returns (reported to gateway/database.py's owner).
-    """
-    cluster._pg_ctl("-w", "-m", "fast", "-l", str(cluster.data_dir / "server.log"), "restart")
-
-
 @contextlib.asynccontextmanager
 async def server_down(cluster: PostgresCluster) -> AsyncIterator[None]:
     """PostgreSQL stopped for the block, then started again on the same port."""
