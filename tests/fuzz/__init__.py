@@ -15,11 +15,15 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
+
+import jwt
+from hypothesis import HealthCheck, settings
 
 from gateway.config import GatewayConfig
 from gateway.flows import Flow
@@ -47,6 +51,37 @@ ERROR_STATUS = {
 }
 SOCKET_ERROR_CODES = set(ERROR_STATUS) - {"method_not_allowed", "invalid_flow"}
 CLOSE_CODES = {1000, 1001, 1008, 1009, 1011, 1012, 1013, 4001}
+
+
+SECRET = "a-fuzzing-secret-that-is-long-enough-for-hs256"
+
+
+def good_token(sub: str = "alice", **claims: Any) -> str:
+    """A valid HS256 token for the fuzzed gateways (they share ``SECRET``)."""
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600, **claims}, SECRET, "HS256")
+
+
+def fuzz_settings(default_examples: int) -> settings:
+    return settings(
+        max_examples=examples(default_examples), deadline=None, database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                               HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
+
+
+def eventually(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Whether ``predicate`` became true within ``timeout`` seconds.
+
+    The gateway's counters are only observable by asking, so these synchronous tests poll,
+    bounded, instead of waiting a fixed time.
+    """
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(interval)
+    return True
 
 
 def examples(default: int) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -23,32 +22,31 @@ from urllib.parse import quote as _quote
 from urllib.parse import urlsplit
 
 import httpx
-import jwt
 import orjson
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect
 
 from gateway.config import GatewayConfig
 from tests.conftest import Server
-from tests.fuzz import ERROR_STATUS, ThreadedGateway, examples, threaded_gateway
+from tests.fuzz import (
+    ERROR_STATUS,
+    SECRET,
+    ThreadedGateway,
+    eventually,
+    examples,
+    fuzz_settings,
+    good_token,
+    threaded_gateway,
+)
 from tests.integration.gateway_harness import CHAIN, TERMINAL, Driver
 
-SECRET = "a-fuzzing-secret-that-is-long-enough-for-hs256"
 MAX_BODY = 4096
 SQL = ["x'; drop table pgflow.runs; --", "' or 1=1 --", '"; select pg_sleep(10); --',
        "chain' --", "%27%3B", "\\x00", "$1", "chain;", "../chain", "chain\x00"]
 
-FUZZ_SETTINGS = settings(
-    max_examples=examples(300), deadline=None, database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                           HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
-
-
-def good_token(sub: str = "alice", **claims: Any) -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600, **claims}, SECRET, "HS256")
+FUZZ_SETTINGS = fuzz_settings(300)
 
 
 @pytest.fixture(scope="module")
@@ -336,9 +334,7 @@ def test_a_client_that_disconnects_mid_body_is_not_counted_as_a_500(
     for _ in range(3):
         raw_request(gw, head + b'{"flow_slug": "ch', shutdown=True)
     # wait (bounded) until the gateway has handled all three: each is counted as a 400
-    deadline = time.monotonic() + 10
-    while http_count(http, 400) < answered_before + 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: http_count(http, 400) >= answered_before + 3, timeout=10)
     assert http_500s(http) == before
     assert http.get("/healthz").status_code == 200
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,32 +27,32 @@ import httpx
 import jwt
 import orjson
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from gateway.config import GatewayConfig
 from tests.conftest import Server
-from tests.fuzz import SOCKET_ERROR_CODES, ThreadedGateway, examples, threaded_gateway
+from tests.fuzz import (
+    SECRET,
+    SOCKET_ERROR_CODES,
+    ThreadedGateway,
+    eventually,
+    examples,
+    fuzz_settings,
+    good_token,
+    threaded_gateway,
+)
 from tests.integration.gateway_harness import CHAIN, TERMINAL, Driver
 
-SECRET = "a-fuzzing-secret-that-is-long-enough-for-hs256"
 MAX_FRAME = 2048
 MAX_SUBSCRIPTIONS = 4
 SQL = ["x'; drop table pgflow.runs; --", "' or 1=1 --", "\u0000", "00000000-0000-0000-0000-0000"
        "00000000'", "%00"]
 REPLY_TYPES = {"subscribed", "unsubscribed", "pong", "error"}
 
-FUZZ_SETTINGS = settings(
-    max_examples=examples(200), deadline=None, database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                           HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
-
-
-def good_token(sub: str = "alice", **claims: Any) -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600, **claims}, SECRET, "HS256")
+FUZZ_SETTINGS = fuzz_settings(200)
 
 
 @pytest.fixture(scope="module")
@@ -324,10 +323,10 @@ def metric(http: httpx.Client, name: str) -> float:
 def test_after_the_fuzzing_the_gateway_still_serves(gw: ThreadedGateway, http: httpx.Client,
                                                     runs: list[str]) -> None:
     """Runs last in the module: nothing leaked, and a normal run's events arrive."""
-    deadline = time.monotonic() + 20
-    while metric(http, "pgflow_sockets_open") or metric(http, "pgflow_subscriptions"):
-        assert time.monotonic() < deadline, "sockets or subscriptions leaked"
-        time.sleep(0.05)
+    def nothing_open() -> bool:
+        return not (metric(http, "pgflow_sockets_open") or metric(http, "pgflow_subscriptions"))
+
+    assert eventually(nothing_open, timeout=20), "sockets or subscriptions leaked"
     assert http.get("/healthz").json()["status"] == "ok"
     run_id = start_run(http)
     with open_ws(gw) as ws:
