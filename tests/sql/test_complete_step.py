@@ -314,3 +314,32 @@ async def test_report_steps_starts_a_join_once_when_its_dependencies_complete_to
     ]
     (d,) = await claim(conn)
     assert d["input"] == {"run": None, "b": {"by": "b"}, "c": {"by": "c"}}
+
+
+async def runs_rows(conn: Any, run_ids: list[Any]) -> list[tuple[Any, ...]]:
+    rows = await conn.fetch(
+        "select remaining_steps, last_seq, status, output, completed_at is not null as done"
+        " from pgflow.runs where run_id = any($1::uuid[])"
+        " order by array_position($1::uuid[], run_id)",
+        run_ids,
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_report_steps_leaves_each_run_row_as_completing_one_by_one(conn: Any) -> None:
+    # report_steps writes each run's row once per batch (counted down, last seq, outcome):
+    # after every round the rows equal those of runs completed step by step
+    await define(conn, DIAMOND)
+    one_by_one = [await start(conn, "diamond", {"n": i}) for i in range(3)]
+    batched = [await start(conn, "diamond", {"n": i}) for i in range(3)]
+    while tasks := await claim(conn):
+        mine = [t for t in tasks if t["run_id"] in one_by_one]
+        for t in mine:
+            await complete(conn, t)
+        theirs = [t for t in tasks if t["run_id"] in batched]
+        assert await report(conn, theirs) == [True] * len(theirs)
+        assert await runs_rows(conn, one_by_one) == await runs_rows(conn, batched)
+    finished = await runs_rows(conn, batched)
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in finished] == [
+        (0, 10, "completed", {"by": "d"}, True)
+    ] * 3

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import Any
 
@@ -127,3 +128,57 @@ async def test_thousands_of_runs_started_in_one_statement_notify_by_reference(
     assert len(refs) == 2000
     assert {(r["from"], r["to"]) for r in refs} == {(1, 2)}
     assert all(len(orjson.dumps(p)) <= 8000 for p in payloads)
+
+
+async def test_events_after_a_rolled_back_savepoint_that_wrote_first_are_still_notified(
+    conn: Any, listen_conn: Any
+) -> None:
+    # the commit-time firing is queued by the transaction's first event row: when that row's
+    # savepoint rolls back, the next row must queue it again
+    await define(conn, DIAMOND)
+    async with Notifications(listen_conn, "pgflow_events") as notes:
+        async with conn.transaction():
+            savepoint = conn.transaction()
+            await savepoint.start()
+            await start(conn, "diamond")
+            await savepoint.rollback()
+            kept = await start(conn, "diamond")
+        payload = await notes.next_json()
+        assert await notes.drain() == []
+    assert [(e["run_id"], e["seq"]) for e in payload["events"]] == [(str(kept), 1), (str(kept), 2)]
+
+
+async def test_a_second_transaction_on_the_same_connection_is_notified_too(
+    conn: Any, listen_conn: Any
+) -> None:
+    await define(conn, DIAMOND)
+    async with Notifications(listen_conn, "pgflow_events") as notes:
+        first = await start(conn, "diamond")
+        second = await start(conn, "diamond")
+        payloads = [await notes.next_json(), await notes.next_json()]
+    assert [{e["run_id"] for e in p["events"]} for p in payloads] == [{str(first)}, {str(second)}]
+
+
+async def test_notifications_by_reference_are_printed_as_jsonb_and_filled_before_splitting(
+    conn: Any, listen_conn: Any
+) -> None:
+    await define(conn, DIAMOND)
+    async with Notifications(listen_conn, "pgflow_events") as notes:
+        await conn.execute(
+            "select pgflow.run_flow('diamond', to_jsonb(i)) from generate_series(1, 500) as i"
+        )
+        raw = await notes.drain(quiet=0.5)
+    assert len(raw) > 1
+    for text in raw:
+        printed = await conn.fetchval(
+            "select jsonb_build_object('v', 1, 'refs', $1::text::jsonb -> 'refs')::text", text
+        )
+        assert text == printed
+        assert len(text.encode()) <= 7900
+    # each chunk was split only because the next ref did not fit: ', ' + ref would overflow
+    for text, following in itertools.pairwise(raw):
+        next_ref = await conn.fetchval("select ($1::text::jsonb -> 'refs' -> 0)::text", following)
+        assert len(text.encode()) + 2 + len(next_ref.encode()) > 7900
+    refs = [ref for text in raw for ref in orjson.loads(text)["refs"]]
+    assert len(refs) == 500
+    assert [r["run_id"] for r in refs] == sorted(r["run_id"] for r in refs)
