@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
+import itertools
 import logging
 import os
 import re
@@ -44,6 +45,7 @@ from gateway.metrics import Metrics
 from gateway.migrate import migrate_url
 from gateway.realtime import RealtimeEndpoint
 from gateway.store import Store, translate_errors
+from gateway.websocket import RealtimeServer
 
 if TYPE_CHECKING:
     from gateway.realtime import Connection
@@ -84,6 +86,7 @@ class Gateway:
         self.relay: Relay | None = None
         self.worker: Any = None
         self.connections: set[Connection] = set()
+        self.socket_numbers = itertools.count(1)  # names sockets in the log
         self.stopping = False
         self.failed: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] = _terminate_process
@@ -189,13 +192,15 @@ class Gateway:
             raise error
 
     async def _sweep_stalled_sockets(self) -> None:
-        """Drops sockets whose writer made no progress for the stall timeout (1013).
+        """Drops sockets whose peer stopped reading for the stall timeout (1013), and pings
+        silent ones (the gateway's own protocol; uvicorn pings its ASGI sockets itself).
 
         The outbox bound catches a stalled peer only while live events flow; this catches it
         when nothing new is queued, or when all it waits for comes from the log.
         """
         timeout = self.config.socket_stall_timeout
-        period = max(0.05, min(1.0, timeout / 4))
+        ping_interval = self.config.socket_ping_interval
+        period = max(0.05, min(1.0, timeout / 4, ping_interval / 4 or 1.0))
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
@@ -206,6 +211,7 @@ class Gateway:
                     logger.info("socket %s stalled for %.1fs, dropping it", connection.number,
                                 now - since, extra={"action": "socket_stalled"})
                     self.fanout.drop(connection.client)
+                connection.keepalive(now, ping_interval)
 
     def _fatal(self, name: str, exc: BaseException) -> None:
         logger.critical("side task %s failed, stopping the gateway", name, exc_info=exc,
@@ -461,22 +467,30 @@ class GatewayServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        ws: str = DEFAULT_WS_IMPLEMENTATION,
+        ws: str | None = None,
         log_level: str = "warning",
         access_log: bool = False,
         install_signal_handlers: bool = False,
     ) -> None:
+        """``ws``: None serves ``/realtime`` with the gateway's own protocol
+        (gateway/websocket.py) when ``app`` is a gateway, else with uvicorn's
+        ``websockets-sansio`` through ASGI; or a uvicorn ``ws`` implementation by name."""
         self.gateway: Gateway | None = getattr(app.state, "gateway", None)
         frame_limit = self.gateway.config.max_frame_bytes if self.gateway else 0
+        # Above our own limit, so that the endpoint sees an oversized frame and can say why it
+        # closes (too_large, 1009); the server closes beyond this one without a word.
+        max_message_bytes = max(MIN_SERVER_FRAME_LIMIT, 4 * frame_limit)
+        ws_protocol: Any = ws or DEFAULT_WS_IMPLEMENTATION
+        if ws is None and self.gateway is not None:
+            ws_protocol = RealtimeServer(self.gateway, max_message_bytes=max_message_bytes)
         self.config = uvicorn.Config(
             app,
             host=host,
             port=port,
-            ws=ws,
-            # Above our own limit, so that the endpoint sees an oversized frame and can say why
-            # it closes (too_large, 1009); uvicorn closes beyond this one without a word.
-            ws_max_size=max(MIN_SERVER_FRAME_LIMIT, 4 * frame_limit),
-            # Compression would deflate every frame once per socket: the opposite of fan-out.
+            ws=ws_protocol,
+            ws_max_size=max_message_bytes,
+            # Through ASGI, compression would deflate every frame once per socket: the opposite
+            # of fan-out. The gateway's own protocol negotiates it and compresses once.
             ws_per_message_deflate=False,
             lifespan="on",
             log_config=None,

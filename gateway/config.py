@@ -27,6 +27,7 @@ DEFAULT_MAX_SOCKETS = 10_000  # per gateway process
 DEFAULT_SOCKET_BUFFER_FRAMES = 4096  # frames queued for one socket before it is dropped (1013)
 DEFAULT_SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
 DEFAULT_SOCKET_STALL_TIMEOUT = 20.0  # seconds a socket may accept nothing before it is dropped
+DEFAULT_SOCKET_PING_INTERVAL = 20.0  # seconds of silence before a ping; as long again to answer
 DEFAULT_CLOSE_TIMEOUT = 5.0  # seconds a close frame may take to leave before the TCP is aborted
 DEFAULT_LISTENER_HEALTH_INTERVAL = 10.0  # seconds of silence before the listener runs `select 1`
 DEFAULT_LISTENER_HEALTH_TIMEOUT = 5.0  # seconds `select 1` may take before the link is dead
@@ -59,6 +60,7 @@ class GatewayConfig:
     socket_buffer_frames: int = DEFAULT_SOCKET_BUFFER_FRAMES
     socket_buffer_bytes: int = DEFAULT_SOCKET_BUFFER_BYTES
     socket_stall_timeout: float = DEFAULT_SOCKET_STALL_TIMEOUT
+    socket_ping_interval: float = DEFAULT_SOCKET_PING_INTERVAL
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     listener_health_interval: float = DEFAULT_LISTENER_HEALTH_INTERVAL
     listener_health_timeout: float = DEFAULT_LISTENER_HEALTH_TIMEOUT
@@ -80,7 +82,7 @@ class GatewayConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
         for name in ("jwt_leeway", "close_timeout", "listener_health_interval",
-                     "listener_health_timeout", "socket_stall_timeout"):
+                     "listener_health_timeout", "socket_stall_timeout", "socket_ping_interval"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ConfigurationError(f"{name} must be a non-negative number, not {value!r}")
@@ -125,6 +127,7 @@ class GatewayConfig:
             socket_buffer_frames=args.socket_buffer_frames,
             socket_buffer_bytes=args.socket_buffer_bytes,
             socket_stall_timeout=args.socket_stall_timeout,
+            socket_ping_interval=args.socket_ping_interval,
             close_timeout=args.close_timeout,
             listener_health_interval=args.listener_health_interval,
             pool_size=args.pool_size,
@@ -253,6 +256,12 @@ def add_gateway_options(
         default=number("PGFLOW_SOCKET_STALL_TIMEOUT", DEFAULT_SOCKET_STALL_TIMEOUT),
         help="time a socket may accept no data while frames wait before it is closed with "
         f"1013 (default: {DEFAULT_SOCKET_STALL_TIMEOUT:g})",
+    )
+    limits.add_argument(
+        "--socket-ping-interval", type=float, metavar="SECONDS",
+        default=number("PGFLOW_SOCKET_PING_INTERVAL", DEFAULT_SOCKET_PING_INTERVAL),
+        help="silence after which a socket is pinged; a peer silent twice as long is dropped "
+        f"(0: never; default: {DEFAULT_SOCKET_PING_INTERVAL:g})",
     )
     limits.add_argument(
         "--close-timeout", type=float, metavar="SECONDS",

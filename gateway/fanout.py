@@ -21,17 +21,19 @@ docs/design/fanout.md explains the design; the invariants it relies on:
   goes on when the writer has taken the outbox (``drained``). A burst of a thousand events from
   one transaction thus reaches a fast socket whole and costs a slow one nothing but lag.
 
-Each frame is built once (an ASGI ``websocket.send`` message) and the same object is appended to
-every subscriber's outbox.
+Each frame is built once (a ``wire.TextFrame``: its bytes are encoded once too) and the same
+object is appended to every subscriber's outbox.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
-# An ASGI "websocket.send" message, built once and shared by every socket it goes to.
-Message: TypeAlias = MutableMapping[str, Any]
+from gateway.wire import TextFrame
+
+# A frame built once and shared by every socket it goes to.
+Message: TypeAlias = TextFrame
 # An event ready to send: (seq, message, size of its text).
 Item: TypeAlias = tuple[int, Message, int]
 
@@ -46,10 +48,6 @@ CLOSE_TOKEN_EXPIRED = 4001
 DEFAULT_MAX_FRAMES = 4096
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_HELD = 1024  # live events a behind subscription keeps; past that, the log has them
-
-
-def send_message(text: str) -> Message:
-    return {"type": "websocket.send", "text": text}
 
 
 class Client:

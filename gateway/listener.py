@@ -21,7 +21,7 @@ from typing import cast
 import asyncpg
 
 from gateway.errors import DatabaseUnavailableError
-from gateway.fanout import Fanout, Item, send_message
+from gateway.fanout import Fanout, Item
 from gateway.metrics import Metrics
 from gateway.protocol import (
     MAX_SEQ,
@@ -33,6 +33,7 @@ from gateway.protocol import (
     parse_notification,
 )
 from gateway.store import Store, connect, translate_errors
+from gateway.wire import TextFrame
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class Relay:
                 if run_id not in runs:
                     continue  # nobody follows it here: not even serialised
                 text = event_frame(event)
-                if fanout.publish(run_id, event["seq"], send_message(text), len(text)):
+                if fanout.publish(run_id, event["seq"], TextFrame(text), len(text)):
                     self.request_read(run_id)
         else:
             for ref in notification["refs"]:
@@ -269,5 +270,5 @@ def log_items(rows: Sequence[tuple[int, str]]) -> list[Item]:
     items: list[Item] = []
     for seq, text in rows:
         frame = event_frame_from_json(text)
-        items.append((seq, send_message(frame), len(frame)))
+        items.append((seq, TextFrame(frame), len(frame)))
     return items

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,10 @@ import httpx
 import orjson
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.extensions import ClientExtensionFactory
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
 
 from gateway.app import Gateway, GatewayServer, create_app, gateway_of
 from gateway.config import GatewayConfig
@@ -153,6 +158,67 @@ class Follower:
         await self.ws.close()
         if self.task is not None:
             await self.task
+
+
+class RawClient:
+    """A websocket client that touches the socket only when told (websockets' sans-I/O
+    protocol): it can stop reading, send raw bytes, and see every frame as it came."""
+
+    def __init__(self, sock: socket.socket, protocol: ClientProtocol) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.received_bytes = 0
+
+    @classmethod
+    async def open(cls, url: str, *, receive_buffer: int | None = None,
+                   extensions: Sequence[ClientExtensionFactory] = ()) -> RawClient:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        uri = parse_uri(url)
+        await loop.sock_connect(sock, (uri.host, uri.port))
+        protocol = ClientProtocol(uri, max_size=2**24, extensions=list(extensions) or None)
+        protocol.send_request(protocol.connect())
+        client = cls(sock, protocol)
+        await client.flush()
+        async with asyncio.timeout(TIMEOUT):
+            while not protocol.events_received():
+                protocol.receive_data(await loop.sock_recv(sock, 65536))
+        assert protocol.handshake_exc is None, protocol.handshake_exc
+        return client
+
+    async def flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def send(self, text: str) -> None:
+        self.protocol.send_text(text.encode())
+        await self.flush()
+
+    async def read_to_close(self) -> tuple[list[dict[str, Any]], int | None]:
+        """Reads until the gateway closes: the JSON messages, and the close code."""
+        loop = asyncio.get_running_loop()
+        messages: list[dict[str, Any]] = []
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                data = await loop.sock_recv(self.sock, 65536)
+                self.received_bytes += len(data)
+                if data:
+                    self.protocol.receive_data(data)
+                else:
+                    self.protocol.receive_eof()
+                for frame in self.protocol.events_received():
+                    if isinstance(frame, Frame) and frame.opcode is Opcode.TEXT:
+                        messages.append(orjson.loads(frame.data))
+                await self.flush()
+                if not data or self.protocol.close_rcvd is not None:
+                    break
+        self.sock.close()
+        close = self.protocol.close_rcvd
+        return messages, close.code if close is not None else None
 
 
 class Driver:

@@ -4,12 +4,9 @@ others back; shutdown closes sockets with 1001."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from gateway.config import GatewayConfig
 from gateway.errors import DatabaseUnavailableError
@@ -21,6 +18,7 @@ from tests.integration.gateway_harness import (
     WIDE,
     Driver,
     Follower,
+    RawClient,
     log_of,
     running_gateway,
     strip,
@@ -123,14 +121,9 @@ async def test_a_socket_that_stops_reading_is_closed_with_1013_and_the_others_ke
     async with running_gateway(db_url, config=config) as gw:
         run_id = await gw.start_run("fat")
         fast = [await Follower.open(gw.ws_url) for _ in range(3)]
-        # The stalled client: a small receive buffer, and a websockets connection that
-        # stops reading from TCP once one frame waits unread.
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.setblocking(False)
-        host, port = gw.url.removeprefix("http://").split(":")
-        await asyncio.get_running_loop().sock_connect(raw, (host, int(port)))
-        slow = await connect(gw.ws_url, sock=raw, max_queue=1, proxy=None, max_size=2**24)
+        # The stalled client: a small receive buffer and no reads at all until the test
+        # reads again (a websockets connection would keep reading into its own buffer).
+        slow = await RawClient.open(gw.ws_url, receive_buffer=4096)
         await slow.send(orjson.dumps({"type": "subscribe", "run_id": run_id}).decode())
         for follower in fast:
             await follower.subscribe(run_id)
@@ -141,16 +134,9 @@ async def test_a_socket_that_stops_reading_is_closed_with_1013_and_the_others_ke
         await wait_until(lambda: gw.metric("pgflow_slow_sockets_dropped_total"))
         assert await gw.metric("pgflow_slow_sockets_dropped_total") == 1
         # Reading again, the stalled client finds a prefix of the log, then the close.
-        received: list[dict[str, Any]] = []
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                async for frame in slow:
-                    message = orjson.loads(frame)
-                    if message["type"] == "event":
-                        received.append(message)
-        except ConnectionClosed:
-            pass
-        assert slow.close_code == 1013
+        messages, close_code = await slow.read_to_close()
+        received = [m for m in messages if m["type"] == "event"]
+        assert close_code == 1013
         assert len(received) < len(log)
         assert strip(received) == log[: len(received)]
         # It resumes with since, like any client would.

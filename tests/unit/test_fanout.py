@@ -16,15 +16,15 @@ from gateway.fanout import (
     Fanout,
     Item,
     Message,
-    send_message,
 )
+from gateway.wire import TextFrame
 
 RUN_A = "00000000-0000-0000-0000-00000000000a"
 RUN_B = "00000000-0000-0000-0000-00000000000b"
 
 
 def item(run_id: str, seq: int, size: int = 10) -> Item:
-    return (seq, {"type": "websocket.send", "text": f"{run_id}:{seq}"}, size)
+    return (seq, TextFrame(f"{run_id}:{seq}"), size)
 
 
 def items(run_id: str, first: int, last: int) -> list[Item]:
@@ -32,7 +32,7 @@ def items(run_id: str, first: int, last: int) -> list[Item]:
 
 
 def texts(frames: list[Message]) -> list[str]:
-    return [str(f["text"]) for f in frames]
+    return [f.text for f in frames]
 
 
 def seqs(client: Client, run_id: str) -> list[int]:
@@ -69,7 +69,7 @@ def test_every_subscriber_gets_the_same_message_object() -> None:
     clients = [fanout.add_client() for _ in range(3)]
     for client in clients:
         live(fanout, client, RUN_A)
-    message = send_message("once")
+    message = TextFrame("once")
     fanout.publish(RUN_A, 1, message, 4)
     assert all(client.take()[0] is message for client in clients)
 
@@ -235,7 +235,7 @@ def test_one_log_event_larger_than_the_byte_bound_still_goes_out() -> None:
     fanout = Fanout(max_bytes=100)
     client = fanout.add_client()
     sub = fanout.subscribe(client, RUN_A, 0)
-    big = (1, send_message("x" * 1000), 1000)
+    big = (1, TextFrame("x" * 1000), 1000)
     assert not fanout.apply_replay(sub, [big, item(RUN_A, 2)], complete=True, epoch=0)
     assert not sub.replayed
     assert client.starved
@@ -273,9 +273,9 @@ def test_control_frames_keep_their_place_among_events() -> None:
     fanout = Fanout()
     client = fanout.add_client()
     sub = fanout.subscribe(client, RUN_A, 0)
-    fanout.send(client, send_message("subscribed"), 10)
+    fanout.send(client, TextFrame("subscribed"), 10)
     fanout.apply_replay(sub, items(RUN_A, 1, 2), complete=True, epoch=0)
-    fanout.send(client, send_message("pong"), 4)
+    fanout.send(client, TextFrame("pong"), 4)
     assert texts(client.take()) == ["subscribed", f"{RUN_A}:1", f"{RUN_A}:2", "pong"]
 
 
@@ -308,12 +308,12 @@ def test_unsubscribe_and_remove_leave_no_trace() -> None:
 def test_close_keeps_the_queue_when_asked_and_is_idempotent() -> None:
     fanout = Fanout()
     client = fanout.add_client()
-    fanout.send(client, send_message("why"), 3)
+    fanout.send(client, TextFrame("why"), 3)
     fanout.close(client, 1009, "too big", discard=False)
     fanout.close(client, CLOSE_GOING_AWAY)
     assert client.close_code == 1009
     assert texts(client.frames) == ["why"]
-    assert not fanout.send(client, send_message("late"), 4)
+    assert not fanout.send(client, TextFrame("late"), 4)
 
 
 def test_held_events_past_the_cap_are_left_to_the_log() -> None:

@@ -1,0 +1,435 @@
+"""The gateway's own websocket protocol for uvicorn: ``/realtime`` without ASGI in between.
+
+``uvicorn.Config(ws=RealtimeServer(gateway))`` hands every websocket upgrade to this module
+instead of to an ASGI app. Why (docs/design/fanout.md has the measurements):
+
+- **Shared bytes, one write per burst.** A frame is encoded once (``wire.TextFrame``) and the
+  same bytes go to every socket's transport; frames queued during one notification's fan-out
+  leave in one ``transport.write`` per socket, from one callback for all sockets. No task wakes
+  up per socket per event.
+- **Small idle sockets.** No task, queue or event per socket: an idle socket is its transport,
+  a ``RealtimeProtocol``, websockets' frame parser and the fan-out's ``Client``.
+- **Deflate that costs one compression per event.** permessage-deflate is negotiated with no
+  context takeover in either direction, so each compressed message stands alone and every
+  socket shares it, and no socket keeps a compressor or decompressor between messages.
+
+websockets' sans-I/O ``ServerProtocol`` performs the handshake and extension negotiation; after
+it, a bare ``Protocol`` in the OPEN state parses client frames (it answers pings, enforces the
+size limit, runs the close handshake). Flow control is the transport's: a paused transport
+keeps frames in the outbox, where the fan-out's bounds apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, cast
+
+from starlette.datastructures import Headers as StarletteHeaders
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN, Protocol, Side
+from websockets.server import ServerProtocol
+from websockets.typing import BytesLike
+
+from gateway.auth import Principal
+from gateway.fanout import CLOSE_GOING_AWAY, CLOSE_POLICY
+from gateway.protocol import error_body
+from gateway.realtime import Connection, Rejected, Unavailable, admit, close_reason
+from gateway.wire import TextFrame
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+logger = logging.getLogger(__name__)
+
+PATH = "/realtime"
+MAX_BACKLOG = 32  # client messages waiting behind a replay before reading pauses
+_PING = Frame(Opcode.PING, b"pgflow").serialize(mask=False)
+
+# websockets logs every handshake at INFO ("connection open"): one line per socket is noise.
+_frames_logger = logging.getLogger("gateway.websocket.frames")
+if _frames_logger.level == logging.NOTSET:
+    _frames_logger.setLevel(logging.WARNING)
+
+
+class RealtimeServer:
+    """uvicorn's websocket protocol factory for one gateway, and the fan-out's write scheduler.
+
+    Connections whose outbox went from empty to non-empty are flushed together in one loop
+    callback: every frame queued by one notification's fan-out leaves in one write per socket.
+    """
+
+    def __init__(self, gateway: Gateway, *, max_message_bytes: int) -> None:
+        self.gateway = gateway
+        self.max_message_bytes = max_message_bytes
+        self._ready: list[DirectConnection] = []
+
+    def __call__(self, config: Any, server_state: Any, app_state: Any,
+                 _loop: asyncio.AbstractEventLoop | None = None) -> RealtimeProtocol:
+        return RealtimeProtocol(self, server_state.connections)
+
+    def schedule_flush(self, connection: DirectConnection) -> None:
+        if not self._ready:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._ready.append(connection)
+
+    def _flush(self) -> None:
+        ready = self._ready
+        self._ready = []
+        for connection in ready:
+            connection.flush()
+
+
+class RealtimeProtocol(asyncio.Protocol):
+    """One socket's bytes: the handshake, client frames in, shared frames out, the close."""
+
+    __slots__ = ("_closing_timer", "_fragments", "_handshake", "connection", "connections",
+                 "deflate", "last_heard", "pinged_at", "server", "transport", "write_paused",
+                 "ws")
+
+    def __init__(self, server: RealtimeServer, connections: set[Any]) -> None:
+        self.server = server
+        self.connections = connections  # uvicorn's, so that its shutdown waits for ours
+        self.transport: asyncio.Transport | None = None
+        self._handshake: ServerProtocol | None = ServerProtocol(
+            extensions=[ServerPerMessageDeflateFactory(
+                server_no_context_takeover=True, client_no_context_takeover=True,
+            )],
+            max_size=server.max_message_bytes,
+            logger=_frames_logger,
+        )
+        self.ws: Protocol | None = None
+        self.connection: DirectConnection | None = None
+        self.deflate = False
+        self.write_paused = False
+        self.last_heard = 0.0
+        self.pinged_at = 0.0
+        self._fragments: tuple[Opcode, list[BytesLike]] | None = None
+        self._closing_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.connections.add(self)
+        self.last_heard = asyncio.get_running_loop().time()
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        if ws is None:
+            self._handshake_received(data)
+            return
+        self.last_heard = asyncio.get_running_loop().time()
+        ws.receive_data(data)
+        self._handle_frames(ws)
+
+    def eof_received(self) -> bool | None:
+        ws = self.ws or self._handshake
+        if ws is not None:
+            ws.receive_eof()
+            self._send_pending(ws)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        if self._closing_timer is not None:
+            self._closing_timer.cancel()
+            self._closing_timer = None
+        connection = self.connection
+        if connection is not None:
+            connection.peer_gone = True
+            connection.closed()
+        self._handshake = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.connection is not None:
+            self.connection.sending_since = asyncio.get_running_loop().time()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        connection = self.connection
+        if connection is not None:
+            connection.sending_since = None
+            connection.flush()
+
+    def shutdown(self) -> None:
+        """uvicorn's server shutdown: the gateway closed its sockets already (1001); what is
+        still open here is closed now, and dropped after the close timeout."""
+        connection = self.connection
+        if connection is not None and connection.client.close_code is None:
+            self.server.gateway.fanout.close(connection.client, CLOSE_GOING_AWAY,
+                                             "gateway shutting down")
+        elif self.ws is None and self.transport is not None:
+            self.transport.close()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def close(self, code: int, reason: str) -> None:
+        """Starts the closing handshake; the TCP connection is dropped if the peer does not
+        answer within the close timeout (a peer that stopped reading never sees the frame)."""
+        ws = self.ws
+        if ws is None or ws.state is not OPEN:
+            return
+        ws.send_close(code, close_reason(reason))
+        self._send_pending(ws)
+        transport = self.transport
+        if transport is not None and self._closing_timer is None:
+            self._closing_timer = asyncio.get_running_loop().call_later(
+                self.server.gateway.config.close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._closing_timer = None
+        connection = self.connection
+        logger.info("socket %s: close frame timed out, connection aborted",
+                    connection.number if connection is not None else "?",
+                    extra={"action": "socket_close_timeout"})
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _send_pending(self, ws: Protocol | ServerProtocol) -> None:
+        """Writes what websockets queued (handshake response, pong, close); an empty chunk
+        means: close the TCP connection now."""
+        transport = self.transport
+        if transport is None:
+            return
+        for data in ws.data_to_send():
+            if data:
+                if not transport.is_closing():
+                    transport.write(data)
+            else:
+                transport.close()
+
+    def keepalive(self, now: float, interval: float) -> None:
+        """Called by the gateway's sweeper: pings a silent peer, drops one silent for too long
+        (a dead peer behind a NAT or a proxy never sends FIN)."""
+        if interval <= 0 or self.ws is None or self.transport is None:
+            return
+        silent = now - self.last_heard
+        if silent > 2 * interval:
+            logger.info("socket %s: no answer to ping for %.0fs, dropping it",
+                        self.connection.number if self.connection is not None else "?",
+                        silent - interval, extra={"action": "socket_ping_timeout"})
+            self.transport.abort()
+        elif silent > interval and self.pinged_at <= self.last_heard:
+            self.pinged_at = now
+            self.write(_PING)
+
+    # -- the handshake ----------------------------------------------------------------------
+
+    def _handshake_received(self, data: bytes) -> None:
+        handshake = self._handshake
+        if handshake is None:
+            return
+        handshake.receive_data(data)
+        for event in handshake.events_received():
+            if isinstance(event, Request):
+                self._upgrade(handshake, event)
+                return
+        if handshake.handshake_exc is not None:  # not a websocket request: answered, closing
+            self._send_pending(handshake)
+
+    def _upgrade(self, handshake: ServerProtocol, request: Request) -> None:
+        self._handshake = None
+        gateway = self.server.gateway
+        path, _, query = request.path.partition("?")
+        if path != PATH:
+            self._refuse(handshake, Unavailable(404, CLOSE_POLICY, "not_found",
+                                                f"no websocket at {path}"))
+            return
+        headers = StarletteHeaders(raw=[
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in request.headers.raw_items()
+        ])
+        verdict = admit(gateway, headers, query.encode("latin-1"))
+        if isinstance(verdict, Unavailable):
+            self._refuse(handshake, verdict)
+            return
+        response = handshake.accept(request)
+        handshake.send_response(response)
+        self._send_pending(handshake)
+        if response.status_code != 101:
+            return  # a malformed upgrade: websockets answered why
+        ws = self.ws = Protocol(Side.SERVER, state=OPEN, max_size=self.server.max_message_bytes,
+                                logger=_frames_logger)
+        ws.extensions = handshake.extensions
+        for extension in ws.extensions:
+            if isinstance(extension, PerMessageDeflate):
+                # Our shared compressor uses a 12-bit window: a client that limits ours below
+                # that gets plain frames (allowed per message).
+                self.deflate = extension.local_max_window_bits >= 12
+        if isinstance(verdict, Rejected):
+            self.write(TextFrame(verdict.frame).wire(False))
+            self.close(CLOSE_POLICY, verdict.reason)
+            return
+        connection = self.connection = DirectConnection(
+            gateway, verdict, next(gateway.socket_numbers), self
+        )
+        connection.opened()
+
+    def _refuse(self, handshake: ServerProtocol, refusal: Unavailable) -> None:
+        body = error_body(refusal.code, refusal.message)
+        handshake.send_response(Response(
+            refusal.status, HTTPStatus(refusal.status).phrase,
+            Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                     ("Retry-After", "1"), ("Connection", "close")]),
+            body,
+        ))
+        self._send_pending(handshake)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _handle_frames(self, ws: Protocol) -> None:
+        for frame in ws.events_received():
+            if not isinstance(frame, Frame):
+                continue
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if frame.fin:
+                    self._message(ws, opcode, frame.data)
+                else:
+                    self._fragments = (opcode, [frame.data])
+            elif opcode is Opcode.CONT and self._fragments is not None:
+                first, parts = self._fragments
+                parts.append(frame.data)
+                if frame.fin:
+                    self._fragments = None
+                    self._message(ws, first, b"".join(parts))
+            # PING: websockets queued the pong; PONG: last_heard is enough; CLOSE: websockets
+            # answered it and will ask us to close the TCP connection.
+        self._send_pending(ws)
+        connection = self.connection
+        if ws.state is not OPEN and connection is not None:
+            connection.peer_closing()
+
+    def _message(self, ws: Protocol, opcode: Opcode, data: BytesLike) -> None:
+        connection = self.connection
+        if connection is None or connection.client.close_code is not None:
+            return
+        if opcode is Opcode.BINARY:
+            connection.receive(len(data))
+            return
+        try:
+            text = bytes(data).decode() if isinstance(data, memoryview) else data.decode()
+        except UnicodeDecodeError:
+            ws.fail(1007, "invalid UTF-8 in a text frame")
+            return
+        connection.receive(text)
+
+
+class DirectConnection(Connection):
+    """A ``Connection`` whose outbox goes straight to its ``RealtimeProtocol``'s transport.
+
+    Client messages are handled in order as they arrive; a subscribe's replay runs in a task,
+    and messages that arrive meanwhile wait behind it (reading pauses past ``MAX_BACKLOG``).
+    """
+
+    def __init__(self, gateway: Gateway, principal: Principal, number: int,
+                 protocol: RealtimeProtocol) -> None:
+        super().__init__(gateway, principal, number)
+        self.protocol = protocol
+        self._scheduled = False
+        self._busy: asyncio.Task[None] | None = None
+        self._backlog: list[str | int] | None = None
+        self._reading_paused = False
+
+    def _wake(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.protocol.server.schedule_flush(self)
+
+    def flush(self) -> None:
+        """Writes the outbox as one chunk (unless the transport is paused), then the close
+        frame if the client is closing."""
+        self._scheduled = False
+        client = self.client
+        protocol = self.protocol
+        frames = client.frames
+        closing = client.close_code is not None
+        if frames and (closing or not protocol.write_paused):
+            client.take()
+            deflate = protocol.deflate
+            if len(frames) == 1:
+                protocol.write(frames[0].wire(deflate))
+            else:
+                protocol.write(b"".join([frame.wire(deflate) for frame in frames]))
+            self.gateway.metrics.frames_out += len(frames)
+            self.took_outbox()
+        if closing and not client.frames:
+            code = client.close_code
+            assert code is not None
+            protocol.close(code, client.close_reason)
+
+    def keepalive(self, now: float, interval: float) -> None:
+        self.protocol.keepalive(now, interval)
+
+    def peer_closing(self) -> None:
+        """The peer started (or answered) the closing handshake: nothing more goes out."""
+        self.peer_gone = True
+        client = self.client
+        if client.close_code is None:
+            self.gateway.fanout.close(client, CLOSE_GOING_AWAY, "peer closed")
+
+    def closed(self) -> None:
+        busy = self._busy
+        if busy is not None and not busy.done():
+            busy.cancel()
+        super().closed()
+
+    def receive(self, message: str | int) -> None:
+        """A client message: its text, or the size of a binary one (refused either way)."""
+        if self._busy is not None:
+            backlog = self._backlog
+            if backlog is None:
+                backlog = self._backlog = []
+            backlog.append(message)
+            if len(backlog) == MAX_BACKLOG and self.protocol.transport is not None:
+                self.protocol.transport.pause_reading()
+                self._reading_paused = True
+            return
+        replay = self._handle(message)
+        if replay is not None:
+            self._busy = asyncio.get_running_loop().create_task(
+                self._in_order(replay), name=f"pgflow-ws-{self.number}-subscribe")
+
+    def _handle(self, message: str | int) -> Coroutine[Any, Any, None] | None:
+        if isinstance(message, int):
+            self.on_binary(message)
+            return None
+        return self.on_text(message)
+
+    async def _in_order(self, replay: Coroutine[Any, Any, None]) -> None:
+        """Runs a replay, then the messages that arrived meanwhile, in order."""
+        client = self.client
+        try:
+            await replay
+            while self._backlog and client.close_code is None:
+                more = self._handle(self._backlog.pop(0))
+                if more is not None:
+                    await more
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("socket %s: reader failed", self.number,
+                             extra={"action": "socket_failed"})
+            self.fail()
+        finally:
+            self._busy = None
+            self._backlog = None
+            transport = self.protocol.transport
+            if self._reading_paused and transport is not None and not transport.is_closing():
+                self._reading_paused = False
+                transport.resume_reading()

@@ -1,0 +1,74 @@
+"""A server text frame, built once and written as the same bytes to every socket it goes to.
+
+The fan-out shares one ``TextFrame`` between all the subscribers of an event. Each encoding is
+made on first use and kept: the ASGI ``websocket.send`` message (sockets served through ASGI),
+the plain wire bytes, and the permessage-deflate bytes. Deflate is negotiated without context
+takeover in either direction (``gateway/websocket.py``), so a compressed message depends on no
+earlier one and one compression serves every socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Frame, Opcode
+
+# Below this many bytes deflate saves little and costs a compressor: such frames go out plain
+# on deflate sockets too (RSV1 clear, which permessage-deflate allows per message).
+MIN_DEFLATE_BYTES = 128
+
+# Stateless between messages (no context takeover), hence shareable. memLevel 5, 12-bit window:
+# small compressors, and our frames are JSON of a few hundred bytes.
+_DEFLATE = PerMessageDeflate(
+    remote_no_context_takeover=True,
+    local_no_context_takeover=True,
+    remote_max_window_bits=15,
+    local_max_window_bits=12,
+    compress_settings={"memLevel": 5},
+)
+
+
+class TextFrame:
+    """One outgoing text message. ``size`` is its length in characters, for outbox bounds."""
+
+    __slots__ = ("_asgi", "_deflated", "_plain", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._asgi: dict[str, Any] | None = None
+        self._plain: bytes | None = None
+        self._deflated: bytes | None = None
+
+    @property
+    def asgi(self) -> dict[str, Any]:
+        """The ``websocket.send`` message, for a socket served through ASGI."""
+        message = self._asgi
+        if message is None:
+            message = self._asgi = {"type": "websocket.send", "text": self.text}
+        return message
+
+    def wire(self, deflate: bool) -> bytes:
+        """The frame's bytes for a socket with (``deflate``) or without permessage-deflate."""
+        if deflate:
+            data = self._deflated
+            if data is None:
+                data = self._deflated = self._encode_deflated()
+            return data
+        data = self._plain
+        if data is None:
+            data = self._plain = Frame(Opcode.TEXT, self.text.encode()).serialize(mask=False)
+        return data
+
+    def _encode_deflated(self) -> bytes:
+        payload = self.text.encode()
+        if len(payload) < MIN_DEFLATE_BYTES:
+            return self.wire(False)
+        compressed = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[_DEFLATE])
+        # Incompressible text (rare for JSON) goes out plain rather than larger.
+        if len(compressed) >= len(payload) + 2:
+            return self.wire(False)
+        return compressed
+
+    def __repr__(self) -> str:
+        return f"<TextFrame {self.text[:40]!r}>"
