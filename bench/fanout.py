@@ -22,9 +22,8 @@ run. Phases, per repeat (each repeat: fresh server, gateway and sockets):
    received it (client's time.time() at data_received, same machine clock). p50/p99/max over
    the paced events.
 
-`--deflate`: clients offer `permessage-deflate` in the handshake; the JSON line reports whether
-the gateway negotiated it (by design it does not: docs/design/fanout.md, uvicorn
-`ws_per_message_deflate=False`), and the reader inflates frames if it ever were.
+`--deflate`: clients offer `permessage-deflate` in the handshake (as browsers do); the JSON line
+reports how many sockets negotiated it, and the reader inflates the compressed frames.
 
 Prints progress to stderr and one JSON line to stdout. Not part of the test suite.
 """
@@ -125,7 +124,11 @@ class Reader(asyncio.Protocol):
             if size - position < header + length:
                 break
             first = buffer[position]
-            if first & 0x0F == 1:
+            if first & 0x0F == 9:  # ping: answer, as any client must (the gateway drops mutes)
+                assert self.transport is not None and length < 126
+                self.transport.write(bytes([0x8A, 0x80 | length]) + b"\x00\x00\x00\x00"
+                                     + buffer[position + header:position + header + length])
+            elif first & 0x0F == 1:
                 start, end = position + header, position + header + length
                 if first & 0x40 and self.inflater is not None:  # RSV1: compressed
                     payload = self.inflater.decompress(buffer[start:end] + b"\x00\x00\xff\xff")

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import importlib.util
 import itertools
 import logging
+import math
 import os
 import re
 import signal
@@ -54,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WS_IMPLEMENTATION = "websockets-sansio"  # uvicorn's; docs/design/fanout.md
 STARTUP_LISTEN_TIMEOUT = 10.0  # seconds the lifespan waits for the first LISTEN
+SWEEP_SLICE = 500  # sockets the sweeper examines between yields to the event loop
 MIN_SERVER_FRAME_LIMIT = 1024 * 1024  # uvicorn's own frame limit, above ours (see GatewayServer)
 
 
@@ -196,7 +199,10 @@ class Gateway:
         silent ones (the gateway's own protocol; uvicorn pings its ASGI sockets itself).
 
         The outbox bound catches a stalled peer only while live events flow; this catches it
-        when nothing new is queued, or when all it waits for comes from the log.
+        when nothing new is queued, or when all it waits for comes from the log. The sweep
+        yields to the loop every ``SWEEP_SLICE`` sockets, and spreads pings over the interval
+        (at most twice an even share per sweep): each ping is a syscall, and 10,000 sockets
+        opened together would otherwise all be pinged in one ~75 ms burst that delays events.
         """
         timeout = self.config.socket_stall_timeout
         ping_interval = self.config.socket_ping_interval
@@ -204,14 +210,22 @@ class Gateway:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
+            connections = list(self.connections)
+            budget = 0
+            if ping_interval > 0:
+                budget = max(64, math.ceil(2 * len(connections) * period / ping_interval))
             now = loop.time()
-            for connection in list(self.connections):
+            for index, connection in enumerate(connections):
+                if index and index % SWEEP_SLICE == 0:
+                    await asyncio.sleep(0)
+                    now = loop.time()
                 since = connection.sending_since
                 if since is not None and now - since > timeout:
                     logger.info("socket %s stalled for %.1fs, dropping it", connection.number,
                                 now - since, extra={"action": "socket_stalled"})
                     self.fanout.drop(connection.client)
-                connection.keepalive(now, ping_interval)
+                if ping_interval > 0 and connection.keepalive(now, ping_interval, budget > 0):
+                    budget -= 1
 
     def _fatal(self, name: str, exc: BaseException) -> None:
         logger.critical("side task %s failed, stopping the gateway", name, exc_info=exc,
@@ -518,6 +532,9 @@ class GatewayServer:
         if self._task.done() or self.server.startup_failed:
             await self._task
             raise ConfigurationError("the gateway failed to start (see the log above)")
+        # What startup made (modules, flows, pools) lives as long as the process: out of the
+        # collector's full passes, which otherwise rescan it with every socket's objects.
+        gc.freeze()
         return self.url
 
     async def wait(self) -> None:

@@ -159,8 +159,10 @@ class Connection:
         """The fan-out's callback: frames are queued, or the client is closing."""
         raise NotImplementedError
 
-    def keepalive(self, now: float, interval: float) -> None:
-        """Called by the gateway's sweeper every second or so: ping a silent peer."""
+    def keepalive(self, now: float, interval: float, may_ping: bool) -> bool:
+        """Called by the gateway's sweeper: pings a silent peer if ``may_ping``, drops one
+        silent for twice the interval. True when it pinged. (ASGI: the server's own pings.)"""
+        return False
 
     def opened(self) -> None:
         """The socket is accepted: count it, arm the token's expiry."""

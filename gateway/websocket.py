@@ -84,8 +84,10 @@ class RealtimeServer:
     def _flush(self) -> None:
         ready = self._ready
         self._ready = []
+        written = 0
         for connection in ready:
-            connection.flush()
+            written += connection.flush()
+        self.gateway.metrics.frames_out += written
 
 
 class RealtimeProtocol(asyncio.Protocol):
@@ -159,7 +161,7 @@ class RealtimeProtocol(asyncio.Protocol):
         connection = self.connection
         if connection is not None:
             connection.sending_since = None
-            connection.flush()
+            self.server.gateway.metrics.frames_out += connection.flush()
 
     def shutdown(self) -> None:
         """uvicorn's server shutdown: the gateway closed its sockets already (1001); what is
@@ -213,20 +215,22 @@ class RealtimeProtocol(asyncio.Protocol):
             else:
                 transport.close()
 
-    def keepalive(self, now: float, interval: float) -> None:
-        """Called by the gateway's sweeper: pings a silent peer, drops one silent for too long
-        (a dead peer behind a NAT or a proxy never sends FIN)."""
-        if interval <= 0 or self.ws is None or self.transport is None:
-            return
+    def keepalive(self, now: float, interval: float, may_ping: bool) -> bool:
+        """Pings a silent peer, drops one silent for twice the interval (a dead peer behind a
+        NAT or a proxy never sends FIN). True when it pinged."""
+        if self.ws is None or self.transport is None:
+            return False
         silent = now - self.last_heard
         if silent > 2 * interval:
             logger.info("socket %s: no answer to ping for %.0fs, dropping it",
                         self.connection.number if self.connection is not None else "?",
                         silent - interval, extra={"action": "socket_ping_timeout"})
             self.transport.abort()
-        elif silent > interval and self.pinged_at <= self.last_heard:
+        elif may_ping and silent > interval and self.pinged_at <= self.last_heard:
             self.pinged_at = now
             self.write(_PING)
+            return True
+        return False
 
     # -- the handshake ----------------------------------------------------------------------
 
@@ -351,30 +355,40 @@ class DirectConnection(Connection):
             self._scheduled = True
             self.protocol.server.schedule_flush(self)
 
-    def flush(self) -> None:
+    def flush(self) -> int:
         """Writes the outbox as one chunk (unless the transport is paused), then the close
-        frame if the client is closing."""
+        frame if the client is closing. Returns the frames written.
+
+        The hot path of the fan-out (once per socket per burst of events): kept lean.
+        """
         self._scheduled = False
         client = self.client
-        protocol = self.protocol
         frames = client.frames
         closing = client.close_code is not None
-        if frames and (closing or not protocol.write_paused):
-            client.take()
-            deflate = protocol.deflate
-            if len(frames) == 1:
-                protocol.write(frames[0].wire(deflate))
-            else:
-                protocol.write(b"".join([frame.wire(deflate) for frame in frames]))
-            self.gateway.metrics.frames_out += len(frames)
-            self.took_outbox()
+        written = 0
+        if frames:
+            protocol = self.protocol
+            if closing or not protocol.write_paused:
+                client.frames = []
+                client.queued_bytes = 0
+                deflate = protocol.deflate
+                transport = protocol.transport
+                if transport is not None and not transport.is_closing():
+                    if len(frames) == 1:
+                        transport.write(frames[0].wire(deflate))
+                    else:
+                        transport.write(b"".join([frame.wire(deflate) for frame in frames]))
+                written = len(frames)
+                if self._room is not None or client.starved:
+                    self.took_outbox()
         if closing and not client.frames:
             code = client.close_code
             assert code is not None
-            protocol.close(code, client.close_reason)
+            self.protocol.close(code, client.close_reason)
+        return written
 
-    def keepalive(self, now: float, interval: float) -> None:
-        self.protocol.keepalive(now, interval)
+    def keepalive(self, now: float, interval: float, may_ping: bool) -> bool:
+        return self.protocol.keepalive(now, interval, may_ping)
 
     def peer_closing(self) -> None:
         """The peer started (or answered) the closing handshake: nothing more goes out."""
