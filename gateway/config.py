@@ -27,6 +27,9 @@ DEFAULT_MAX_SOCKETS = 10_000  # per gateway process
 DEFAULT_SOCKET_BUFFER_FRAMES = 4096  # frames queued for one socket before it is dropped (1013)
 DEFAULT_SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
 DEFAULT_SOCKET_STALL_TIMEOUT = 20.0  # seconds a socket may accept nothing before it is dropped
+# Smaller frames go out uncompressed on deflate sockets: the bytes saved on a few hundred bytes
+# of JSON cost more than they save (clients such as Node's inflate off the event loop).
+DEFAULT_DEFLATE_MIN_BYTES = 1024
 DEFAULT_SOCKET_PING_INTERVAL = 20.0  # seconds of silence before a ping; as long again to answer
 DEFAULT_CLOSE_TIMEOUT = 5.0  # seconds a close frame may take to leave before the TCP is aborted
 DEFAULT_LISTENER_HEALTH_INTERVAL = 10.0  # seconds of silence before the listener runs `select 1`
@@ -61,6 +64,7 @@ class GatewayConfig:
     socket_buffer_bytes: int = DEFAULT_SOCKET_BUFFER_BYTES
     socket_stall_timeout: float = DEFAULT_SOCKET_STALL_TIMEOUT
     socket_ping_interval: float = DEFAULT_SOCKET_PING_INTERVAL
+    deflate_min_bytes: int = DEFAULT_DEFLATE_MIN_BYTES
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     listener_health_interval: float = DEFAULT_LISTENER_HEALTH_INTERVAL
     listener_health_timeout: float = DEFAULT_LISTENER_HEALTH_TIMEOUT
@@ -81,6 +85,10 @@ class GatewayConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
+        if (not isinstance(self.deflate_min_bytes, int) or isinstance(self.deflate_min_bytes, bool)
+                or self.deflate_min_bytes < 0):
+            raise ConfigurationError(
+                f"deflate_min_bytes must be a non-negative integer, not {self.deflate_min_bytes!r}")
         for name in ("jwt_leeway", "close_timeout", "listener_health_interval",
                      "listener_health_timeout", "socket_stall_timeout", "socket_ping_interval"):
             value = getattr(self, name)
@@ -128,6 +136,7 @@ class GatewayConfig:
             socket_buffer_bytes=args.socket_buffer_bytes,
             socket_stall_timeout=args.socket_stall_timeout,
             socket_ping_interval=args.socket_ping_interval,
+            deflate_min_bytes=args.deflate_min_bytes,
             close_timeout=args.close_timeout,
             listener_health_interval=args.listener_health_interval,
             pool_size=args.pool_size,
@@ -262,6 +271,12 @@ def add_gateway_options(
         default=number("PGFLOW_SOCKET_PING_INTERVAL", DEFAULT_SOCKET_PING_INTERVAL),
         help="silence after which a socket is pinged; a peer silent twice as long is dropped "
         f"(0: never; default: {DEFAULT_SOCKET_PING_INTERVAL:g})",
+    )
+    limits.add_argument(
+        "--deflate-min-bytes", type=int,
+        default=integer("PGFLOW_DEFLATE_MIN_BYTES", DEFAULT_DEFLATE_MIN_BYTES),
+        help="smallest frame compressed on sockets that negotiated permessage-deflate "
+        f"(default: {DEFAULT_DEFLATE_MIN_BYTES})",
     )
     limits.add_argument(
         "--close-timeout", type=float, metavar="SECONDS",

@@ -14,10 +14,6 @@ from typing import Any
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 
-# Below this many bytes deflate saves little and costs a compressor: such frames go out plain
-# on deflate sockets too (RSV1 clear, which permessage-deflate allows per message).
-MIN_DEFLATE_BYTES = 128
-
 # Stateless between messages (no context takeover), hence shareable. memLevel 5, 12-bit window:
 # small compressors, and our frames are JSON of a few hundred bytes.
 _DEFLATE = PerMessageDeflate(
@@ -49,7 +45,11 @@ class TextFrame:
         return message
 
     def wire(self, deflate: bool) -> bytes:
-        """The frame's bytes for a socket with (``deflate``) or without permessage-deflate."""
+        """The frame's bytes, compressed (``deflate``: permessage-deflate, RSV1 set) or not.
+
+        Each message chooses (RFC 7692): the caller sends small frames plain even on a deflate
+        socket, and a frame that would not shrink goes out plain anyway.
+        """
         if deflate:
             data = self._deflated
             if data is None:
@@ -62,8 +62,6 @@ class TextFrame:
 
     def _encode_deflated(self) -> bytes:
         payload = self.text.encode()
-        if len(payload) < MIN_DEFLATE_BYTES:
-            return self.wire(False)
         compressed = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[_DEFLATE])
         # Incompressible text (rare for JSON) goes out plain rather than larger.
         if len(compressed) >= len(payload) + 2:

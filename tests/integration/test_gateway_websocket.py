@@ -57,6 +57,36 @@ async def test_deflate_is_negotiated_without_context_takeover_and_shrinks_what_i
         assert deflate.received_bytes < plain.received_bytes / 3
 
 
+async def test_only_frames_from_deflate_min_bytes_go_compressed(db_url: str, store: Store) -> None:
+    await store.define_flow(CHAIN)
+    async with running_gateway(db_url) as gw:
+        run_id = await gw.start_run("chain")
+        await Driver(store).finish([run_id], output=BLOB)
+        client = await RawClient.open(gw.ws_url, extensions=[ClientPerMessageDeflateFactory()])
+        await client.send(orjson.dumps({"type": "subscribe", "run_id": run_id}).decode())
+        await client.send('{"type": "ping", "id": "last"}')
+        # Frame headers as sent: (compressed, payload length) per frame, read off the socket.
+        loop = asyncio.get_running_loop()
+        raw = b""
+        headers: list[tuple[bool, int]] = []
+        async with asyncio.timeout(TIMEOUT):
+            while len(headers) < 9:  # subscribed, 7 events, pong
+                raw += await loop.sock_recv(client.sock, 65536)
+                while len(raw) >= 2:
+                    length, start = raw[1] & 0x7F, 2
+                    if length == 126:
+                        length, start = int.from_bytes(raw[2:4]), 4
+                    if len(raw) < start + length:
+                        break
+                    headers.append((bool(raw[0] & 0x40), length))
+                    raw = raw[start + length:]
+        compressed = [length for rsv1, length in headers if rsv1]
+        plain = [length for rsv1, length in headers if not rsv1]
+        assert len(compressed) == 4  # the three step:completed and run:completed, with BLOB
+        assert all(length < 1024 for length in plain)  # subscribed, step:started, pong
+        assert len(plain) == 5
+
+
 async def read_until_pong(client: RawClient) -> list[dict[str, Any]]:
     loop = asyncio.get_running_loop()
     messages: list[dict[str, Any]] = []

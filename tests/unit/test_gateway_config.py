@@ -52,6 +52,8 @@ def test_the_public_key_is_read_from_its_file(tmp_path: Path) -> None:
     (["--jwt-secret", "short"], {}, "32 bytes"),
     (["--max-sockets", "0"], {}, "max_sockets"),
     (["--close-timeout", "-1"], {}, "close_timeout"),
+    (["--deflate-min-bytes", "-1"], {}, "deflate_min_bytes"),
+    (["--socket-ping-interval", "-1"], {}, "socket_ping_interval"),
     (["--allowed-origin", "example.com"], {}, "origin"),
     ([], {"PGFLOW_MAX_SOCKETS": "many"}, "not an integer"),
     ([], {"PGFLOW_JWT_LEEWAY": "soon"}, "not a number"),
