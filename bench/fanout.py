@@ -125,7 +125,8 @@ class Reader(asyncio.Protocol):
                 break
             first = buffer[position]
             if first & 0x0F == 9:  # ping: answer, as any client must (the gateway drops mutes)
-                assert self.transport is not None and length < 126
+                assert self.transport is not None
+                assert length < 126  # control frames are at most 125 bytes
                 self.transport.write(bytes([0x8A, 0x80 | length]) + b"\x00\x00\x00\x00"
                                      + buffer[position + header:position + header + length])
             elif first & 0x0F == 1:
