@@ -289,7 +289,7 @@ async def bench_once(url: str, args: argparse.Namespace) -> dict[str, Any]:
             deflate_offered=args.deflate, deflate_negotiated_sockets=stats["deflate_negotiated"])
         log(f"{opened} sockets open in {result['open_seconds']}s; gateway RSS "
             f"{base_rss} -> {idle_rss} KiB: {result['kib_per_idle_socket']} KiB/socket")
-        if args.idle:
+        if args.idle or args.memory_only:
             return result
         parent.send("reset")
         await ask(parent, "report")
@@ -399,6 +399,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
     parser.add_argument("--idle", action="store_true", help="sockets do not subscribe (memory)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="stop after the memory phase (bench/memory.py)")
     parser.add_argument("--client-gc", action="store_true",
                         help="leave the client process's GC as is (default: gc.freeze())")
     parser.add_argument("gateway_args", nargs="*", help="extra `pgflow serve` options")
@@ -415,7 +417,7 @@ def main() -> None:
         "deflate_offered": args.deflate,
         "deflate_negotiated_sockets": [r["deflate_negotiated_sockets"] for r in results],
     }
-    if not args.idle:
+    if not args.idle and not args.memory_only:
         out["deliveries_per_s"] = summary([r["throughput"]["deliveries_per_s"] for r in results])
         out["deliveries_per_gateway_cpu_s"] = summary(
             [r["throughput"]["deliveries_per_gateway_cpu_s"] for r in results])

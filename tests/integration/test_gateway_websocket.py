@@ -4,6 +4,7 @@ fragments, message order behind a replay, keepalive, and handshakes it must refu
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import orjson
@@ -14,7 +15,9 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.frames import Frame, Opcode
 
 from gateway.config import GatewayConfig
+from gateway.fanout import Client
 from gateway.store import Store
+from gateway.websocket import DirectConnection, RealtimeProtocol
 from tests.integration.gateway_harness import (
     CHAIN,
     TIMEOUT,
@@ -202,3 +205,28 @@ async def test_a_socket_whose_replay_is_pending_keeps_its_messages_in_order(
             expected += [("subscribed", run_id), ("pong", index)]
         assert order == expected
         await follower.close()
+
+
+async def test_closed_sockets_leave_nothing_behind(db_url: str, store: Store) -> None:
+    await store.define_flow(CHAIN)
+    async with running_gateway(db_url) as gw:
+        run_id = await gw.start_run("chain")
+        sockets = [await open_socket(gw.ws_url) for _ in range(40)]
+        for ws in sockets:
+            await ws.send(orjson.dumps({"type": "subscribe", "run_id": run_id}).decode())
+        for ws in sockets:
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "subscribed"
+        for ws in sockets[:20]:
+            ws.transport.abort()  # gone without a close frame
+        for ws in sockets[20:]:
+            await ws.close()
+        await wait_until(async_equals(gw.metric, "pgflow_sockets_open", 0.0))
+        await wait_until(async_equals(gw.metric, "pgflow_subscriptions", 0.0))
+
+        def alive() -> int:
+            gc.collect()
+            return sum(isinstance(o, RealtimeProtocol | DirectConnection | Client)
+                       for o in gc.get_objects())
+
+        await wait_until(lambda: alive() == 0)
+        assert not gw.gateway.connections
