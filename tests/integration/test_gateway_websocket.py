@@ -24,6 +24,7 @@ from tests.integration.gateway_harness import (
     Driver,
     Follower,
     RawClient,
+    RunningGateway,
     log_of,
     open_socket,
     running_gateway,
@@ -172,16 +173,17 @@ async def test_a_silent_peer_is_pinged_and_one_that_never_answers_is_dropped(
                          if isinstance(f, Frame)]
         assert Opcode.PING in seen
         mute.sock.close()
-        await wait_until(async_equals(gw.metric, "pgflow_sockets_open", 1.0))
+        await wait_until(metric_is(gw, "pgflow_sockets_open", 1.0))
         # Silent for as long, the one that answered pings is still served.
         await answering.send('{"type": "ping", "id": 3}')
         assert orjson.loads(await asyncio.wait_for(answering.recv(), TIMEOUT))["id"] == 3
         await answering.close()
 
 
-def async_equals(get: Any, name: str, value: float) -> Any:
+def metric_is(gw: RunningGateway, name: str, value: float) -> Any:
+    """A ``wait_until`` predicate: the gateway's metric has this value."""
     async def check() -> bool:
-        return bool(await get(name) == value)
+        return await gw.metric(name) == value
     return check
 
 
@@ -220,8 +222,8 @@ async def test_closed_sockets_leave_nothing_behind(db_url: str, store: Store) ->
             ws.transport.abort()  # gone without a close frame
         for ws in sockets[20:]:
             await ws.close()
-        await wait_until(async_equals(gw.metric, "pgflow_sockets_open", 0.0))
-        await wait_until(async_equals(gw.metric, "pgflow_subscriptions", 0.0))
+        await wait_until(metric_is(gw, "pgflow_sockets_open", 0.0))
+        await wait_until(metric_is(gw, "pgflow_subscriptions", 0.0))
 
         def alive() -> int:
             gc.collect()
