@@ -85,10 +85,10 @@ class GatewayConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
-        if (not isinstance(self.deflate_min_bytes, int) or isinstance(self.deflate_min_bytes, bool)
-                or self.deflate_min_bytes < 0):
-            raise ConfigurationError(
-                f"deflate_min_bytes must be a non-negative integer, not {self.deflate_min_bytes!r}")
+        value = self.deflate_min_bytes
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigurationError(f"deflate_min_bytes must be a non-negative integer, not "
+                                     f"{value!r}")
         for name in ("jwt_leeway", "close_timeout", "listener_health_interval",
                      "listener_health_timeout", "socket_stall_timeout", "socket_ping_interval"):
             value = getattr(self, name)

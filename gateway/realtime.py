@@ -179,22 +179,24 @@ class Connection:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        room = self._room
-        if room is not None and not room.done():
-            room.set_result(None)
+        self._release_replay()
         self.gateway.fanout.remove_client(self.client)
         self.gateway.forget(self)
 
     def took_outbox(self) -> None:
         """The shell took the outbox: a replay waiting for room goes on, starved runs read on."""
-        room = self._room
-        if room is not None and not room.done():
-            room.set_result(None)
+        self._release_replay()
         client = self.client
         if client.starved:
             gateway = self.gateway
             for run_id in gateway.fanout.drained(client):
                 gateway.relay_request_read(run_id)
+
+    def _release_replay(self) -> None:
+        """Wakes a replay waiting in ``_wait_for_room``."""
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
 
     def fail(self) -> None:
         """An unexpected error in this connection's code: close it, the client resumes."""

@@ -97,8 +97,8 @@ class RealtimeProtocol(asyncio.Protocol):
     """One socket's bytes: the handshake, client frames in, shared frames out, the close."""
 
     __slots__ = ("_closing_timer", "_fragments", "_handshake", "connection", "connections",
-                 "deflate", "last_heard", "pinged_at", "server", "transport", "write_paused",
-                 "ws")
+                 "deflate_from", "last_heard", "pinged_at", "server", "transport",
+                 "write_paused", "ws")
 
     def __init__(self, server: RealtimeServer, connections: set[Any]) -> None:
         self.server = server
@@ -113,7 +113,8 @@ class RealtimeProtocol(asyncio.Protocol):
         )
         self.ws: Protocol | None = None
         self.connection: DirectConnection | None = None
-        self.deflate = False
+        # None: no permessage-deflate; else frames this long or longer go compressed.
+        self.deflate_from: int | None = None
         self.write_paused = False
         self.last_heard = 0.0
         self.pinged_at = 0.0
@@ -274,10 +275,10 @@ class RealtimeProtocol(asyncio.Protocol):
                                 logger=_frames_logger)
         ws.extensions = handshake.extensions
         for extension in ws.extensions:
-            if isinstance(extension, PerMessageDeflate):
-                # Our shared compressor uses a 12-bit window: a client that limits ours below
-                # that gets plain frames (allowed per message).
-                self.deflate = extension.local_max_window_bits >= 12
+            # Our shared compressor uses a 12-bit window: a client that limits ours below that
+            # gets plain frames (allowed per message).
+            if isinstance(extension, PerMessageDeflate) and extension.local_max_window_bits >= 12:
+                self.deflate_from = self.server.deflate_min_bytes
         if isinstance(verdict, Rejected):
             self.write(TextFrame(verdict.frame).wire(False))
             self.close(CLOSE_POLICY, verdict.reason)
@@ -376,13 +377,11 @@ class DirectConnection(Connection):
                 client.queued_bytes = 0
                 transport = protocol.transport
                 if transport is not None and not transport.is_closing():
-                    # Deflate socket: frames of at least deflate_min_bytes go compressed.
-                    least = protocol.server.deflate_min_bytes if protocol.deflate else -1
+                    deflate_from = protocol.deflate_from
                     if len(frames) == 1:
-                        frame = frames[0]
-                        transport.write(frame.wire(0 <= least <= len(frame.text)))
+                        transport.write(frames[0].for_socket(deflate_from))
                     else:
-                        transport.write(b"".join([frame.wire(0 <= least <= len(frame.text))
+                        transport.write(b"".join([frame.for_socket(deflate_from)
                                                   for frame in frames]))
                 written = len(frames)
                 if self._room is not None or client.starved:

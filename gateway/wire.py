@@ -15,7 +15,7 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 
 # Stateless between messages (no context takeover), hence shareable. memLevel 5, 12-bit window:
-# small compressors, and our frames are JSON of a few hundred bytes.
+# a small compressor, made once per compressed event.
 _DEFLATE = PerMessageDeflate(
     remote_no_context_takeover=True,
     local_no_context_takeover=True,
@@ -26,7 +26,7 @@ _DEFLATE = PerMessageDeflate(
 
 
 class TextFrame:
-    """One outgoing text message. ``size`` is its length in characters, for outbox bounds."""
+    """One outgoing text message."""
 
     __slots__ = ("_asgi", "_deflated", "_plain", "text")
 
@@ -43,6 +43,11 @@ class TextFrame:
         if message is None:
             message = self._asgi = {"type": "websocket.send", "text": self.text}
         return message
+
+    def for_socket(self, deflate_from: int | None) -> bytes:
+        """The bytes for one socket: ``deflate_from`` is None unless the socket negotiated
+        permessage-deflate, then the length from which its frames go compressed."""
+        return self.wire(deflate_from is not None and len(self.text) >= deflate_from)
 
     def wire(self, deflate: bool) -> bytes:
         """The frame's bytes, compressed (``deflate``: permessage-deflate, RSV1 set) or not.
@@ -63,10 +68,9 @@ class TextFrame:
     def _encode_deflated(self) -> bytes:
         payload = self.text.encode()
         compressed = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[_DEFLATE])
+        plain = self.wire(False)
         # Incompressible text (rare for JSON) goes out plain rather than larger.
-        if len(compressed) >= len(payload) + 2:
-            return self.wire(False)
-        return compressed
+        return compressed if len(compressed) < len(plain) else plain
 
     def __repr__(self) -> str:
         return f"<TextFrame {self.text[:40]!r}>"

@@ -9,7 +9,7 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,12 +198,14 @@ class RawClient:
         self.protocol.send_text(text.encode())
         await self.flush()
 
-    async def read_to_close(self) -> tuple[list[dict[str, Any]], int | None]:
-        """Reads until the gateway closes: the JSON messages, and the close code."""
+    async def read(self, until: Callable[[list[dict[str, Any]]], bool] | None = None,
+                   ) -> tuple[list[dict[str, Any]], int | None]:
+        """Reads JSON messages until ``until(messages)`` holds or the gateway closes: the
+        messages, and the close code (None if still open)."""
         loop = asyncio.get_running_loop()
         messages: list[dict[str, Any]] = []
         async with asyncio.timeout(TIMEOUT):
-            while True:
+            while until is None or not until(messages):
                 data = await loop.sock_recv(self.sock, 65536)
                 self.received_bytes += len(data)
                 if data:
@@ -215,10 +217,13 @@ class RawClient:
                         messages.append(orjson.loads(frame.data))
                 await self.flush()
                 if not data or self.protocol.close_rcvd is not None:
+                    self.sock.close()
                     break
-        self.sock.close()
         close = self.protocol.close_rcvd
         return messages, close.code if close is not None else None
+
+    async def read_to_close(self) -> tuple[list[dict[str, Any]], int | None]:
+        return await self.read()
 
 
 class Driver:

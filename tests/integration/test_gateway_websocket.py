@@ -92,17 +92,9 @@ async def test_only_frames_from_deflate_min_bytes_go_compressed(db_url: str, sto
 
 
 async def read_until_pong(client: RawClient) -> list[dict[str, Any]]:
-    loop = asyncio.get_running_loop()
-    messages: list[dict[str, Any]] = []
-    async with asyncio.timeout(TIMEOUT):
-        while not messages or messages[-1] != {"type": "pong", "id": "last"}:
-            data = await loop.sock_recv(client.sock, 65536)
-            assert data, "the gateway closed the socket"
-            client.received_bytes += len(data)
-            client.protocol.receive_data(data)
-            for frame in client.protocol.events_received():
-                if isinstance(frame, Frame) and frame.opcode is Opcode.TEXT:
-                    messages.append(orjson.loads(frame.data))
+    messages, close_code = await client.read(
+        until=lambda got: bool(got) and got[-1] == {"type": "pong", "id": "last"})
+    assert close_code is None, "the gateway closed the socket"
     return messages
 
 

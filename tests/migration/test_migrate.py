@@ -62,6 +62,15 @@ async def test_the_schema_needs_no_extension(pg_server: Server) -> None:
         await conn.close()
 
 
+def pgflow_migrate(*args: str, env: dict[str, str] | None = None) -> str:
+    """Runs ``pgflow migrate`` as a user would; returns what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate", *args],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )
+    return result.stdout
+
+
 def test_migration_files_are_numbered_without_gaps() -> None:
     versions = [int(m.version) for m in load_migrations()]
     assert versions == list(range(1, len(versions) + 1))
@@ -70,48 +79,21 @@ def test_migration_files_are_numbered_without_gaps() -> None:
 def test_pgflow_migrate_works_against_a_database_url(pg_server: Server) -> None:
     url = asyncio.run(fresh_database(pg_server, "migrate_cli"))
     env = {**os.environ, "DATABASE_URL": url}
-    first = subprocess.run(
-        [sys.executable, "-m", "gateway", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert f"applied {len(load_migrations())} migration(s)" in first.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "gateway", "migrate", "--database-url", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "applied 0 migration(s)" in again.stdout
+    first = pgflow_migrate(env=env)
+    assert f"applied {len(load_migrations())} migration(s)" in first
+    again = pgflow_migrate("--database-url", url)
+    assert "applied 0 migration(s)" in again
 
 
 def test_pgflow_migrate_starts_and_stops_an_embedded_server(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     data_dir = tmp_path / "data"
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "migrate", "--data-dir", str(data_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert f"applied {len(load_migrations())} migration(s)" in result.stdout
+    result = pgflow_migrate("--data-dir", str(data_dir), env=env)
+    assert f"applied {len(load_migrations())} migration(s)" in result
     assert (data_dir / "pgdata" / "PG_VERSION").read_text().strip() == "18"
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # stopped cleanly
-    again = subprocess.run(
-        [sys.executable, "-m", "gateway", "migrate", "--data-dir", str(data_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert "applied 0 migration(s)" in again.stdout
+    again = pgflow_migrate("--data-dir", str(data_dir), env=env)
+    assert "applied 0 migration(s)" in again
 
 
 def test_the_built_wheel_ships_the_sql(tmp_path: Path) -> None:
