@@ -128,7 +128,9 @@ export interface StepState {
   readonly status: StepStatus;
   readonly output: unknown;
   readonly error: string | null;
+  /** The running attempt (`started`), or the one that failed (`retrying`, `failed`). */
   readonly attempt: number | null;
+  /** When the current attempt started (each attempt has its `step:started`). */
   readonly startedAt: string | null;
   readonly completedAt: string | null;
   readonly failedAt: string | null;
@@ -165,8 +167,16 @@ export type PGFlowErrorCode =
   | "detached"
   /** waitForStatus() on a run that ended in the other terminal status. */
   | "status_unreachable"
-  /** No WebSocket implementation available (Node 20 without --experimental-websocket). */
+  /**
+   * No WebSocket implementation available (Node 20 without --experimental-websocket); raised
+   * before any run is started.
+   */
   | "unsupported"
+  /**
+   * The socket was lost 5 times in a row, for the same reason, while the run was behind and got
+   * no further event: a frame this WebSocket cannot take (the message names the close).
+   */
+  | "stalled"
   /** The run ended with run:failed (FlowFailedError). */
   | "run_failed"
   | (string & {});
@@ -230,7 +240,10 @@ export interface ReconnectOptions {
 }
 
 export interface ClientOptions {
-  /** Gateway base URL, e.g. "http://127.0.0.1:8000"; defaults to the origin that served client.js. */
+  /**
+   * Gateway base URL, path included ("http://127.0.0.1:8000", "https://site/pgflow"); defaults
+   * to where client.js was served from, minus "client.js".
+   */
   url?: string;
   /** JWT sent as `Authorization: Bearer` over HTTP and `?token=` on the socket. */
   token?: TokenSource;

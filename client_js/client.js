@@ -20,7 +20,12 @@ const CLOSE_NORMAL = 1000;
 const CLOSE_POLICY = 1008; // foreign Origin or bad token: retrying with the same credentials is futile
 const CLOSE_RESYNC = 4000; // ours: heartbeat lost or a seq gap; reconnect and resume with `since`
 
+// Losses of the socket in a row, with the same cause, while a run was behind and got no event
+// further: then the run fails (a frame this client cannot take would otherwise replay forever).
+const STALL_LIMIT = 5;
+
 const RUN_TERMINAL_STATUSES = new Set(["completed", "failed"]);
+const STEP_STATUSES = new Set(["created", "started", "retrying", "completed", "failed", "cancelled"]);
 const STEP_FINAL_STATUSES = new Set(["completed", "failed", "cancelled"]);
 
 // ---------------------------------------------------------------------------------------------
@@ -153,6 +158,10 @@ export class FlowRun {
     this._graph = null;
     this._steps = new Map();
     this._retries = 0; // subscription attempts refused as `unavailable`
+    this._replayTo = 0; // the seq `subscribed` announced on the current socket
+    this._stalls = 0; // consecutive socket losses while behind, without progress
+    this._stallSeq = 0; // lastSeq at the first of them
+    this._stallCause = ""; // "close <code>[: <reason>]" of the first of them
     this._retryTimer = undefined;
     this._listeners = new Map();
     // Settled by run:completed / run:failed, or by a client-side failure (refused
@@ -255,24 +264,29 @@ export class FlowRun {
     // A step event without a step slug is malformed; updating a throwaway state keeps
     // the switch simple and the run's real steps untouched.
     const step = event.step_slug ? this.step(event.step_slug) : newStepState(null);
+    // A step event's own `status` wins; the event name gives it for an event without one.
+    const status = (byName) => (STEP_STATUSES.has(event.status) ? event.status : byName);
+    const attempt = event.attempt ?? step.attempt;
     switch (event.event) {
       case "run:started":
         this.startedAt = event.at;
         break;
       case "step:started":
-        Object.assign(step, { status: "started", attempt: event.attempt, startedAt: event.at });
+        // Every attempt starts with one, retries included (after their `step:retrying`);
+        // the previous attempt's error stays until the step completes.
+        Object.assign(step, { status: status("started"), attempt, startedAt: event.at });
         break;
       case "step:retrying":
-        Object.assign(step, { status: "retrying", attempt: event.attempt, error: event.error });
+        Object.assign(step, { status: status("retrying"), attempt, error: event.error });
         break;
       case "step:completed":
         Object.assign(step, {
-          status: "completed", attempt: event.attempt, output: event.output, error: null,
+          status: status("completed"), attempt, output: event.output, error: null,
           completedAt: event.at,
         });
         break;
       case "step:failed":
-        Object.assign(step, { status: "failed", attempt: event.attempt, error: event.error, failedAt: event.at });
+        Object.assign(step, { status: status("failed"), attempt, error: event.error, failedAt: event.at });
         break;
       case "run:completed":
         Object.assign(this, { status: "completed", output: event.output, completedAt: event.at });
@@ -326,28 +340,46 @@ export class FlowRun {
 // ---------------------------------------------------------------------------------------------
 // Client: HTTP + one shared websocket
 
-function moduleOrigin() {
+// Where this module was served from, minus "client.js": the gateway's base URL, prefix
+// included (a gateway mounted at /pgflow serves /pgflow/client.js and /pgflow/rpc/run_flow).
+function moduleBase() {
   try {
-    const url = new URL(import.meta.url);
-    if (url.protocol === "http:" || url.protocol === "https:") return url.origin;
+    const url = new URL(".", import.meta.url);
+    if (url.protocol === "http:" || url.protocol === "https:") return url.href;
   } catch {
     // import.meta.url is not a URL in some bundlers; fall through
   }
   return globalThis.location?.origin;
 }
 
-function normalizeUrl(url) {
-  const base = url ?? moduleOrigin();
+// The base URL a client calls: `url` (relative to the page), else where client.js came from.
+function gatewayBase(url) {
+  const base = url ?? moduleBase();
   if (!base) {
     throw new TypeError("pgflow client: no url given and the module was not served by a gateway; pass { url }");
   }
-  return new URL(base, globalThis.location?.href).href.replace(/\/+$/, "");
+  const parsed = new URL(base, globalThis.location?.href);
+  parsed.search = "";
+  parsed.hash = "";
+  return parsed.href.replace(/\/+$/, "");
+}
+
+// Checked before a run is started, so that a runtime without WebSocket creates no run it
+// could not follow.
+function webSocketClass(given) {
+  const WS = given ?? globalThis.WebSocket;
+  if (typeof WS !== "function") {
+    throw new PGFlowError("pgflow client: this runtime has no WebSocket, so it cannot follow runs: "
+      + "use Node 22 or later, or Node 20 with --experimental-websocket, "
+      + "or pass an implementation: createClient({ WebSocket })", { code: "unsupported" });
+  }
+  return WS;
 }
 
 class Client {
   constructor(options = {}) {
     const reconnect = options.reconnect ?? {};
-    this.url = normalizeUrl(options.url);
+    this.url = gatewayBase(options.url);
     this._token = options.token;
     // Call fetch unbound: `window.fetch` invoked as a method of another object throws.
     this._fetch = options.fetch ?? ((...args) => globalThis.fetch(...args));
@@ -375,6 +407,7 @@ class Client {
   /** POST /rpc/run_flow, then follow the new run's events. */
   async startFlow(name, input, { signal, onEvent, graph = true } = {}) {
     this._checkOpen();
+    webSocketClass(this._WebSocket);
     const label = `startFlow(${JSON.stringify(name)})`;
     // The graph is cached per flow and fetched alongside the run, so `run.graph` is
     // usually ready when this resolves; a graph that fails to load just stays null.
@@ -400,6 +433,7 @@ class Client {
   getRun(runId, { flowSlug, onEvent } = {}) {
     this._checkOpen();
     if (typeof runId !== "string" || !runId) throw new TypeError(`getRun: run id must be a string, got ${runId}`);
+    webSocketClass(this._WebSocket);
     const known = this._runs.get(runId);
     if (known) return this._listen(known, onEvent);
     const run = new FlowRun(this, runId, flowSlug);
@@ -532,11 +566,12 @@ class Client {
     try {
       const token = await this._resolveToken();
       if (this._state !== "connecting") return; // closed while the token was being fetched
-      const WS = this._WebSocket ?? globalThis.WebSocket;
-      if (!WS) {
+      let WS;
+      try {
+        WS = webSocketClass(this._WebSocket);
+      } catch (err) {
         this._state = "idle";
-        this._failAll((run) => new PGFlowError(
-          `run ${run.runId}: no WebSocket here (Node 20 needs --experimental-websocket)`,
+        this._failAll((run) => new PGFlowError(`run ${run.runId}: ${err.message}`,
           { code: "unsupported", runId: run.runId }));
         return;
       }
@@ -549,10 +584,14 @@ class Client {
     }
     this._ws = ws;
     this._lastMessageAt = Date.now(); // the handshake itself is under the heartbeat deadline
+    let error = ""; // why the socket failed, when the runtime says (Node does; browsers do not)
     ws.onopen = () => this._onOpen(ws);
     ws.onmessage = (ev) => this._onMessage(ws, ev);
-    ws.onclose = (ev) => this._onGone(ws, ev.code, ev.reason);
-    ws.onerror = () => {}; // a close event always follows, with the code that matters
+    ws.onclose = (ev) => this._onGone(ws, ev.code, ev.reason || error);
+    // A close event always follows, with the code that matters.
+    ws.onerror = (ev) => {
+      error = String(ev?.message || ev?.error?.message || "");
+    };
     this._armDeadline(ws);
   }
 
@@ -573,6 +612,7 @@ class Client {
   }
 
   _subscribe(ws, run) {
+    run._replayTo = 0;
     this._send(ws, { type: "subscribe", run_id: run.runId, since: run.lastSeq });
   }
 
@@ -596,7 +636,11 @@ class Client {
     if (msg === null || typeof msg !== "object") return;
     if (msg.type === "event") this._onEvent(ws, msg);
     else if (msg.type === "error") this._onError(ws, msg);
-    // subscribed, unsubscribed, pong, and any type we do not know: nothing to do
+    else if (msg.type === "subscribed") {
+      const run = this._runs.get(msg.run_id);
+      if (run && typeof msg.seq === "number") run._replayTo = msg.seq;
+    }
+    // unsubscribed, pong, and any type we do not know: nothing to do
   }
 
   _onEvent(ws, msg) {
@@ -647,8 +691,35 @@ class Client {
     }
     // Every other code (1001, 1006, 1011, 1013, 4001, ... and 1000 while runs are still
     // pending) resumes: a new socket resubscribes each followed run with `since`.
+    this._countStalls(code, reason);
     if (this._runs.size === 0) this._state = "idle";
     else this._scheduleReconnect();
+  }
+
+  // A run still behind what its `subscribed` announced when the socket went, with no event
+  // applied since the previous such loss and the same cause, is stuck on a frame it cannot
+  // take (too large for this WebSocket, say): after STALL_LIMIT losses in a row it fails
+  // with the cause, rather than replaying that frame forever.
+  _countStalls(code, reason) {
+    const cause = `close ${code}${reason ? `: ${reason}` : ""}`;
+    for (const run of [...this._runs.values()]) {
+      const behind = run._replayTo > run.lastSeq;
+      run._replayTo = 0;
+      if (!behind) {
+        run._stalls = 0;
+        continue;
+      }
+      if (run._stalls > 0 && run._stallSeq === run.lastSeq && run._stallCause === cause) run._stalls += 1;
+      else Object.assign(run, { _stalls: 1, _stallSeq: run.lastSeq, _stallCause: cause });
+      if (run._stalls < STALL_LIMIT) continue;
+      this._release(run, { unsubscribe: false });
+      run._fail(new PGFlowError(
+        `run ${run.runId}: the connection was lost ${run._stalls} times in a row while receiving `
+        + `event seq ${run.lastSeq + 1}, without getting past it (${cause}). An event larger `
+        + "than this WebSocket accepts does this (Node's refuses compressed messages over 4 MiB; "
+        + "the gateway sends events over --deflate-max-bytes, 1 MiB by default, uncompressed)",
+        { code: "stalled", runId: run.runId, closeCode: code }));
+    }
   }
 
   // Forget a socket for good: after this none of its events reach the client, so a
@@ -731,7 +802,7 @@ export function setDefaultClient(client) {
 function clientFor({ client, url, token }) {
   if (client) return client;
   if (url === undefined && token === undefined) return getDefaultClient();
-  const key = normalizeUrl(url);
+  const key = gatewayBase(url);
   let byToken = clientsByEndpoint.get(key);
   if (!byToken) clientsByEndpoint.set(key, (byToken = new Map()));
   let c = byToken.get(token);

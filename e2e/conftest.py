@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
-from tests.conftest import db_url, pg_server, template_url  # noqa: F401 - fixtures
+from tests.conftest import db_url, open_tmp_path, pg_server, template_url  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "e2e" / "artifacts"

@@ -33,11 +33,11 @@ async def wait_for_status(url: str, run_id: str, status: str) -> dict[str, Any]:
 
 
 async def test_demo_starts_an_embedded_database_stops_on_ctrl_c_and_restarts_on_the_same_data(
-    tmp_path: Path,
+    open_tmp_path: Path,
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["PGFLOW_EXAMPLE_DELAY_SCALE"] = "0.1"
-    data_dir = tmp_path / "pgflow-data"
+    data_dir = open_tmp_path / "pgflow-data"
 
     first = await start_demo(["--data-dir", str(data_dir)], env)
     started = await asyncio.to_thread(

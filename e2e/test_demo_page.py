@@ -70,7 +70,21 @@ async def test_the_failing_flow_marks_the_failed_node_and_shows_the_error(
     assert page.problems == []
 
 
+# Every label node-charge takes, in order (its aria-label says the status and the attempt).
+WATCH_CHARGE = """{
+  window.chargeLabels = [];
+  const seen = (label) => {
+    if (label && window.chargeLabels.at(-1) !== label) window.chargeLabels.push(label);
+  };
+  new MutationObserver(() => {
+    seen(document.querySelector('[data-testid="node-charge"]')?.getAttribute("aria-label"));
+  }).observe(document, { subtree: true, childList: true, attributes: true,
+                         attributeFilter: ["aria-label"] });
+}"""
+
+
 async def test_the_retry_flow_shows_its_attempts(demo: Demo, page: WatchedPage) -> None:
+    await page.page.add_init_script(WATCH_CHARGE)
     await open_run(page.page, demo, "flaky")
     await expect(page.page.get_by_test_id("run-status")).to_have_attribute(
         "data-status", "completed", timeout=RUN_TIMEOUT
@@ -80,6 +94,23 @@ async def test_the_retry_flow_shows_its_attempts(demo: Demo, page: WatchedPage) 
     await expect(charge).to_have_attribute("data-attempt", "3")
     retries = page.page.get_by_test_id("timeline").locator('[data-event="step:retrying"]')
     await expect(retries).to_have_count(2)
+    # Each backoff shows as waiting to retry; each retry, once a worker runs it (its own
+    # step:started), as running that attempt.
+    phases: list[str] = []
+    for label in await page.page.evaluate("window.chargeLabels"):
+        status, *facts = label.split(", ")
+        phase = " ".join([status, *(f for f in facts if f.startswith("attempt "))])
+        waiting = status in ("charge: not started", "charge: waiting")  # before it ran
+        if not waiting and (not phases or phases[-1] != phase):
+            phases.append(phase)
+    assert phases == [
+        "charge: running",
+        "charge: waiting to retry attempt 1 of 4 failed",
+        "charge: running attempt 2 of 4",
+        "charge: waiting to retry attempt 2 of 4 failed",
+        "charge: running attempt 3 of 4",
+        "charge: completed attempt 3 of 4",
+    ], phases
     assert page.problems == []
 
 

@@ -1,13 +1,17 @@
 """One attempt of one step: the handler called async or in a thread, under the step's timeout,
-its result checked as JSON. Used by ``worker.py``; no database here.
+its result checked and encoded as JSON that PostgreSQL can store. Used by ``worker.py``; no
+database here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import enum
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +24,15 @@ from gateway.store import Task
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_LENGTH = 4000  # characters of a handler's error kept in the run
+
+# Handler threads still running after their attempt ended, across every worker of the process
+# (``abandoned_threads``): futures are added in the loop, discarded in the handler's thread.
+_abandoned: set[concurrent.futures.Future[Any]] = set()
+
+
+def abandoned_threads() -> int:
+    """Plain handlers of this process still running in a thread after their attempt ended."""
+    return len(_abandoned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,30 +66,105 @@ def runners(flows: list[Flow]) -> dict[tuple[str, str], Runner]:
 
 def describe_error(exc: BaseException) -> str:
     """The text a failed attempt records: ``"ValueError: bad input"``."""
-    return clip(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    try:
+        message = str(exc)
+    except Exception:  # a handler's exception whose __str__ raises
+        message = "(its message could not be read)"
+    return clip(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
 
 
 def clip(text: str) -> str:
+    """``text`` as PostgreSQL can store it, at most ``MAX_ERROR_LENGTH`` characters."""
+    text = storable(text)
     if len(text) <= MAX_ERROR_LENGTH:
         return text
     return text[: MAX_ERROR_LENGTH - 15] + "… (truncated)"
 
 
+def storable(text: str) -> str:
+    """``text`` with what a PostgreSQL ``text`` cannot hold made visible: U+0000 becomes the six
+    characters ``\\u0000``, a lone surrogate its ``\\udxxx`` escape."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+class OutputError(ValueError):
+    """A handler's return value that is not JSON PostgreSQL can store."""
+
+
+def encode_output(value: Any) -> bytes:
+    """``value`` as JSON text for a ``jsonb``.
+
+    Raises:
+        OutputError: not JSON (a set, an object, an int beyond 64 bits, a lone surrogate,
+            nesting deeper than orjson's 254 levels), or NaN/Infinity (JSON has none; orjson
+            would write null), or U+0000 in a string or key (``jsonb`` refuses it).
+    """
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise OutputError(f"{type(value).__name__}, which is not JSON: {exc}") from exc
+    # NaN and Infinity come out as null, U+0000 as its escape: only then is the value walked.
+    if b"null" in encoded or b"\\u0000" in encoded:
+        problem = _unstorable(value)
+        if problem is not None:
+            raise OutputError(problem)
+    return encoded
+
+
+def _unstorable(value: Any) -> str | None:
+    """What in an orjson-serialisable ``value`` PostgreSQL's jsonb cannot store faithfully."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "a string containing U+0000 (NUL), which PostgreSQL's jsonb cannot store"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"{item!r}, which JSON has no number for"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, enum.Enum):
+            stack.append(item.value)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
+    return None
+
+
 class Attempts:
     """Runs attempts; owns the threads of sync handlers.
 
-    A thread cannot be killed: a sync handler past its timeout is reported as timed out and
-    its thread runs on. It keeps counting in ``lingering`` until it returns, so that hung
-    handlers cannot pile up threads beyond the worker's concurrency.
+    A thread cannot be killed: a sync handler past its timeout is reported as timed out, its
+    slot is freed, and its thread runs on, counted in ``stuck`` until it returns. The pool has
+    a thread for every slot plus ``max_stuck`` for stuck ones, so stuck threads never make a
+    new attempt wait for a thread; the worker stops claiming once ``stuck`` reaches
+    ``max_stuck`` (``on_stuck``).
     """
 
     def __init__(
-        self, worker_id: str, threads: int, on_thread_returned: Callable[[], None]
+        self,
+        worker_id: str,
+        slots: int,
+        on_thread_returned: Callable[[], None],
+        *,
+        max_stuck: int = 0,
+        on_stuck: Callable[[int], None] | None = None,
     ) -> None:
         self.worker_id = worker_id
-        self.lingering = 0
-        self._threads = threads
+        self.stuck = 0
+        self.stuck_total = 0  # threads that ever outlived their attempt
+        self._threads = slots + max_stuck
         self._on_thread_returned = on_thread_returned
+        self._on_stuck = on_stuck
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -85,7 +173,8 @@ class Attempts:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, task: Task, runner: Runner | None) -> tuple[str | None, Any]:
-        """(error, output) of one attempt: error is None when it succeeded."""
+        """(error, output) of one attempt: error is None when it succeeded, and the output is
+        then its JSON text (an ``orjson.Fragment``)."""
         if runner is None:
             return (f"worker {self.worker_id} has no handler for step {task.step_slug!r} "
                     f"of flow {task.flow_slug!r}"), None
@@ -107,30 +196,23 @@ class Attempts:
                         output = await output
         except (Exception, SystemExit) as exc:  # a handler's sys.exit() must not end the loop
             if deadline.expired():
-                if not runner.is_async:
-                    logger.warning(
-                        "step %s timed out; its thread runs on in the background",
-                        task.step_slug,
-                        extra={"action": "thread_timeout", "run_id": str(task.run_id)},
-                    )
                 return f"step {task.step_slug!r} timed out after {task.timeout} s", None
             if logger.isEnabledFor(logging.DEBUG):  # one warning per failure is logged anyway
                 logger.debug("step %s raised", task.step_slug, exc_info=exc,
                              extra={"action": "step_traceback", "run_id": str(task.run_id)})
             return describe_error(exc), None
         try:
-            orjson.dumps(output)
-        except TypeError as exc:  # orjson.JSONEncodeError
-            return clip(
-                f"step {task.step_slug!r} returned {type(output).__name__}, which is not "
-                f"JSON: {exc}"
-            ), None
-        return None, output
+            encoded = encode_output(output)
+        except OutputError as exc:
+            return clip(f"step {task.step_slug!r} returned {exc}"), None
+        except Exception as exc:  # an object whose serialisation itself fails
+            return clip(f"step {task.step_slug!r} returned {type(output).__name__}, which "
+                        f"could not be checked as JSON: {describe_error(exc)}"), None
+        return None, orjson.Fragment(encoded)
 
     async def _in_thread(self, handler: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         if self._executor is None:
             self._loop = asyncio.get_running_loop()
-            # As many threads as slots: a sync handler never queues behind another.
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._threads, thread_name_prefix="pgflow-handler"
             )
@@ -138,13 +220,23 @@ class Attempts:
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            if not future.done():
-                self.lingering += 1
+            if not future.cancel() and not future.done():
+                self.stuck += 1
+                self.stuck_total += 1
+                _abandoned.add(future)
                 future.add_done_callback(self._thread_returned)
+                logger.warning(
+                    "handler %s outlived its attempt; its thread runs on (%d stuck)",
+                    getattr(handler, "__qualname__", handler), self.stuck,
+                    extra={"action": "thread_stuck", "stuck": self.stuck},
+                )
+                if self._on_stuck is not None:
+                    self._on_stuck(self.stuck)
             raise
 
-    def _thread_returned(self, _future: concurrent.futures.Future[Any]) -> None:
+    def _thread_returned(self, future: concurrent.futures.Future[Any]) -> None:
         # In the handler's thread: hand over to the loop, if it still runs.
+        _abandoned.discard(future)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -153,5 +245,5 @@ class Attempts:
                 return
 
     def _count_returned(self) -> None:
-        self.lingering -= 1
+        self.stuck -= 1
         self._on_thread_returned()

@@ -76,15 +76,31 @@ def openapi_document() -> dict[str, Any]:
                               **_errors(401, 404, 503)},
             }},
             "/runs": {"get": {
-                "summary": "Recent runs, newest first (with tokens: the caller's own)",
+                "summary": "Runs newest first, filtered, paged by cursor (with tokens: the "
+                           "caller's own); an unknown parameter or a bad value is a 400",
                 "parameters": [
                     {"name": "limit", "in": "query",
                      "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}},
                     {"name": "flow_slug", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "style": "form", "explode": True,
+                     "description": "one or several run statuses (repeated or comma-separated)",
+                     "schema": {"type": "array", "items": {
+                         "enum": ["started", "completed", "failed"]}}},
+                    {"name": "started_after", "in": "query",
+                     "description": "ISO 8601 with a time zone; exclusive",
+                     "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "started_before", "in": "query",
+                     "description": "ISO 8601 with a time zone; exclusive",
+                     "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "cursor", "in": "query",
+                     "description": "the next_cursor of the previous page, as is",
+                     "schema": {"type": "string"}},
                 ],
-                "responses": {"200": _json({"type": "object", "required": ["runs"],
-                                            "properties": {"runs": {"type": "array",
-                                                                    "items": _ref("RunSummary")}}},
+                "responses": {"200": _json({"type": "object", "required": ["runs", "next_cursor"],
+                                            "properties": {
+                                                "runs": {"type": "array",
+                                                         "items": _ref("RunSummary")},
+                                                "next_cursor": {"type": ["string", "null"]}}},
                                            "the runs"), **_errors(400, 401, 403, 503)},
             }},
             "/runs/{run_id}": {"get": {

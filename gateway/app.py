@@ -28,6 +28,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,7 +36,9 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from gateway._connections import LISTEN_BACKLOG, WORKER_DESCRIPTORS, ConnectionAdmission
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.endpoints import http_exception, http_routes, internal_error
@@ -93,7 +96,6 @@ class Gateway:
         self.stopping = False
         self.failed: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] = _terminate_process
-        self._origins = frozenset(config.allowed_origins) | frozenset(config.cors_origins)
         self._tasks: list[asyncio.Task[None]] = []
         self._idle: asyncio.Event | None = None
         metrics = self.metrics
@@ -111,6 +113,16 @@ class Gateway:
                         lambda: self.fanout.dropped_slow)
         metrics.observe("pgflow_frames_queued_total", "counter",
                         "frames put in socket outboxes", lambda: self.fanout.frames_queued)
+        if with_worker:
+            metrics.observe("pgflow_worker_stuck_threads", "gauge",
+                            "plain handlers still in their threads past their attempt",
+                            lambda: self.worker.stuck_threads if self.worker else 0)
+            metrics.observe("pgflow_worker_unreported_results", "gauge",
+                            "finished attempts the worker has not reported yet",
+                            lambda: self.worker.unreported if self.worker else 0)
+            metrics.observe("pgflow_worker_refused_results_total", "counter",
+                            "results the database refused, failed or dropped instead",
+                            lambda: self.worker.refused_results if self.worker else 0)
 
     # -- used by the endpoints --------------------------------------------------------------
 
@@ -127,18 +139,6 @@ class Gateway:
         self.connections.discard(connection)
         if not self.connections and self._idle is not None:
             self._idle.set()
-
-    def origin_allowed(self, origin: str, host: str | None) -> bool:
-        """The socket's ``Origin``: the gateway's own host, or one configured."""
-        normal = origin.strip().lower().rstrip("/")
-        if "*" in self._origins or normal in self._origins:
-            return True
-        scheme, sep, netloc = normal.partition("://")
-        if not sep or host is None:
-            return False
-        return _without_default_port(netloc, scheme) == _without_default_port(
-            host.strip().lower(), scheme
-        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -274,13 +274,6 @@ class Gateway:
             self.store = None
 
 
-def _without_default_port(netloc: str, scheme: str) -> str:
-    default = {"http": ":80", "ws": ":80", "https": ":443", "wss": ":443"}.get(scheme)
-    if default is not None and netloc.endswith(default):
-        return netloc[: -len(default)]
-    return netloc
-
-
 async def _sync_flows(store: Store, flows: list[Flow]) -> None:
     """``define_flow`` for each loaded flow: the worker's ``sync_flows`` when there is one."""
     if not flows:
@@ -307,6 +300,22 @@ def _route_path(scope: Scope) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _forbidden_host(send: Send) -> None:
+    body = orjson.dumps({"error": {"code": "forbidden", "message": (
+        "the Host header does not name this gateway (list its public origin with "
+        "--public-origin)")}})
+    await send({"type": "http.response.start", "status": 403, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class GatewayMiddleware:
     """Counts HTTP answers by status, and hands ``/realtime`` sockets straight to their endpoint
     (past Starlette's per-message exception wrapper: see realtime.py)."""
@@ -323,6 +332,10 @@ class GatewayMiddleware:
             return
         if kind != "http":
             await self.app(scope, receive, send)
+            return
+        if not self.gateway.auth.origins.allows_host(_header(scope, b"host")):
+            await _forbidden_host(send)
+            self.gateway.metrics.http_requests[403] += 1
             return
         status = 500
 
@@ -497,10 +510,21 @@ class GatewayServer:
         ws_protocol: Any = ws or DEFAULT_WS_IMPLEMENTATION
         if ws is None and self.gateway is not None:
             ws_protocol = RealtimeServer(self.gateway, max_message_bytes=max_message_bytes)
+        # The connection cap and request deadline (gateway/_connections.py).
+        limits = self.gateway.config if self.gateway is not None else GatewayConfig()
+        with_worker = self.gateway is not None and self.gateway.with_worker
+        self.admission = ConnectionAdmission.for_process(
+            limits.max_connections, request_timeout=limits.request_timeout,
+            database_connections=limits.pool_size + 1 + WORKER_DESCRIPTORS * with_worker,
+        )
         self.config = uvicorn.Config(
             app,
             host=host,
             port=port,
+            http=self.admission.protocol_class(AutoHTTPProtocol),
+            # asyncio accepts up to `backlog` connections per loop iteration before admitting
+            # any: kept within the admission's headroom (start() lengthens the listen queue).
+            backlog=self.admission.budget.accept_burst,
             ws=ws_protocol,
             ws_max_size=max_message_bytes,
             # Through ASGI, compression would deflate every frame once per socket: the opposite
@@ -512,7 +536,9 @@ class GatewayServer:
             access_log=access_log,
         )
         self.server = _UvicornServer(self.config, self.gateway, install_signal_handlers)
+        self.admission.track(self.server.server_state.connections)
         if self.gateway is not None:
+            self.admission.register_metrics(self.gateway.metrics)
             self.gateway.on_fatal = lambda exc: setattr(self.server, "should_exit", True)
         self.url = ""
         self._task: asyncio.Task[None] | None = None
@@ -523,12 +549,18 @@ class GatewayServer:
         """Starts serving; returns the bound URL once the app's lifespan has started."""
         sock = _bind_socket(self.config.host, self.config.port)
         host, port = sock.getsockname()[:2]
+        if self.gateway is not None:  # its own origins, unless --public-origin says otherwise
+            self.gateway.auth.origins.listening_on(self.config.host, port)
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"
+        self.admission.install(asyncio.get_running_loop())
         self._task = asyncio.create_task(self.server.serve([sock]), name="pgflow-uvicorn")
+        self._task.add_done_callback(lambda _: self.admission.close())
         ready = asyncio.ensure_future(self.server.ready.wait())
         await asyncio.wait((ready, self._task), return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
+        if self.server.started:
+            sock.listen(LISTEN_BACKLOG)  # on a listening socket: only the queue's length changes
         if self._task.done() or self.server.startup_failed:
             await self._task
             raise ConfigurationError("the gateway failed to start (see the log above)")
@@ -554,6 +586,8 @@ def _bind_socket(host: str, port: int) -> socket.socket:
     on sockets whose proto is IPPROTO_TCP, and uvicorn's own ``Config.bind_socket`` leaves it
     0, which costs every small response and frame a 40 ms delayed-ACK stall (measured).
     """
+    if not 0 <= port <= 65535:  # getaddrinfo would take 99999 as 99999 % 65536
+        raise ConfigurationError(f"cannot listen on port {port}: ports are 1-65535 (0: any)")
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -585,6 +619,7 @@ def serve_command(args: argparse.Namespace) -> int:
             "lease_seconds": args.lease,
             "poll_interval": args.poll_interval,
             "shutdown_grace": args.shutdown_grace,
+            "max_stuck_threads": args.max_stuck_threads,
         })
     with database_url(args.database_url, args.data_dir) as url:
         return asyncio.run(_serve(url, flows, config, args))

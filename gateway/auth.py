@@ -11,13 +11,24 @@ Without a key configured everything is public and tokens are ignored. With one:
   read its flow.
 
 A token that is present but invalid is refused even where none is required: a client that
-believes it is authenticated should learn that it is not.
+believes it is authenticated should learn that it is not. Its ``exp``, ``nbf`` and ``iat`` must be
+NumericDates (RFC 7519 2): JSON numbers that a double holds (finite, at most about 1.8e308);
+a string, ``true`` or ``null`` there is refused, where PyJWT alone would read ``"exp": "1"`` as
+``int("1")`` and the socket's expiry timer would never start.
+
+Origins (``OriginPolicy``): a page may open ``/realtime`` when its ``Origin`` is one of the
+gateway's public origins (``--public-origin``; by default the loopback origins of the address it
+listens on) or of ``--allowed-origin`` / ``--cors-origin``, compared as scheme, host and port. The
+request's ``Host`` never counts: a DNS-rebinding page at ``http://attacker.example:8000`` sends
+``Host: attacker.example:8000`` too.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +51,9 @@ class Principal:
 
 
 ANONYMOUS = Principal()
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class Authenticator:
@@ -55,6 +69,8 @@ class Authenticator:
         self.private_flows = frozenset(config.private_flows) | {
             slug for slug, public in public_flows.items() if not public
         }
+        self.origins = OriginPolicy(config.public_origins,
+                                    (*config.allowed_origins, *config.cors_origins))
         self._key: str | RSAPublicKey | None
         if config.jwt_secret is not None:
             self.algorithm = "HS256"
@@ -86,12 +102,11 @@ class Authenticator:
                 algorithms=[self.algorithm],
                 audience=self.audience,
                 leeway=self.leeway,
-                options={"verify_aud": self.audience is not None},
+                # The dates are checked below, once known to be numbers: PyJWT reads them with
+                # int(), which takes "123" and true.
+                options={"verify_aud": self.audience is not None, "verify_exp": False,
+                         "verify_nbf": False, "verify_iat": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise UnauthorizedError("token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise UnauthorizedError("token not yet valid (nbf)") from None
         except jwt.InvalidAlgorithmError:
             raise UnauthorizedError(
                 f"token algorithm not allowed: this gateway accepts {self.algorithm} only"
@@ -102,14 +117,20 @@ class Authenticator:
             raise UnauthorizedError("token is for another audience") from None
         except jwt.InvalidTokenError as exc:
             raise UnauthorizedError(f"invalid token: {exc}") from None
+        expires = _numeric_dates(claims)
+        now = time.time()
+        if expires is not None and expires <= now - self.leeway:
+            raise UnauthorizedError("token expired")
+        for name in ("nbf", "iat"):
+            if claims.get(name, -math.inf) > now + self.leeway:
+                raise UnauthorizedError(f"token not yet valid ({name})")
         subject = claims.get("sub")
         if subject is not None and not isinstance(subject, str):
             raise UnauthorizedError("token `sub` must be a string")
-        expires = claims.get("exp")
         return Principal(
             subject=subject,
             roles=_roles(claims.get(self.role_claim)),
-            expires_at=float(expires) if isinstance(expires, int | float) else None,
+            expires_at=expires,
             authenticated=True,
         )
 
@@ -161,6 +182,124 @@ class Authenticator:
         if not principal.authenticated or principal.subject is None:
             return False, None
         return True, principal.subject
+
+
+class OriginPolicy:
+    """Which page origins may open ``/realtime``: the gateway's public origins and the
+    configured ones, compared as (scheme, host, port) — never against the request's ``Host``.
+
+    Without public origins, the gateway's own are the loopback origins of the address it listens
+    on, known once it is bound (``listening_on``): ``http://127.0.0.1:PORT``,
+    ``http://localhost:PORT``, ``http://[::1]:PORT`` for a loopback or wildcard address, else
+    ``http://HOST:PORT``. A DNS-rebinding page cannot send one of those.
+    """
+
+    def __init__(self, public: Iterable[str], allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        self.any = "*" in allowed
+        self.public = _parsed_all(public)
+        self.allowed = _parsed_all(allowed)
+        self.local: frozenset[_Origin] = frozenset()
+        # Host names HTTP requests may carry; None: any (see allows_host).
+        self.hosts: frozenset[str] | None = None
+
+    def listening_on(self, host: str, port: int) -> None:
+        """The gateway is bound to ``host:port``: its default origins when none is configured."""
+        names = {host.strip("[]").lower()}
+        try:
+            address = ipaddress.ip_address(next(iter(names)))
+        except ValueError:
+            address = None
+        loopback = names == {"localhost"} or (address is not None and address.is_loopback)
+        if loopback or (address is not None and address.is_unspecified):
+            names = {"127.0.0.1", "localhost", "::1"}
+        self.local = frozenset(("http", name, port) for name in names)
+        if loopback and not self.any:
+            # Only loopback clients reach this gateway, so a Host naming anything else is a
+            # DNS-rebinding page (or a proxy in front, which --public-origin names).
+            self.hosts = frozenset(names) | {o[1] for o in self.public | self.allowed}
+
+    def allows_host(self, host: str | None) -> bool:
+        """Whether an HTTP request's ``Host`` names this gateway. Checked only when it listens on
+        loopback (any name may reach a public address); a request without ``Host`` passes."""
+        if self.hosts is None or not host:
+            return True
+        name = host.strip().lower()
+        if name.startswith("["):
+            name = name[1:].partition("]")[0]
+        elif name.count(":") == 1:
+            name = name.partition(":")[0]
+        return name in self.hosts
+
+    def allows(self, origin: str) -> bool:
+        if self.any:
+            return True
+        parsed = _parsed(origin)
+        if parsed is None:
+            return False
+        return parsed in self.allowed or parsed in (self.public or self.local)
+
+
+def _parsed_all(origins: Iterable[str]) -> frozenset[_Origin]:
+    return frozenset(p for o in origins if (p := _parsed(o)) is not None)
+
+
+def _parsed(origin: str) -> _Origin | None:
+    """``scheme://host[:port]`` as (scheme, host, port), the default port filled in; None for
+    anything else (``null``, a path, user info, a bad port)."""
+    scheme, sep, netloc = origin.strip().lower().rstrip("/").partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or not netloc or "/" in netloc or "@" in netloc:
+        return None
+    host, port_text = netloc, ""
+    if netloc.startswith("["):
+        host, _, rest = netloc[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                return None
+            port_text = rest[1:]
+    elif ":" in netloc:
+        host, _, port_text = netloc.rpartition(":")
+    if not host or (port_text and not (port_text.isascii() and port_text.isdigit())):
+        return None
+    port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+    if not 0 < port < 65536:
+        return None
+    return scheme, host, port
+
+
+def _numeric_dates(claims: Mapping[str, Any]) -> float | None:
+    """Checks ``exp``/``nbf``/``iat`` are NumericDates; returns ``exp`` (None without one).
+
+    Raises:
+        UnauthorizedError: one of them is not a JSON number (a string, a boolean, null) or is
+            not finite as a double (NaN, Infinity, 10**400).
+    """
+    for name in NUMERIC_DATE_CLAIMS:
+        if name not in claims:
+            continue
+        value = claims[name]
+        if value is None or isinstance(value, bool | str | list | dict):
+            kind = {type(None): "null", bool: "a boolean", str: "a string", list: "an array",
+                    dict: "an object"}[type(value)]
+        elif not isinstance(value, int | float):
+            kind = type(value).__name__
+        elif not _is_finite_double(value):
+            kind = "a number out of range"
+        else:
+            continue
+        raise UnauthorizedError(
+            f"invalid token: `{name}` must be a NumericDate (a finite JSON number of seconds "
+            f"since 1970), not {kind}"
+        )
+    expires = claims.get("exp")
+    return None if expires is None else float(expires)
+
+
+def _is_finite_double(value: float) -> bool:
+    try:
+        return math.isfinite(value)  # an int beyond a double's range raises OverflowError
+    except OverflowError:
+        return False
 
 
 def bearer_token(authorization: str | None) -> str | None:

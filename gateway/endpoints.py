@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway._openapi import openapi_document
+from gateway._runs_query import encode_cursor, parse_runs_query
 from gateway.auth import Principal, bearer_token
 from gateway.errors import (
     BadJsonError,
@@ -40,15 +41,13 @@ from gateway.errors import (
 )
 from gateway.flows import SLUG
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.protocol import canonical_run_id, error_body
+from gateway.protocol import canonical_run_id, error_body, loads_client_json
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RUNS_LIMIT = 20
-MAX_RUNS_LIMIT = 1000
 FLOW_MAX_AGE = 60  # seconds a flow's shape may be cached (shapes never change under a slug)
 JSON_TYPE = "application/json"
 JS_TYPE = "application/javascript; charset=utf-8"
@@ -65,9 +64,10 @@ REPO_CLIENT_JS = Path(__file__).resolve().parent.parent / "client_js" / "client.
 PLACEHOLDER_PAGE = b"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>PGFlow gateway</title></head>
 <body><h1>PGFlow gateway</h1>
-<p>The live demo page is not installed. The API: <a href="/openapi.json">/openapi.json</a>,
-<a href="/flows">/flows</a>, <a href="/runs">/runs</a>, <a href="/healthz">/healthz</a>;
-the JS client: <a href="/client.js">/client.js</a>; events: <code>ws /realtime</code>.</p>
+<p>The live demo page is not installed. The API (relative links: the gateway may be mounted
+under a prefix): <a href="openapi.json">openapi.json</a>, <a href="flows">flows</a>,
+<a href="runs">runs</a>, <a href="healthz">healthz</a>; the JS client:
+<a href="client.js">client.js</a>; events: <code>ws realtime</code>.</p>
 </body></html>
 """
 
@@ -169,10 +169,7 @@ async def read_json(request: Request, limit: int) -> Any:
     body = b"".join(chunks)
     if not body.strip():
         raise BadJsonError("the body is empty: send a JSON object")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadJsonError(f"the body is not JSON: {exc}") from None
+    return loads_client_json(body, "the body")  # bad_json, or bad_request when nested too deep
 
 
 def check_storable(value: Any, path: str = "input") -> None:
@@ -331,24 +328,24 @@ def http_routes(gateway: Gateway) -> list[BaseRoute]:
     @_api
     async def list_runs(request: Request) -> Response:
         principal = principal_of(gateway, request)
-        params = request.query_params
-        raw_limit = params.get("limit", str(DEFAULT_RUNS_LIMIT))
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_RUNS_LIMIT:
-            raise BadRequestError(f"limit must be an integer from 1 to {MAX_RUNS_LIMIT}")
-        flow_slug = params.get("flow_slug") or None
-        if flow_slug is not None:
-            if not SLUG.match(flow_slug):
-                raise BadRequestError(f"flow_slug {flow_slug!r} is not a flow slug")
-            gateway.auth.check_flow(principal, flow_slug)
+        query = parse_runs_query(request.query_params.multi_items())
+        if query.flow_slug is not None:
+            gateway.auth.check_flow(principal, query.flow_slug)
         allowed, owner = gateway.auth.owner_filter(principal)
         if not allowed:
             if principal.authenticated:  # a valid token, but without `sub`: owns no runs
                 raise ForbiddenError("listing runs needs a token with a `sub`")
             raise UnauthorizedError("listing runs needs a token")
+        # one more than the page: whether a next page exists, without asking again
         runs = await gateway.require_store().list_runs(
-            max_runs=int(raw_limit), flow_slug=flow_slug, owner=owner
+            max_runs=query.limit + 1, flow_slug=query.flow_slug, owner=owner,
+            statuses=query.statuses, started_after=query.started_after,
+            started_before=query.started_before, after=query.after,
         )
-        return json_response({"runs": runs}, headers={"Cache-Control": "no-store"})
+        page = runs[: query.limit]
+        next_cursor = encode_cursor(page[-1]) if len(runs) > query.limit else None
+        return json_response({"runs": page, "next_cursor": next_cursor},
+                             headers={"Cache-Control": "no-store"})
 
     async def healthz(request: Request) -> Response:
         if gateway.listener is None or not gateway.listener.connected or gateway.stopping:

@@ -20,6 +20,12 @@ docs/design/fanout.md explains the design; the invariants it relies on:
   stop at half the bound (the client is *starved*), the subscription stays behind, and the read
   goes on when the writer has taken the outbox (``drained``). A burst of a thousand events from
   one transaction thus reaches a fast socket whole and costs a slow one nothing but lag.
+- A log read shows the log as it is: a run's visible events are ``1..last_seq`` without holes.
+  A read that skips a seq (a row deleted by hand or by retention), or a complete read that
+  leaves a subscription short of ``need``, *stalls* the subscription (``Subscription.stalls``
+  counts such reads in a row without progress). The shell re-reads with backoff and, past a
+  few, ends the subscription with an error (``gap`` or ``not_found``): it never re-reads in a
+  loop, and never goes live over a hole.
 
 Each frame is built once (a ``wire.TextFrame``: its bytes are encoded once too) and the same
 object is appended to every subscriber's outbox.
@@ -48,6 +54,11 @@ CLOSE_TOKEN_EXPIRED = 4001
 DEFAULT_MAX_FRAMES = 4096
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_HELD = 1024  # live events a behind subscription keeps; past that, the log has them
+
+# What _deliver did with a log read's events.
+_DELIVERED = 0  # every event that continues last_seq
+_STARVED = 1  # stopped at the outbox's soft limit
+_GAP = 2  # stopped at a seq missing from the log
 
 
 class Client:
@@ -82,7 +93,7 @@ class Client:
 
 
 class Subscription:
-    __slots__ = ("client", "epoch", "held", "last_seq", "need", "replayed", "run_id")
+    __slots__ = ("client", "epoch", "held", "last_seq", "need", "replayed", "run_id", "stalls")
 
     def __init__(self, client: Client, run_id: str, since: int, epoch: int) -> None:
         self.client = client
@@ -92,6 +103,7 @@ class Subscription:
         self.held: list[Item] | None = []  # behind until the replay completes
         self.replayed = False
         self.epoch = epoch  # only a read issued in this epoch or later can make it live
+        self.stalls = 0  # log reads in a row that could not move it on (a hole in the log)
 
     @property
     def live(self) -> bool:
@@ -320,8 +332,11 @@ class Fanout:
         client = sub.client
         if not self.is_current(sub) or client.close_code is not None:
             return False
-        if not self._deliver(sub, events) or not complete:
+        delivered = self._deliver(sub, events)
+        if delivered == _STARVED or (delivered == _DELIVERED and not complete):
             return False
+        # Complete, or stopped at a hole in the log: reading further pages would find the same
+        # hole. Behind past it, the run's reads (the relay's) decide what it is.
         sub.replayed = True
         return self._flush(sub, epoch) and not client.starved
 
@@ -345,21 +360,36 @@ class Fanout:
             if sub.last_seq < since:
                 behind = behind or sub.held is not None
                 continue
+            before = sub.last_seq
             delivered = self._deliver(sub, events)
             if not complete and end is not None:
                 sub.need = max(sub.need, end + 1)
                 if sub.held is None:
                     sub.held = []
-            if not delivered:
+            if delivered == _STARVED:
+                sub.stalls = 0
                 continue  # starved: read on when its writer drains, not now (it would spin)
             if sub.held is not None and self._flush(sub, epoch) and not sub.client.starved:
                 behind = True
+                if delivered == _GAP or (complete and epoch >= sub.epoch):
+                    # The log, read whole, lacks what the subscription needs.
+                    sub.stalls = sub.stalls + 1 if sub.last_seq == before else 1
+                    continue
+            sub.stalls = 0
         return behind
 
-    def _deliver(self, sub: Subscription, events: Sequence[Item]) -> bool:
+    def stalled(self, run_id: str) -> list[Subscription]:
+        """The run's subscriptions that its last log read could not move on (``stalls``)."""
+        subs = self.runs.get(run_id)
+        if not subs:
+            return []
+        return [sub for sub in subs.values() if sub.stalls and sub.held is not None]
+
+    def _deliver(self, sub: Subscription, events: Sequence[Item]) -> int:
         """Pushes the log events that continue ``last_seq``, up to the soft limit.
 
-        False: stopped at the limit (the client is starved), the subscription left behind.
+        ``_STARVED``: stopped at the limit (the client is starved); ``_GAP``: stopped at a seq
+        the log does not have. Either way the subscription is left behind.
         """
         client = sub.client
         last = sub.last_seq
@@ -367,16 +397,20 @@ class Fanout:
             if seq <= last:
                 continue
             if seq != last + 1:
-                break
+                sub.last_seq = last
+                sub.need = max(sub.need, seq)
+                if sub.held is None:
+                    sub.held = []
+                return _GAP
             if not self._push_soft(client, message, size):
                 sub.last_seq = last
                 sub.need = max(sub.need, events[-1][0])
                 if sub.held is None:
                     sub.held = []
-                return False
+                return _STARVED
             last = seq
         sub.last_seq = last
-        return True
+        return _DELIVERED
 
     def _flush(self, sub: Subscription, epoch: int) -> bool:
         """Delivers held events that continue ``last_seq``; goes live when nothing is missing

@@ -10,6 +10,7 @@ import importlib
 import inspect
 import re
 import sys
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -211,6 +212,31 @@ def _check_options(
         raise InvalidFlowError(f"{where}: timeout must be whole seconds from 1 to 86400")
 
 
+def _import_flows_module(spec: str, module_name: str) -> Any:
+    """Imports a ``--flows`` module; whatever its import raises becomes one line that says
+    where (a start-up error is read by a person, not a debugger).
+
+    Raises:
+        ConfigurationError: the module is missing, does not compile, or raised on import.
+        InvalidFlowError: a Flow in it is malformed (the message names the flow).
+    """
+    try:
+        return importlib.import_module(module_name)
+    except InvalidFlowError as exc:
+        raise InvalidFlowError(f"--flows {spec}: {exc}") from exc
+    except SyntaxError as exc:
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
+        raise ConfigurationError(f"--flows {spec}: {where}: {exc.msg}") from exc
+    except ImportError as exc:
+        raise ConfigurationError(f"--flows {spec}: cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1:]
+        where = f" ({frame[0].filename}, line {frame[0].lineno})" if frame else ""
+        raise ConfigurationError(
+            f"--flows {spec}: importing {module_name} raised {type(exc).__name__}: {exc}{where}"
+        ) from exc
+
+
 def load_flows(specs: Sequence[str]) -> list[Flow]:
     """Imports ``MODULE`` (every top-level Flow) or ``MODULE:ATTR`` (a Flow or a list of them).
 
@@ -223,12 +249,7 @@ def load_flows(specs: Sequence[str]) -> list[Flow]:
         module_name, _, attr = spec.partition(":")
         if not module_name:
             raise ConfigurationError(f"--flows {spec!r}: expected MODULE or MODULE:ATTR")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"--flows {spec}: cannot import {module_name!r}: {exc}"
-            ) from exc
+        module = _import_flows_module(spec, module_name)
         if attr:
             try:
                 value = getattr(module, attr)

@@ -7,7 +7,12 @@
   ``RESYNC`` on the queue: notifications sent while it was away are lost, the log is not.
 - ``Relay`` consumes that queue in order (the single consumer): inline events are serialised once
   and handed to the fan-out; references and gaps become log reads. Its reader batches the reads:
-  one query for many runs, one read per run whatever its number of subscribers.
+  one query for many runs, one read per run whatever its number of subscribers. A read that
+  cannot move a subscription on (a hole in the log, a run gone) is retried with backoff
+  (``STALL_RETRY_DELAYS``), then the subscription ends with an error frame, ``gap`` or
+  ``not_found``: nothing re-reads in a loop.
+- ``FrameCache`` shares the frame of a large event read from the log between the sockets that
+  replay it, for as long as one of them holds it.
 """
 
 from __future__ import annotations
@@ -15,19 +20,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
+import weakref
 from collections.abc import Sequence
 from typing import cast
 
 import asyncpg
 
 from gateway.errors import DatabaseUnavailableError
-from gateway.fanout import Fanout, Item
+from gateway.fanout import Fanout, Item, Subscription
 from gateway.metrics import Metrics
 from gateway.protocol import (
     MAX_SEQ,
     NOTIFY_CHANNEL,
     EventsNotification,
     NotificationError,
+    error_frame,
     event_frame,
     event_frame_from_json,
     parse_notification,
@@ -47,6 +55,10 @@ RECONNECT_MAX_DELAY = 5.0  # seconds
 READ_PAGE = 500  # events per run per log read
 READ_BATCH = 200  # runs per log read query
 READ_RETRY_DELAY = 0.5  # seconds, after a failed log read
+# Seconds before each re-read of a run whose log could not move a subscription on; one more
+# such read and the subscription ends (``gap`` / ``not_found``): ~1.3 s and 4 reads in all.
+STALL_RETRY_DELAYS = (0.05, 0.25, 1.0)
+SHARED_FRAME_BYTES = 64 * 1024  # log events from this size share one frame between sockets
 
 
 def backoff_delay(attempt: int, low: float = RECONNECT_MIN_DELAY,
@@ -179,6 +191,8 @@ class Relay:
         self.batch = batch
         self._pending: dict[str, None] = {}  # runs to read, in request order
         self._wakeup = asyncio.Event()
+        self._retries: dict[str, asyncio.TimerHandle] = {}  # stalled runs: their next read
+        self.frames = FrameCache()
 
     def request_read(self, run_id: str) -> None:
         self._pending[run_id] = None
@@ -217,7 +231,14 @@ class Relay:
                 run_id = event["run_id"]
                 if run_id not in runs:
                     continue  # nobody follows it here: not even serialised
-                text = event_frame(event)
+                try:
+                    text = event_frame(event)
+                except TypeError:
+                    # Nested deeper than orjson writes (PostgreSQL stores more): the log's
+                    # text is forwarded as it is, read by reference.
+                    if fanout.note_refs(run_id, event["seq"]):
+                        self.request_read(run_id)
+                    continue
                 if fanout.publish(run_id, event["seq"], TextFrame(text), len(text)):
                     self.request_read(run_id)
         else:
@@ -258,17 +279,96 @@ class Relay:
         found = await self.store.get_runs_events_json(reads)
         self.metrics.log_reads += 1
         for run_id, since, _until in reads:
-            rows = found.get(run_id, [])
+            rows = found.pop(run_id, [])
             self.metrics.events_in_log += len(rows)
-            if fanout.apply_log(run_id, log_items(rows), since=since,
-                                complete=len(rows) < self.page, epoch=epoch):
-                self.request_read(run_id)
+            items = log_items(run_id, rows, self.frames)
+            del rows
+            if fanout.apply_log(run_id, items, since=since,
+                                complete=len(items) < self.page, epoch=epoch):
+                del items
+                await self._behind(run_id)
+
+    async def _behind(self, run_id: str) -> None:
+        """After a read left some subscription of the run behind: read on now, or, for
+        subscriptions the log could not move on, later with backoff, then end them."""
+        stalled = self.fanout.stalled(run_id)
+        if not stalled:
+            self.request_read(run_id)
+            return
+        given_up = [sub for sub in stalled if sub.stalls > len(STALL_RETRY_DELAYS)]
+        if given_up:
+            await self._end_stalled(run_id, given_up)
+        waiting = [sub.stalls for sub in stalled if sub.stalls <= len(STALL_RETRY_DELAYS)]
+        if waiting and run_id not in self._retries:
+            delay = STALL_RETRY_DELAYS[max(waiting) - 1]
+            self._retries[run_id] = asyncio.get_running_loop().call_later(
+                delay, self._retry, run_id)
+
+    def _retry(self, run_id: str) -> None:
+        del self._retries[run_id]
+        self.request_read(run_id)
+
+    async def _end_stalled(self, run_id: str, subs: list[Subscription]) -> None:
+        """Ends subscriptions the log cannot serve: ``gap`` when the run still exists (events
+        were deleted below what it holds), ``not_found`` when the run is gone."""
+        try:
+            exists, _owner = await self.store.get_run_owner(uuid.UUID(run_id))
+        except DatabaseUnavailableError:
+            self.request_read(run_id)  # decided on a later read
+            return
+        fanout = self.fanout
+        for sub in subs:
+            if not fanout.is_current(sub):
+                continue
+            fanout.unsubscribe(sub.client, run_id)
+            if exists:
+                text = error_frame(
+                    "gap", f"events of run {run_id} after seq {sub.last_seq} are missing from "
+                    f"its log (deleted): subscribe again with since to skip them", run_id)
+            else:
+                text = error_frame("not_found", f"run {run_id} no longer exists", run_id)
+            fanout.send(sub.client, TextFrame(text), len(text))
+            self.metrics.log_gaps += 1
+        logger.warning("run %s: %s, %d subscription(s) ended", run_id,
+                       "events missing from its log" if exists else "run deleted", len(subs),
+                       extra={"action": "log_gap"})
 
 
-def log_items(rows: Sequence[tuple[int, str]]) -> list[Item]:
+class FrameCache:
+    """The frames of large log events, by (run id, seq), for as long as an outbox holds them.
+
+    Sockets replaying the same large event (a big output) then share one frame and its
+    encodings instead of each holding its own copies: the log's events never change.
+    """
+
+    def __init__(self, min_bytes: int = SHARED_FRAME_BYTES) -> None:
+        self.min_bytes = min_bytes
+        self._frames: weakref.WeakValueDictionary[tuple[str, int], TextFrame] = (
+            weakref.WeakValueDictionary())
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def frame(self, run_id: str, seq: int, event_json: str) -> TextFrame:
+        if len(event_json) < self.min_bytes:
+            return TextFrame(event_frame_from_json(event_json))
+        key = (run_id, seq)
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = self._frames[key] = TextFrame(event_frame_from_json(event_json))
+        return frame
+
+
+def log_items(run_id: str, rows: Sequence[tuple[int, str]],
+              cache: FrameCache | None = None) -> list[Item]:
     """Frames for events read from the log as JSON text, wrapped without decoding."""
     items: list[Item] = []
+    if cache is None:
+        for seq, text in rows:
+            frame = event_frame_from_json(text)
+            items.append((seq, TextFrame(frame), len(frame)))
+        return items
     for seq, text in rows:
-        frame = event_frame_from_json(text)
-        items.append((seq, TextFrame(frame), len(frame)))
+        message = cache.frame(run_id, seq, text)
+        items.append((seq, message, len(message.text)))
     return items

@@ -20,6 +20,7 @@ class Metrics:
     events_in_log: int = 0  # events read from the log (replays, catch-ups, refs)
     frames_out: int = 0  # frames handed to the server for sockets
     log_reads: int = 0
+    log_gaps: int = 0  # subscriptions ended because their run's log lacks events (or the run)
     sockets_accepted: int = 0
     sockets_refused: Counter[str] = field(default_factory=Counter)  # reason -> count
     http_requests: Counter[int] = field(default_factory=Counter)  # status -> count
@@ -54,6 +55,9 @@ class Metrics:
                "websocket frames handed to the server", [("", self.frames_out)])
         metric("pgflow_log_reads_total", "counter",
                "queries reading the event log (replays, catch-ups)", [("", self.log_reads)])
+        metric("pgflow_log_gaps_total", "counter",
+               "subscriptions ended with gap or not_found: events or run missing from the log",
+               [("", self.log_gaps)])
         metric("pgflow_sockets_accepted_total", "counter", "websockets accepted",
                [("", self.sockets_accepted)])
         metric("pgflow_sockets_refused_total", "counter", "websockets refused, by reason",

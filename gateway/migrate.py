@@ -8,12 +8,16 @@ processes that migrate at once take turns, the second finding nothing left to do
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
+
+from gateway.errors import ConfigurationError, DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +93,49 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
 
 
 async def migrate_url(url: str) -> list[str]:
-    connection = await asyncpg.connect(url)
+    """Connects to ``url`` and migrates.
+
+    Raises:
+        DatabaseUnavailableError: the server cannot be reached (a closed port, no route).
+        ConfigurationError: it refused the connection (unknown database or role, password) or
+            the URL is malformed.
+    """
+    connection = await connect_or_explain(url)
     try:
         return await migrate(connection)
     finally:
         await connection.close()
+
+
+async def connect_or_explain(url: str) -> asyncpg.Connection:
+    """``asyncpg.connect(url)``, its failures as one-line errors that name the server (never
+    the password): a start-up with a wrong URL says what is wrong instead of a traceback."""
+    try:
+        return await asyncpg.connect(url)
+    except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError) as exc:
+        reason = os.strerror(exc.errno).lower() if isinstance(exc, OSError) and exc.errno \
+            else str(exc)
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database at {describe_url(url)}: "
+            f"{reason or type(exc).__name__}"
+        ) from exc
+    except asyncpg.PostgresError as exc:  # unknown database or role, a wrong password
+        raise ConfigurationError(
+            f"the database at {describe_url(url)} refused the connection: {exc}"
+        ) from exc
+    except ValueError as exc:  # asyncpg's DSN parser
+        raise ConfigurationError(f"invalid database URL: {exc}") from exc
+
+
+def describe_url(url: str) -> str:
+    """``user@host:port/database`` of a PostgreSQL URL, without its password."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port or 5432
+        user = f"{unquote(parts.username)}@" if parts.username else ""
+    except ValueError:
+        return "(an unreadable URL)"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{user}{shown}:{port}{unquote(parts.path) or '/'}"

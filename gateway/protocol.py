@@ -18,6 +18,10 @@ NOTIFY_CHANNEL = "pgflow_events"
 NOTIFY_VERSION = 1
 MAX_SEQ = 2**63 - 1  # seq is a bigint
 _MAX_RUN_ID_LENGTH = 64
+# Arrays and objects a client's JSON (an HTTP body, a socket frame) may nest, its own outer
+# object included. Deeper values are refused: orjson serialises at most 254 levels and parses at
+# most 1024, and nothing PGFlow stores needs more than a few.
+MAX_JSON_DEPTH = 64
 
 EventName = Literal[
     "run:started", "run:completed", "run:failed",
@@ -119,6 +123,47 @@ class Ping(TypedDict):
 ClientMessage: TypeAlias = Subscribe | Unsubscribe | Ping
 
 
+def check_depth(value: Any, what: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuses JSON nested deeper than ``limit`` arrays/objects (without recursion).
+
+    Raises:
+        BadRequestError: too deep.
+    """
+    level: list[Any] = [value]
+    depth = 0
+    while True:
+        deeper: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                deeper.extend(child for child in item.values() if isinstance(child, dict | list))
+            elif isinstance(item, list):
+                deeper.extend(child for child in item if isinstance(child, dict | list))
+        if not deeper:
+            return
+        depth += 1
+        if depth >= limit:
+            raise BadRequestError(f"{what} nests arrays and objects deeper than {limit} levels")
+        level = deeper
+
+
+def loads_client_json(data: str | bytes, what: str) -> Any:
+    """A client's JSON, parsed and checked against ``MAX_JSON_DEPTH``.
+
+    Raises:
+        BadJsonError: not JSON.
+        BadRequestError: nested too deep.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson's own limit (1024): too deep, not malformed
+            raise BadRequestError(f"{what} nests arrays and objects deeper than "
+                                  f"{MAX_JSON_DEPTH} levels") from None
+        raise BadJsonError(f"{what} is not JSON: {exc}") from None
+    check_depth(value, what)
+    return value
+
+
 def canonical_run_id(value: object) -> str:
     """The run id in Postgres' spelling (lowercase, hyphenated).
 
@@ -138,13 +183,11 @@ def parse_client_frame(text: str) -> ClientMessage:
 
     Raises:
         BadJsonError: not JSON.
-        BadRequestError: not an object, an unknown ``type``, or fields of the wrong type;
-            ``run_id`` is set when the frame named one, so the client can match the error.
+        BadRequestError: nested deeper than ``MAX_JSON_DEPTH``, not an object, an unknown
+            ``type``, or fields of the wrong type; ``run_id`` is set when the frame named one,
+            so the client can match the error.
     """
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise BadJsonError("the frame is not JSON") from None
+    data = loads_client_json(text, "the frame")
     if not isinstance(data, dict):
         raise BadRequestError("a frame must be a JSON object with a type")
     kind = data.get("type")

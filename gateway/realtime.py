@@ -115,7 +115,7 @@ def admit(gateway: Gateway, headers: Headers,
         return Unavailable(429, CLOSE_TRY_AGAIN, "too_many_connections",
                            "too many open sockets: retry later")
     origin = headers.get("origin")
-    if origin is not None and not gateway.origin_allowed(origin, headers.get("host")):
+    if origin is not None and not gateway.auth.origins.allows(origin):
         refused["origin"] += 1
         return Rejected(ForbiddenError(f"Origin {origin} may not open this socket"))
     try:
@@ -297,11 +297,24 @@ class Connection:
             return
         self._push(subscribed_frame(run_id, replay.last_seq))
         rows = replay.events
+        del replay
+        frames = gateway.relay.frames if gateway.relay is not None else None
+        count = page  # events asked for in the read that brought `rows`
         while True:
             gateway.metrics.log_reads += 1
             gateway.metrics.events_in_log += len(rows)
-            complete = len(rows) < page
-            behind = fanout.apply_replay(sub, log_items(rows), complete=complete, epoch=epoch)
+            complete = len(rows) < count
+            # Pages of large events shrink to what the outbox takes at once: a replay holds
+            # about one outbox's worth of events, however large they are.
+            size = sum(len(text) for _, text in rows)
+            if size > fanout.soft_bytes:
+                count = max(1, count * fanout.soft_bytes // size)
+            else:
+                count = min(page, count * 2)
+            items = log_items(run_id, rows, frames)
+            del rows  # nothing of a page outlives it but what the outbox took
+            behind = fanout.apply_replay(sub, items, complete=complete, epoch=epoch)
+            del items
             if sub.replayed or not fanout.is_current(sub):
                 break
             # More pages, or this one stopped at the outbox's soft limit: read on from
@@ -312,7 +325,7 @@ class Connection:
             epoch = fanout.epoch
             try:
                 rows = await store.get_run_events_json(
-                    uuid.UUID(run_id), sub.last_seq, min(sub.last_seq + page, MAX_SEQ)
+                    uuid.UUID(run_id), sub.last_seq, min(sub.last_seq + count, MAX_SEQ)
                 )
             except DatabaseUnavailableError as exc:
                 fanout.unsubscribe(client, run_id)

@@ -12,6 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,7 @@ from gateway.errors import (
 )
 
 DEFAULT_LEASE = 30.0  # seconds
+MAX_CLAIM_TASKS = 1000  # claim_tasks' bound on max_tasks
 DEFAULT_POOL_SIZE = 10
 LISTEN_CLOSE_TIMEOUT = 5.0  # seconds
 
@@ -242,11 +244,25 @@ class Store:
             return [(row[0], row[1]) for row in rows]
 
     async def list_runs(
-        self, *, max_runs: int = 20, flow_slug: str | None = None, owner: str | None = None
+        self,
+        *,
+        max_runs: int = 20,
+        flow_slug: str | None = None,
+        owner: str | None = None,
+        statuses: Sequence[str] | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        after: tuple[datetime, uuid.UUID] | None = None,
     ) -> list[dict[str, Any]]:
+        """Runs newest first, filtered; ``after`` (started_at, run_id) continues a listing."""
         async with self._connection() as connection:
             rows = await connection.fetch(
-                "select r from pgflow.list_runs($1, $2, $3) as r", max_runs, flow_slug, owner
+                "select r from pgflow.list_runs($1, $2, $3, $4, $5, $6, $7, $8) as r",
+                max_runs, flow_slug, owner,
+                list(statuses) if statuses is not None else None,
+                started_after, started_before,
+                after[0] if after is not None else None,
+                after[1] if after is not None else None,
             )
             return [row[0] for row in rows]
 
@@ -264,7 +280,7 @@ class Store:
             rows = await connection.fetch(
                 "select * from pgflow.claim_tasks($1, $2, $3, $4)",
                 worker_id,
-                max_tasks,
+                min(max_tasks, MAX_CLAIM_TASKS),  # more than that: the rest at the next claim
                 list(flow_slugs) if flow_slugs is not None else None,
                 lease_seconds,
             )
@@ -280,6 +296,10 @@ class Store:
 
         Returns, for each input, whether it was applied (False: a stale report, e.g. the
         lease was lost).
+
+        Each output travels as its JSON text (``text[]``, cast to ``jsonb[]`` in the query):
+        bound as ``jsonb[]``, asyncpg would read a list output as array dimensions. A JSON
+        null is the text ``'null'``, never SQL NULL (which marks a failure's slot).
         """
         done = list(completions)
         failed = list(failures)
@@ -288,13 +308,13 @@ class Store:
         items: list[Completion | Failure] = [*done, *failed]
         async with self._connection() as connection:
             applied: list[bool] = await connection.fetchval(
-                "select pgflow.report_steps($1, $2, $3, $4, $5::jsonb[], $6)",
+                "select pgflow.report_steps($1, $2, $3, $4, $5::text[]::jsonb[], $6)",
                 worker_id,
                 [i.run_id for i in items],
                 [i.step_slug for i in items],
                 [i.attempt for i in items],
-                [i.output if isinstance(i, Completion) else None for i in items],
-                [i.error if isinstance(i, Failure) else None for i in items],
+                [_dumps(i.output) for i in done] + [None] * len(failed),
+                [None] * len(done) + [i.error for i in failed],
             )
         return applied[: len(done)], applied[len(done) :]
 

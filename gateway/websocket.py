@@ -19,18 +19,26 @@ websockets' sans-I/O ``ServerProtocol`` performs the handshake and extension neg
 it, a bare ``Protocol`` in the OPEN state parses client frames (it answers pings, enforces the
 size limit, runs the close handshake). Flow control is the transport's: a paused transport
 keeps frames in the outbox, where the fan-out's bounds apply.
+
+What a client can make a socket hold is bounded (docs/design/fanout.md, "What one socket
+holds"): the message it is sending (``--max-frame-bytes`` for the whole message, fragments
+included), its outbox (``--socket-buffer-*``), and the transport's buffer. Large frames go to
+the transport in pieces of ``WRITE_PIECE`` as it drains, never whole; pongs are coalesced (only
+the latest ping of a read is answered, as RFC 6455 5.5.3 allows); and a socket whose transport
+is full is not read until it drains, so a peer that floods without reading cannot make the
+gateway buffer its answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 from starlette.datastructures import Headers as StarletteHeaders
 from websockets.datastructures import Headers
+from websockets.exceptions import PayloadTooBig
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
@@ -41,10 +49,15 @@ from websockets.protocol import OPEN, Protocol, Side
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike
 
-from gateway.auth import Principal
 from gateway.fanout import CLOSE_GOING_AWAY, CLOSE_POLICY
-from gateway.protocol import error_body
-from gateway.realtime import Connection, Rejected, Unavailable, admit, close_reason
+from gateway.protocol import error_body, error_frame
+from gateway.realtime import Rejected, Unavailable, admit, close_reason
+from gateway.socket_connection import (
+    MAX_BACKLOG,
+    READ_HELD_BY_WRITES,
+    WRITE_PIECE,
+    DirectConnection,
+)
 from gateway.wire import TextFrame
 
 if TYPE_CHECKING:
@@ -53,8 +66,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PATH = "/realtime"
-MAX_BACKLOG = 32  # client messages waiting behind a replay before reading pauses
 _PING = Frame(Opcode.PING, b"pgflow").serialize(mask=False)
+_PONG_HEADER = 0x8A  # FIN + PONG: the first byte of every pong websockets queues (never deflated)
 
 # websockets logs every handshake at INFO ("connection open"): one line per socket is noise.
 _frames_logger = logging.getLogger("gateway.websocket.frames")
@@ -73,7 +86,21 @@ class RealtimeServer:
         self.gateway = gateway
         self.max_message_bytes = max_message_bytes
         self.deflate_min_bytes = gateway.config.deflate_min_bytes
+        self.deflate_max_bytes = gateway.config.deflate_max_bytes
         self._ready: list[DirectConnection] = []
+        gateway.metrics.observe(
+            "pgflow_socket_buffered_bytes", "gauge",
+            "bytes waiting for sockets: outboxes and transport buffers, control frames included",
+            self.buffered_bytes)
+
+    def buffered_bytes(self) -> int:
+        """What every socket holds for its peer: its outbox and its transport's buffer."""
+        total = 0
+        for connection in list(self.gateway.connections):
+            total += connection.client.queued_bytes
+            if isinstance(connection, DirectConnection):
+                total += connection.protocol.buffered_bytes()
+        return total
 
     def __call__(self, config: Any, server_state: Any, app_state: Any,
                  _loop: asyncio.AbstractEventLoop | None = None) -> RealtimeProtocol:
@@ -96,8 +123,8 @@ class RealtimeServer:
 class RealtimeProtocol(asyncio.Protocol):
     """One socket's bytes: the handshake, client frames in, shared frames out, the close."""
 
-    __slots__ = ("_closing_timer", "_fragments", "_handshake", "connection", "connections",
-                 "deflate_from", "last_heard", "pinged_at", "server", "transport",
+    __slots__ = ("_closing_timer", "_fragments", "_handshake", "_read_holds", "connection",
+                 "connections", "deflate_from", "last_heard", "pinged_at", "server", "transport",
                  "write_paused", "ws")
 
     def __init__(self, server: RealtimeServer, connections: set[Any]) -> None:
@@ -118,8 +145,11 @@ class RealtimeProtocol(asyncio.Protocol):
         self.write_paused = False
         self.last_heard = 0.0
         self.pinged_at = 0.0
-        self._fragments: tuple[Opcode, list[BytesLike]] | None = None
+        # A fragmented message being assembled: its opcode and bytes so far. websockets limits
+        # the whole message to --max-frame-bytes (its max_size counts every fragment).
+        self._fragments: tuple[Opcode, bytearray] | None = None
         self._closing_timer: asyncio.TimerHandle | None = None
+        self._read_holds = 0  # READ_HELD_BY_* bits: reading is paused while any is set
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -134,8 +164,9 @@ class RealtimeProtocol(asyncio.Protocol):
             self._handshake_received(data)
             return
         self.last_heard = asyncio.get_running_loop().time()
+        was_open = ws.state is OPEN
         ws.receive_data(data)
-        self._handle_frames(ws)
+        self._handle_frames(ws, was_open)
 
     def eof_received(self) -> bool | None:
         ws = self.ws or self._handshake
@@ -157,6 +188,9 @@ class RealtimeProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        # Nothing more is read from a peer that does not read: what it sends (pings, messages)
+        # would only queue more answers behind the ones it is not taking.
+        self.hold_reading(READ_HELD_BY_WRITES)
         if self.connection is not None:
             self.connection.sending_since = asyncio.get_running_loop().time()
 
@@ -166,6 +200,29 @@ class RealtimeProtocol(asyncio.Protocol):
         if connection is not None:
             connection.sending_since = None
             self.server.gateway.metrics.frames_out += connection.flush()
+        if not self.write_paused:
+            self.release_reading(READ_HELD_BY_WRITES)
+
+    def buffered_bytes(self) -> int:
+        """Bytes in the transport's buffer, not yet taken by the kernel."""
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def hold_reading(self, reason: int) -> None:
+        if not self._read_holds:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+        self._read_holds |= reason
+
+    def release_reading(self, reason: int) -> None:
+        if not self._read_holds & reason:
+            return
+        self._read_holds &= ~reason
+        if not self._read_holds:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
 
     def shutdown(self) -> None:
         """uvicorn's server shutdown: the gateway closed its sockets already (1001); what is
@@ -207,12 +264,22 @@ class RealtimeProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _send_pending(self, ws: Protocol | ServerProtocol) -> None:
-        """Writes what websockets queued (handshake response, pong, close); an empty chunk
-        means: close the TCP connection now."""
+        """Writes what websockets queued (handshake response, pongs, close); an empty chunk
+        means: close the TCP connection now. Of the pongs queued by one read, only the last is
+        sent (RFC 6455 5.5.3: answering the most recent ping is enough): a ping flood costs one
+        pong per read, and reading stops while the transport is full."""
         transport = self.transport
         if transport is None:
             return
-        for data in ws.data_to_send():
+        writes = ws.data_to_send()
+        if len(writes) > 1 and ws is self.ws:
+            last_pong = -1
+            for index, data in enumerate(writes):
+                if data and data[0] == _PONG_HEADER:
+                    last_pong = index
+            writes = [data for index, data in enumerate(writes)
+                      if index == last_pong or not data or data[0] != _PONG_HEADER]
+        for data in writes:
             if data:
                 if not transport.is_closing():
                     transport.write(data)
@@ -271,8 +338,10 @@ class RealtimeProtocol(asyncio.Protocol):
         self._send_pending(handshake)
         if response.status_code != 101:
             return  # a malformed upgrade: websockets answered why
-        ws = self.ws = Protocol(Side.SERVER, state=OPEN, max_size=self.server.max_message_bytes,
-                                logger=_frames_logger)
+        # max_size: the client's whole message, every fragment counted (websockets' Protocol
+        # tracks the size of a fragmented message) and a frame's header refused before its body.
+        ws = self.ws = Protocol(Side.SERVER, state=OPEN,
+                                max_size=gateway.config.max_frame_bytes, logger=_frames_logger)
         ws.extensions = handshake.extensions
         for extension in ws.extensions:
             # Our shared compressor uses a 12-bit window: a client that limits ours below that
@@ -300,7 +369,7 @@ class RealtimeProtocol(asyncio.Protocol):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _handle_frames(self, ws: Protocol) -> None:
+    def _handle_frames(self, ws: Protocol, was_open: bool) -> None:
         for frame in ws.events_received():
             if not isinstance(frame, Frame):
                 continue
@@ -309,19 +378,29 @@ class RealtimeProtocol(asyncio.Protocol):
                 if frame.fin:
                     self._message(ws, opcode, frame.data)
                 else:
-                    self._fragments = (opcode, [frame.data])
+                    self._fragments = (opcode, bytearray(frame.data))
             elif opcode is Opcode.CONT and self._fragments is not None:
                 first, parts = self._fragments
-                parts.append(frame.data)
+                parts += frame.data
                 if frame.fin:
                     self._fragments = None
-                    self._message(ws, first, b"".join(parts))
+                    self._message(ws, first, parts)
             # PING: websockets queued the pong; PONG: last_heard is enough; CLOSE: websockets
             # answered it and will ask us to close the TCP connection.
+        if was_open and ws.state is not OPEN and isinstance(ws.parser_exc, PayloadTooBig):
+            self._too_large()
         self._send_pending(ws)
         connection = self.connection
         if ws.state is not OPEN and connection is not None:
             connection.peer_closing()
+
+    def _too_large(self) -> None:
+        """websockets refused a message over the limit and queued close 1009: the client is
+        told why first, as for a complete message over the limit (realtime.py)."""
+        self._fragments = None
+        limit = self.server.gateway.config.max_frame_bytes
+        self.write(TextFrame(error_frame(
+            "too_large", f"frames are limited to {limit} bytes")).wire(False))
 
     def _message(self, ws: Protocol, opcode: Opcode, data: BytesLike) -> None:
         connection = self.connection
@@ -331,124 +410,18 @@ class RealtimeProtocol(asyncio.Protocol):
             connection.receive(len(data))
             return
         try:
-            text = bytes(data).decode() if isinstance(data, memoryview) else data.decode()
+            text = bytes(data).decode() if not isinstance(data, bytes) else data.decode()
         except UnicodeDecodeError:
             ws.fail(1007, "invalid UTF-8 in a text frame")
             return
-        connection.receive(text)
-
-
-class DirectConnection(Connection):
-    """A ``Connection`` whose outbox goes straight to its ``RealtimeProtocol``'s transport.
-
-    Client messages are handled in order as they arrive; a subscribe's replay runs in a task,
-    and messages that arrive meanwhile wait behind it (reading pauses past ``MAX_BACKLOG``).
-    """
-
-    def __init__(self, gateway: Gateway, principal: Principal, number: int,
-                 protocol: RealtimeProtocol) -> None:
-        super().__init__(gateway, principal, number)
-        self.protocol = protocol
-        self._scheduled = False
-        self._busy: asyncio.Task[None] | None = None
-        self._backlog: list[str | int] | None = None
-        self._reading_paused = False
-
-    def _wake(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self.protocol.server.schedule_flush(self)
-
-    def flush(self) -> int:
-        """Writes the outbox as one chunk (unless the transport is paused), then the close
-        frame if the client is closing. Returns the frames written.
-
-        The hot path of the fan-out (once per socket per burst of events): kept lean.
-        """
-        self._scheduled = False
-        client = self.client
-        frames = client.frames
-        closing = client.close_code is not None
-        written = 0
-        if frames:
-            protocol = self.protocol
-            if closing or not protocol.write_paused:
-                client.frames = []
-                client.queued_bytes = 0
-                transport = protocol.transport
-                if transport is not None and not transport.is_closing():
-                    deflate_from = protocol.deflate_from
-                    if len(frames) == 1:
-                        transport.write(frames[0].for_socket(deflate_from))
-                    else:
-                        transport.write(b"".join([frame.for_socket(deflate_from)
-                                                  for frame in frames]))
-                written = len(frames)
-                if self._room is not None or client.starved:
-                    self.took_outbox()
-        if closing and not client.frames:
-            code = client.close_code
-            assert code is not None
-            self.protocol.close(code, client.close_reason)
-        return written
-
-    def keepalive(self, now: float, interval: float, may_ping: bool) -> bool:
-        return self.protocol.keepalive(now, interval, may_ping)
-
-    def peer_closing(self) -> None:
-        """The peer started (or answered) the closing handshake: nothing more goes out."""
-        self.peer_gone = True
-        client = self.client
-        if client.close_code is None:
-            self.gateway.fanout.close(client, CLOSE_GOING_AWAY, "peer closed")
-
-    def closed(self) -> None:
-        busy = self._busy
-        if busy is not None and not busy.done():
-            busy.cancel()
-        super().closed()
-
-    def receive(self, message: str | int) -> None:
-        """A client message: its text, or the size of a binary one (refused either way)."""
-        if self._busy is not None:
-            backlog = self._backlog
-            if backlog is None:
-                backlog = self._backlog = []
-            backlog.append(message)
-            if len(backlog) == MAX_BACKLOG and self.protocol.transport is not None:
-                self.protocol.transport.pause_reading()
-                self._reading_paused = True
-            return
-        replay = self._handle(message)
-        if replay is not None:
-            self._busy = asyncio.get_running_loop().create_task(
-                self._in_order(replay), name=f"pgflow-ws-{self.number}-subscribe")
-
-    def _handle(self, message: str | int) -> Coroutine[Any, Any, None] | None:
-        if isinstance(message, int):
-            self.on_binary(message)
-            return None
-        return self.on_text(message)
-
-    async def _in_order(self, replay: Coroutine[Any, Any, None]) -> None:
-        """Runs a replay, then the messages that arrived meanwhile, in order."""
-        client = self.client
         try:
-            await replay
-            while self._backlog and client.close_code is None:
-                more = self._handle(self._backlog.pop(0))
-                if more is not None:
-                    await more
-        except asyncio.CancelledError:
-            raise
+            connection.receive(text)
         except Exception:
-            logger.exception("socket %s: reader failed", self.number,
+            # A bug in handling one message must not kill the socket without a close frame.
+            logger.exception("socket %s: message handling failed", connection.number,
                              extra={"action": "socket_failed"})
-            self.fail()
-        finally:
-            self._busy = None
-            self._backlog = None
-            transport = self.protocol.transport
-            if self._reading_paused and transport is not None and not transport.is_closing():
-                self._reading_paused = False
-                transport.resume_reading()
+            connection.fail()
+
+
+__all__ = ["MAX_BACKLOG", "PATH", "WRITE_PIECE", "DirectConnection", "RealtimeProtocol",
+           "RealtimeServer"]

@@ -28,7 +28,8 @@ _DEFLATE = PerMessageDeflate(
 class TextFrame:
     """One outgoing text message."""
 
-    __slots__ = ("_asgi", "_deflated", "_plain", "text")
+    # __weakref__: listener.FrameCache shares large log frames while an outbox holds them.
+    __slots__ = ("__weakref__", "_asgi", "_deflated", "_plain", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -44,10 +45,24 @@ class TextFrame:
             message = self._asgi = {"type": "websocket.send", "text": self.text}
         return message
 
-    def for_socket(self, deflate_from: int | None) -> bytes:
+    def for_socket(self, deflate_from: int | None, deflate_upto: int) -> bytes:
         """The bytes for one socket: ``deflate_from`` is None unless the socket negotiated
-        permessage-deflate, then the length from which its frames go compressed."""
-        return self.wire(deflate_from is not None and len(self.text) >= deflate_from)
+        permessage-deflate, then the length from which its frames go compressed; frames whose
+        payload is over ``deflate_upto`` bytes go plain (``--deflate-max-bytes``: Node's
+        WebSocket refuses a compressed message that inflates past 4 MiB)."""
+        size = len(self.text)
+        if deflate_from is None or size < deflate_from:
+            return self.wire(False)
+        # Checked on characters first: a UTF-8 payload is at most 4 bytes per character.
+        return self.wire(size * 4 <= deflate_upto or self.payload_bytes <= deflate_upto)
+
+    @property
+    def payload_bytes(self) -> int:
+        """The UTF-8 length of the text (from the plain frame, encoded once and kept)."""
+        plain = self.wire(False)
+        # The header is 2 bytes, plus 2 or 8 for the length past 125 and 65535 bytes.
+        length = plain[1] & 0x7F
+        return len(plain) - (2 if length < 126 else 4 if length == 126 else 10)
 
     def wire(self, deflate: bool) -> bytes:
         """The frame's bytes, compressed (``deflate``: permessage-deflate, RSV1 set) or not.

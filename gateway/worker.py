@@ -4,15 +4,21 @@
         ▲  woken by NOTIFY pgflow_tasks, a freed slot, a retry coming due, or poll_interval
         │                                           │ results queue up in memory
     listener (its own connection)            reporter ──report_steps──▶ one transaction per round
-    heartbeat: one extend_leases call for everything held, every lease/3
+    heartbeat: one extend_leases call for every running handler, every lease/3
 
 Shutdown (``stop()``, SIGTERM): stop claiming, give running handlers ``shutdown_grace`` to
 finish, report their results, then release whatever is still leased so another worker takes it
 at once. A second ``stop()`` aborts: handlers are cancelled and their tasks released.
 
 A database error never stops the worker: each loop logs it, backs off (capped, jittered) and
-carries on; finished results wait in memory until they can be reported. A stale report (the
-lease ran out meanwhile) is harmless: the engine ignores it and the step runs again.
+carries on; finished results wait in memory until they can be reported (``_reporter.py``). A
+stale report (the lease ran out meanwhile) is harmless: the engine ignores it and the step runs
+again. The heartbeat extends only running handlers' leases, never a finished result's: a result
+that cannot be reported delays its step by at most one lease.
+
+A plain handler stuck in its thread past its timeout gives its slot back; when
+``max_stuck_threads`` of them are stuck, the worker drains and ``run()`` raises
+``StuckThreadsError``, so that its supervisor starts a fresh process.
 """
 
 from __future__ import annotations
@@ -23,21 +29,22 @@ import logging
 import os
 import random
 import secrets
-import signal
 import socket
-import sys
 import threading
+import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from gateway._attempts import Attempts, Runner, describe_error, runners
+from gateway._reporter import REPORTERS, Reporter, Result
 from gateway.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     FlowShapeConflictError,
+    PGFlowError,
 )
-from gateway.flows import Flow, load_flows
+from gateway.flows import Flow
 from gateway.store import (
     CONNECTION_ERRORS,
     Completion,
@@ -59,39 +66,54 @@ DB_CALL_TIMEOUT = 20.0  # seconds; a call stuck longer is abandoned and retried
 RETRY_BASE_DELAY = 0.1  # seconds: the first wait after a database error
 RETRY_MAX_DELAY = 5.0  # seconds: where the exponential backoff stops growing
 LISTEN_HEALTH_INTERVAL = 10.0  # seconds of silence before the listener pings its connection
-REPORT_BATCH_MAX = 500  # results per report_steps call
-REPORTERS = 2  # report_steps calls in flight at once: the database works on both on two cores
 FLUSH_TIMEOUT = 10.0  # seconds, on shutdown, to report the last results and release the rest
 ABORT_TIMEOUT = 2.0  # seconds for the same when aborting
 RETRY_WAKE_MARGIN = 0.01  # seconds after a retry's backoff before claiming it
+RETRY_LOG_FIRST = 3  # failures of an outage logged as warnings, each
+RETRY_LOG_INTERVAL = 30.0  # seconds between warnings of an outage after those
+STUCK_EXIT_STATUS = 3  # `pgflow worker`'s exit status after too many stuck handler threads
 
 _Key = tuple[uuid.UUID, str, int]  # run_id, step_slug, attempt
 _UNREACHABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, DatabaseUnavailableError)
+# Jitter from a generator of our own: the global one belongs to the application (and tests
+# seed it, or watch it).
+_jitter = random.Random()
 
 
 def backoff_delay(failures: int) -> float:
     """Seconds to wait after ``failures`` consecutive database errors: exponential, capped,
     jittered so that workers cut off together do not reconnect together."""
     ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2.0 ** min(failures - 1, 30))
-    return ceiling * random.uniform(0.5, 1.0)
+    return ceiling * _jitter.uniform(0.5, 1.0)
 
 
 class _Retry:
-    """Consecutive failures of one loop: logs the first and the recovery, gives the backoff."""
+    """Consecutive failures of one loop: logs them and the recovery, gives the backoff.
 
-    def __init__(self, what: str) -> None:
+    The first ``RETRY_LOG_FIRST`` failures of an outage are warnings, then one every
+    ``RETRY_LOG_INTERVAL`` (the rest at debug): a long outage keeps saying that the process is
+    retrying, without a line per attempt.
+    """
+
+    def __init__(self, what: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
         self.failures = 0
+        self._clock = clock
+        self._warned_at: float | None = None
 
     def failed(self, exc: BaseException) -> float:
         self.failures += 1
         delay = backoff_delay(self.failures)
-        # The first failure is news; the rest of an outage is noise.
-        level = logging.WARNING if self.failures == 1 else logging.DEBUG
+        now = self._clock()
+        loud = (self.failures <= RETRY_LOG_FIRST or self._warned_at is None
+                or now - self._warned_at >= RETRY_LOG_INTERVAL)
+        if loud:
+            self._warned_at = now
         expected = isinstance(exc, _UNREACHABLE)  # no traceback for an outage
         logger.log(
-            level, "%s failed, retrying in %.2f s: %s", self.what, delay, describe_error(exc),
-            exc_info=None if expected else exc,
+            logging.WARNING if loud else logging.DEBUG,
+            "%s failed (%d in a row), retrying in %.2f s: %s", self.what, self.failures, delay,
+            describe_error(exc), exc_info=None if expected or not loud else exc,
             extra={"action": "db_retry", "what": self.what, "failures": self.failures},
         )
         return delay
@@ -124,6 +146,11 @@ async def sync_flows(store: Store, flows: Sequence[Flow]) -> None:
         logger.debug("flow %s defined", flow.slug, extra={"action": "flow_sync"})
 
 
+class StuckThreadsError(PGFlowError):
+    """Too many plain handlers are stuck in their threads past their timeout: the worker
+    drained and stopped, so that its supervisor can start a fresh process."""
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -146,6 +173,7 @@ class Worker:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         worker_id: str | None = None,
+        max_stuck_threads: int | None = None,
     ) -> None:
         if not flows:
             raise ConfigurationError("a worker needs at least one flow")
@@ -165,6 +193,12 @@ class Worker:
             raise ConfigurationError(
                 f"the shutdown grace must be seconds >= 0, not {shutdown_grace!r}"
             )
+        if max_stuck_threads is not None and (
+            not isinstance(max_stuck_threads, int) or max_stuck_threads < 1
+        ):
+            raise ConfigurationError(
+                f"max stuck threads must be at least 1, not {max_stuck_threads!r}"
+            )
         self.database_url = database_url
         self.flows = list(flows)
         self.concurrency = concurrency
@@ -173,24 +207,24 @@ class Worker:
         self.poll_interval = float(poll_interval)
         self.shutdown_grace = float(shutdown_grace)
         self.worker_id = worker_id or default_worker_id()
+        # Default: as many as slots, the most the worker could have had before slots were freed.
+        self.max_stuck_threads = max_stuck_threads or concurrency
         self.started = asyncio.Event()
 
         self._slugs = frozenset(f.slug for f in self.flows)
         self._runners = runners(self.flows)
-        self._attempts = Attempts(self.worker_id, concurrency, self._slot_freed_by_thread)
+        self._attempts = Attempts(
+            self.worker_id, concurrency, self._slot_freed_by_thread,
+            max_stuck=self.max_stuck_threads, on_stuck=self._on_stuck,
+        )
+        self._reporter = Reporter(self.worker_id, self._wake_for_retry)
+        self._too_many_stuck = False
 
         self._stopping = asyncio.Event()
         self._aborting = asyncio.Event()
         self._wakeup = asyncio.Event()  # a task may be ready: claim now
         self._slot_freed = asyncio.Event()
-        self._results_ready = asyncio.Event()
         self._running: dict[_Key, tuple[Task, asyncio.Task[None]]] = {}
-        # Finished, not yet reported; _reporting holds the batches in flight, per reporter.
-        self._done: list[Completion] = []
-        self._failed: list[Failure] = []
-        self._retry_in: list[float | None] = []  # per _failed entry: seconds to its retry
-        self._reporting: dict[int, list[Completion | Failure]] = {}
-        self._flushing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._ran = False
@@ -203,9 +237,35 @@ class Worker:
         return self._aborting.is_set()
 
     @property
-    def lingering_threads(self) -> int:
-        """Sync handlers still running in a thread after their timeout or the shutdown."""
-        return self._attempts.lingering
+    def stuck_threads(self) -> int:
+        """Plain handlers still running in a thread after their timeout or the shutdown."""
+        return self._attempts.stuck
+
+    @property
+    def stuck_threads_total(self) -> int:
+        """Plain handlers that ever outlived their attempt in their thread."""
+        return self._attempts.stuck_total
+
+    @property
+    def unreported(self) -> int:
+        """Finished attempts not reported yet."""
+        return len(self._reporter)
+
+    @property
+    def refused_results(self) -> int:
+        """Results the database refused: reported as failures instead, or dropped."""
+        return self._reporter.refused
+
+    def health(self) -> dict[str, Any]:
+        """What a supervisor or a health page wants to know, as JSON-ready values."""
+        return {
+            "worker_id": self.worker_id,
+            "running": len(self._running),
+            "stuck_threads": self.stuck_threads,
+            "max_stuck_threads": self.max_stuck_threads,
+            "unreported": self.unreported,
+            "stopping": self._stopping.is_set(),
+        }
 
     def stop(self) -> None:
         """Begins a graceful shutdown; a second call while shutting down aborts it."""
@@ -257,6 +317,11 @@ class Worker:
             await self._close_store(store)
             logger.info("worker stopped", extra={"action": "worker_stopped",
                                                  "worker_id": self.worker_id})
+        if self._too_many_stuck:
+            raise StuckThreadsError(
+                f"worker {self.worker_id} stopped: {self.stuck_threads} plain handler(s) stuck "
+                f"in their threads past their timeout (limit {self.max_stuck_threads})"
+            )
 
     # -- start-up and shutdown ---------------------------------------------------------------
 
@@ -305,7 +370,8 @@ class Worker:
                 self._heartbeat_loop(store), name="pgflow-worker-heartbeat"
             )
             reporters = [
-                group.create_task(self._report_loop(store, n), name=f"pgflow-worker-report-{n}")
+                group.create_task(self._reporter.run(store, _Retry("reporting results")),
+                                  name=f"pgflow-worker-report-{n}")
                 for n in range(REPORTERS)
             ]
             try:
@@ -357,14 +423,13 @@ class Worker:
             self._running.clear()
 
     async def _flush(self, reporters: list[asyncio.Task[None]]) -> None:
-        self._flushing = True
-        self._results_ready.set()
+        self._reporter.flush()
         await self._phase(reporters, FLUSH_TIMEOUT, on_abort=ABORT_TIMEOUT)
         if not all(r.done() for r in reporters):
             for reporter in reporters:
                 reporter.cancel()
             await asyncio.wait(reporters)
-            lost = len(self._done) + len(self._failed)
+            lost = len(self._reporter)
             logger.warning(
                 "could not report %d result(s) before stopping; those steps will run again",
                 lost, extra={"action": "report_lost", "count": lost},
@@ -375,9 +440,8 @@ class Worker:
         timeout = ABORT_TIMEOUT if self._aborting.is_set() else FLUSH_TIMEOUT
         try:
             async with asyncio.timeout(timeout):
-                if final_report and (self._done or self._failed):
-                    await store.report(self.worker_id, self._done, self._failed)
-                    self._done, self._failed, self._retry_in = [], [], []
+                if final_report and len(self._reporter):
+                    await self._reporter.report_all(store)
                 released = await store.release_tasks(self.worker_id)
         except Exception as exc:
             logger.warning(
@@ -413,7 +477,7 @@ class Worker:
     # -- claiming ------------------------------------------------------------------------------
 
     def _free_slots(self) -> int:
-        return self.concurrency - len(self._running) - self._attempts.lingering
+        return self.concurrency - len(self._running)
 
     async def _claim_loop(self, store: Store) -> None:
         slugs = sorted(self._slugs)
@@ -427,7 +491,7 @@ class Worker:
                 continue
             if not claim_now:
                 # jittered, so that workers started together do not poll together
-                await self._wait(self._wakeup, self.poll_interval * random.uniform(0.9, 1.1))
+                await self._wait(self._wakeup, self.poll_interval * _jitter.uniform(0.9, 1.1))
                 if self._stopping.is_set():
                     return
             self._wakeup.clear()  # before the claim: a hint arriving during it is kept
@@ -501,19 +565,14 @@ class Worker:
         finally:
             self._running.pop(key, None)
             self._slot_freed.set()
-        if error is None:
-            self._done.append(Completion(task.run_id, task.step_slug, task.attempt, output))
-        else:
-            self._record_failure(task, runner, error)
-        self._results_ready.set()
-
-    def _slot_freed_by_thread(self) -> None:
-        self._slot_freed.set()
-
-    def _record_failure(self, task: Task, runner: Runner | None, error: str) -> None:
         retry_in = runner.retry_in(task) if runner is not None else None
-        self._failed.append(Failure(task.run_id, task.step_slug, task.attempt, error))
-        self._retry_in.append(retry_in)
+        if error is None:
+            completion = Completion(task.run_id, task.step_slug, task.attempt, output)
+            self._reporter.add(Result(completion, retry_in))
+            return
+        self._reporter.add(
+            Result(Failure(task.run_id, task.step_slug, task.attempt, error), retry_in)
+        )
         logger.warning(
             "step %s failed (attempt %d of %d): %s", task.step_slug, task.attempt,
             task.max_attempts, error,
@@ -521,59 +580,32 @@ class Worker:
                    "step": task.step_slug, "attempt": task.attempt},
         )
 
-    # -- reporting and leases ------------------------------------------------------------------
+    def _slot_freed_by_thread(self) -> None:
+        self._slot_freed.set()
 
-    async def _report_loop(self, store: Store, reporter: int) -> None:
-        retry = _Retry("reporting results")
-        while True:
-            if not self._done and not self._failed:
-                if self._flushing:
-                    self._results_ready.set()  # the other reporters must see it too
-                    return
-                self._results_ready.clear()
-                await self._results_ready.wait()
-                continue
-            # Everything finished since the last round goes in one call: one transaction,
-            # one NOTIFY, however many steps.
-            done = self._done[:REPORT_BATCH_MAX]
-            del self._done[: len(done)]
-            room = REPORT_BATCH_MAX - len(done)
-            failed, retry_in = self._failed[:room], self._retry_in[:room]
-            del self._failed[: len(failed)], self._retry_in[: len(failed)]
-            self._reporting[reporter] = [*done, *failed]
-            try:
-                async with asyncio.timeout(DB_CALL_TIMEOUT):
-                    _, applied_failures = await store.report(self.worker_id, done, failed)
-            except BaseException as exc:
-                # Kept for the next round (or the final report): a repeat of a report that
-                # did commit is stale and changes nothing.
-                self._done[:0] = done
-                self._failed[:0] = failed
-                self._retry_in[:0] = retry_in
-                del self._reporting[reporter]
-                if not isinstance(exc, Exception):
-                    raise
-                await asyncio.sleep(retry.failed(exc))  # the shutdown's deadline cuts this
-                continue
-            del self._reporting[reporter]
-            retry.succeeded()
-            self._schedule_retries(applied_failures, retry_in)
+    def _on_stuck(self, stuck: int) -> None:
+        if stuck < self.max_stuck_threads or self._stopping.is_set():
+            return
+        self._too_many_stuck = True
+        logger.error(
+            "%d plain handler(s) stuck in their threads past their timeout (limit %d): "
+            "draining and stopping, for a supervisor to start a fresh worker", stuck,
+            self.max_stuck_threads,
+            extra={"action": "too_many_stuck_threads", "stuck": stuck,
+                   "worker_id": self.worker_id},
+        )
+        self.stop()
 
-    def _schedule_retries(self, applied: list[bool], retry_in: list[float | None]) -> None:
+    # -- leases --------------------------------------------------------------------------------
+
+    def _wake_for_retry(self, delay: float) -> None:
         """A retry becomes claimable after its backoff with no NOTIFY: wake up for it."""
-        loop = asyncio.get_running_loop()
-        for was_applied, delay in zip(applied, retry_in, strict=True):
-            if was_applied and delay is not None:
-                loop.call_later(delay + RETRY_WAKE_MARGIN, self._wakeup.set)
+        asyncio.get_running_loop().call_later(delay + RETRY_WAKE_MARGIN, self._wakeup.set)
 
     def _held(self) -> list[tuple[uuid.UUID, str]]:
-        held = {(task.run_id, task.step_slug) for task, _ in self._running.values()}
-        unreported: list[Sequence[Completion | Failure]] = [
-            self._done, self._failed, *self._reporting.values()
-        ]
-        for results in unreported:
-            held.update((r.run_id, r.step_slug) for r in results)
-        return list(held)
+        # Only running handlers: a finished result keeps the lease it has. One that cannot be
+        # reported in time is stale, and its step runs again, within one lease (guarantee 3).
+        return list({(task.run_id, task.step_slug) for task, _ in self._running.values()})
 
     async def _heartbeat_loop(self, store: Store) -> None:
         retry = _Retry("extending leases")
@@ -598,60 +630,8 @@ class Worker:
 
 # -- pgflow worker ---------------------------------------------------------------------------
 
-async def _migrate(url: str, worker: Worker) -> bool:
-    """Applies migrations, waiting for the database to come up; False if stopped meanwhile."""
-    from gateway.migrate import migrate_url
-
-    retry = _Retry("migrating")
-    while not worker._stopping.is_set():
-        try:
-            await migrate_url(url)
-        except _UNREACHABLE as exc:
-            await worker._wait(worker._stopping, retry.failed(exc))
-            continue
-        except Exception as exc:  # refused login, unknown database, a failing migration
-            raise ConfigurationError(f"cannot migrate the database: {describe_error(exc)}") from exc
-        retry.succeeded()
-        return True
-    return False
-
-
-async def _worker_main(args: argparse.Namespace, flows: Sequence[Flow]) -> Worker:
-    from gateway.database import database_url
-
-    with database_url(args.database_url, args.data_dir) as url:
-        worker = Worker(
-            url, flows, concurrency=args.concurrency, batch_size=args.batch_size,
-            lease_seconds=args.lease, poll_interval=args.poll_interval,
-            shutdown_grace=args.shutdown_grace,
-        )
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT)
-        for signum in signals:
-            # first: graceful; second: abort (Worker.stop escalates)
-            loop.add_signal_handler(signum, worker.stop)
-        try:
-            if await _migrate(url, worker):
-                await worker.run()
-        finally:
-            for signum in signals:
-                loop.remove_signal_handler(signum)
-    return worker
-
-
 def worker_command(args: argparse.Namespace) -> int:
-    """``pgflow worker``: runs the handlers of ``--flows`` until SIGTERM or SIGINT.
+    """``pgflow worker``: see ``gateway._worker_cli``."""
+    from gateway._worker_cli import worker_command as command
 
-    Exits 0 after a graceful shutdown, 1 after an abort (a second signal).
-    """
-    flows = load_flows(args.flows)
-    worker = asyncio.run(_worker_main(args, flows))
-    code = 1 if worker.aborted else 0
-    if worker.lingering_threads:
-        # A sync handler stuck in a thread would keep the interpreter from exiting.
-        logger.warning("exiting with %d handler thread(s) still running",
-                       worker.lingering_threads, extra={"action": "worker_exit"})
-        logging.shutdown()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return command(args)

@@ -114,6 +114,21 @@ async def conn(db_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
+def open_tmp_path() -> Iterator[Path]:
+    """A temporary folder the embedded server's unprivileged user can reach.
+
+    pytest's ``tmp_path`` lives under a 0700 folder when the suite runs as root, so an embedded
+    data folder there would be relocated (docs/gateway.md) and leave its data behind.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="pgflow-open-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
 async def private_server() -> AsyncIterator[Server]:
     """A server of this test's own, migrated, for tests that restart or kill PostgreSQL.
 

@@ -95,6 +95,44 @@ test("runs share one socket, and step state is live", async () => {
   }
 });
 
+test("a retried step: waiting for its retry, then running attempt 2, each attempt with its step:started", async () => {
+  let runId;
+  gw.onRunCreated = (id) => {
+    runId = id;
+    gw.append(id, ev.runStarted(), ev.stepStarted("fetch"));
+  };
+  const client = newClient();
+  try {
+    const run = await client.startFlow("analyze", {});
+    await seqReached(run, 2);
+    const fetch = run.step("fetch");
+    assert.deepEqual([fetch.status, fetch.attempt], ["started", 1]);
+    const firstStart = fetch.startedAt;
+
+    gw.append(runId, ev.stepRetrying("fetch", "HTTP 503", 1)); // the backoff wait
+    await seqReached(run, 3);
+    assert.deepEqual([fetch.status, fetch.attempt, fetch.error], ["retrying", 1, "HTTP 503"]);
+
+    gw.append(runId, ev.stepStarted("fetch", 2)); // a worker claimed attempt 2: it runs
+    await seqReached(run, 4);
+    assert.deepEqual([fetch.status, fetch.attempt], ["started", 2]);
+    assert.equal(fetch.error, "HTTP 503", "the previous attempt's error stays while the retry runs");
+    assert.equal(fetch.startedAt, run.events[3].at, "startedAt is the running attempt's");
+    assert.ok(firstStart <= fetch.startedAt);
+
+    // The event's own `status` field is what the step shows; an event without `attempt`
+    // keeps the one known.
+    gw.append(runId, { ...ev.stepRetrying("fetch", "HTTP 503 again", 2), status: "created", attempt: null });
+    await seqReached(run, 5);
+    assert.deepEqual([fetch.status, fetch.attempt, fetch.error], ["created", 2, "HTTP 503 again"]);
+    gw.append(runId, ev.stepStarted("fetch", 3), ev.stepCompleted("fetch", "page", 3));
+    await seqReached(run, 7);
+    assert.deepEqual([fetch.status, fetch.attempt, fetch.error, fetch.output], ["completed", 3, null, "page"]);
+  } finally {
+    client.close();
+  }
+});
+
 test("a terminal run stays terminal and never applies an event twice", async () => {
   const runId = gw.createRun();
   gw.append(runId, ...completedRun("x"));

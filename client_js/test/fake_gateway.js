@@ -7,6 +7,7 @@
 
 import { EventEmitter } from "node:events";
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { WebSocketServer } from "ws";
 
@@ -24,7 +25,7 @@ export const GRAPH = {
 // Event rows as the gateway would log them; `seq` and `at` are filled in by `append`.
 export const ev = {
   runStarted: () => ({ event: "run:started", step_slug: null, status: "started", output: null, error: null, attempt: null }),
-  stepStarted: (slug) => ({ event: "step:started", step_slug: slug, status: "started", output: null, error: null, attempt: 1 }),
+  stepStarted: (slug, attempt = 1) => ({ event: "step:started", step_slug: slug, status: "started", output: null, error: null, attempt }),
   stepCompleted: (slug, output, attempt = 1) => ({ event: "step:completed", step_slug: slug, status: "completed", output, error: null, attempt }),
   stepRetrying: (slug, error, attempt) => ({ event: "step:retrying", step_slug: slug, status: "retrying", output: null, error, attempt }),
   stepFailed: (slug, error, attempt) => ({ event: "step:failed", step_slug: slug, status: "failed", output: null, error, attempt }),
@@ -61,15 +62,21 @@ export function seqReached(run, seq, timeout = WAIT_TIMEOUT) {
   });
 }
 
-export async function startFakeGateway() {
-  const gw = new FakeGateway();
+/**
+ * `prefix` mounts every route under it ("/pgflow": POST /pgflow/rpc/run_flow, ws
+ * /pgflow/realtime), as a gateway mounted inside another app; GET {prefix}/client.js serves
+ * the client itself.
+ */
+export async function startFakeGateway({ prefix = "" } = {}) {
+  const gw = new FakeGateway(prefix);
   await gw.listen();
   return gw;
 }
 
 class FakeGateway extends EventEmitter {
-  constructor() {
+  constructor(prefix = "") {
     super();
+    this.prefix = prefix;
     this.flows = new Map([[GRAPH.slug, GRAPH]]);
     this.runs = new Map(); // run_id -> { flowSlug, input, log: [event], subscribers: Set<socket> }
     this.requests = []; // { method, path, headers, body }
@@ -81,15 +88,20 @@ class FakeGateway extends EventEmitter {
     this.mute = () => false; // a muted socket receives nothing at all (no pongs either)
     this.closeOnConnect = () => null; // a close code to send right after the upgrade
     this.replayOverlap = 0; // replay this many already-seen events too, to prove dedupe
+    // Drop the connection (1006) during a replay, after `subscribed` and as many events as it
+    // returns (true: none), as a frame the client cannot take would; false: replay normally.
+    // Receives the connection index and the run id.
+    this.dieOnReplay = () => false;
   }
 
+  /** The base URL, prefix included. */
   get url() {
-    return `http://127.0.0.1:${this.server.address().port}`;
+    return `http://127.0.0.1:${this.server.address().port}${this.prefix}`;
   }
 
   async listen() {
     this.server = createServer((req, res) => this._http(req, res));
-    this.wss = new WebSocketServer({ server: this.server, path: "/realtime" });
+    this.wss = new WebSocketServer({ server: this.server, path: `${this.prefix}/realtime` });
     this.wss.on("connection", (socket, req) => this._connection(socket, req));
     await new Promise((resolve) => this.server.listen(0, "127.0.0.1", resolve));
   }
@@ -169,15 +181,22 @@ class FakeGateway extends EventEmitter {
   async _http(req, res) {
     let raw = "";
     for await (const chunk of req) raw += chunk;
-    const path = new URL(req.url, "http://x").pathname;
-    this.requests.push({ method: req.method, path, headers: req.headers, body: raw });
+    const fullPath = new URL(req.url, "http://x").pathname;
+    this.requests.push({ method: req.method, path: fullPath, headers: req.headers, body: raw });
     this.emit("change");
+    // Outside the prefix nothing answers, as in a parent app that mounts the gateway.
+    const path = fullPath.startsWith(`${this.prefix}/`) ? fullPath.slice(this.prefix.length) : null;
     const reply = (status, body) => {
       res.writeHead(status, { "content-type": "application/json" });
       res.end(JSON.stringify(body));
     };
     const error = (status, code, message) => reply(status, { error: { code, message } });
 
+    if (req.method === "GET" && path === "/client.js") {
+      res.writeHead(200, { "content-type": "application/javascript; charset=utf-8" });
+      res.end(readFileSync(new URL("../client.js", import.meta.url)));
+      return;
+    }
     if (req.method === "POST" && path === "/rpc/run_flow") {
       let body;
       try {
@@ -192,17 +211,17 @@ class FakeGateway extends EventEmitter {
       this.onRunCreated(runId);
       return;
     }
-    const flow = /^\/flows\/([^/]+)$/.exec(path);
+    const flow = /^\/flows\/([^/]+)$/.exec(path ?? "");
     if (req.method === "GET" && flow) {
       const graph = this.flows.get(decodeURIComponent(flow[1]));
       return graph ? reply(200, graph) : error(404, "not_found", "unknown flow");
     }
-    const run = /^\/runs\/([^/]+)$/.exec(path);
+    const run = /^\/runs\/([^/]+)$/.exec(path ?? "");
     if (req.method === "GET" && run && this.runs.has(run[1])) {
       const r = this.runs.get(run[1]);
       return reply(200, { run_id: run[1], flow_slug: r.flowSlug, seq: r.log.length });
     }
-    error(404, "not_found", `no route ${req.method} ${path}`);
+    error(404, "not_found", `no route ${req.method} ${fullPath}`);
   }
 
   _connection(socket, req) {
@@ -229,7 +248,15 @@ class FakeGateway extends EventEmitter {
     } else if (msg.type === "subscribe" && !run) {
       this._send(socket, { type: "error", code: "not_found", message: "unknown run", run_id: msg.run_id });
     } else if (msg.type === "subscribe") {
-      this._send(socket, { type: "subscribed", run_id: msg.run_id, seq: run.log.length });
+      const subscribed = { type: "subscribed", run_id: msg.run_id, seq: run.log.length };
+      const cut = run.log.length > msg.since ? this.dieOnReplay(index, msg.run_id) : false;
+      if (cut !== false) {
+        // Once these frames are out (the client knows it is behind), the socket dies.
+        const frames = [subscribed, ...run.log.slice(msg.since, msg.since + (cut === true ? 0 : Number(cut))).map((e) => ({ type: "event", ...e }))];
+        frames.forEach((f, i) => socket.send(JSON.stringify(f), i === frames.length - 1 ? () => socket.terminate() : undefined));
+        return;
+      }
+      this._send(socket, subscribed);
       // A type the client has never heard of: it must ignore it.
       this._send(socket, { type: "x-fake-notice", run_id: msg.run_id });
       const from = Math.max(0, msg.since - this.replayOverlap);

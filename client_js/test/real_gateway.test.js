@@ -25,7 +25,8 @@ let gw;
 
 before(async () => {
   dataDir = freshDataDir();
-  gw = await startGateway({ dataDir });
+  // e2e/big_flows.py: flow `big`, one step whose output is as large as the input asks.
+  gw = await startGateway({ dataDir, extraArgs: ["--flows", "e2e.big_flows"] });
 });
 
 after(async () => {
@@ -138,13 +139,53 @@ test("a failing flow ('doomed') rejects with FlowFailedError: run id, step launc
   const snap = await assertEveryEventOnce(runId, seen);
   assert.equal(snap.status, "failed");
   assert.equal(err.error, snap.error);
-  // protocol.md: step:started once (dependencies met), then one retry, then the step and the
-  // run fail on attempt 2.
+  // protocol.md: step:started for each attempt (the first once dependencies are met, the
+  // retry once a worker claims it), step:retrying between them, then the step and the run
+  // fail on attempt 2.
   assert.deepEqual(
     seen.filter((e) => e.step_slug === "launch").map((e) => [e.event, e.attempt]),
-    [["step:started", 1], ["step:retrying", 1], ["step:failed", 2], ["run:failed", 2]],
+    [["step:started", 1], ["step:retrying", 1], ["step:started", 2], ["step:failed", 2], ["run:failed", 2]],
   );
   assert.equal(seen.find((e) => e.event === "step:retrying").error, err.error);
+});
+
+test("a retried step ('flaky' charge) is waiting to retry, then running attempt 2, then 3, in the client's state", async () => {
+  const client = newClient();
+  try {
+    const states = []; // charge's [status, attempt] after each of its events
+    const run = await client.startFlow("flaky", { order: "R-1", amount: 3 }, {
+      onEvent: (e) => {
+        if (e.step_slug !== "charge" || !e.event.startsWith("step:")) return;
+        // Listeners run once the event is applied; `run` may not be assigned yet.
+        const charge = client._runs.get(e.run_id).step("charge");
+        states.push([e.event, charge.status, charge.attempt]);
+      },
+    });
+    assert.deepEqual(await run.result({ timeout: RUN_TIMEOUT }), { order: "R-1", charged: 3, attempts: 3 });
+    assert.deepEqual(states, [
+      ["step:started", "started", 1], ["step:retrying", "retrying", 1],
+      ["step:started", "started", 2], ["step:retrying", "retrying", 2],
+      ["step:started", "started", 3], ["step:completed", "completed", 3],
+    ]);
+  } finally {
+    client.close();
+  }
+});
+
+test("a 5 MB event reaches Node's WebSocket on its first socket (sent uncompressed past --deflate-max-bytes)", async () => {
+  const BYTES = 5_000_000; // Node's WebSocket refuses compressed messages that inflate past 4 MiB
+  const { WebSocket, closeCodes } = recordingWebSocket();
+  const client = newClient({ WebSocket });
+  try {
+    const run = await client.startFlow("big", { bytes: BYTES }, { graph: false });
+    const output = await run.result({ timeout: RUN_TIMEOUT });
+    assert.equal(output.bytes, BYTES);
+    assert.equal(output.blob.length, BYTES);
+    assert.equal(run.step("blob").output.blob.length, BYTES);
+    assert.deepEqual(closeCodes, [], "one socket, never lost");
+  } finally {
+    client.close();
+  }
 });
 
 test("an unknown flow rejects with a PGFlowError carrying the gateway's 404 not_found", async () => {

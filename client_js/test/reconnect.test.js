@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { after, before, beforeEach, test } from "node:test";
 
-import { createClient } from "../client.js";
+import { createClient, PGFlowError } from "../client.js";
 import { completedRun, ev, seqReached, startFakeGateway } from "./fake_gateway.js";
 
 let gw;
@@ -162,6 +162,63 @@ test("an unused socket closes itself; the next run opens a new one", async () =>
     await (await client.startFlow("analyze", {}, { graph: false })).result({ timeout: 3_000 });
     assert.equal(gw.connections.length, first + 2);
   } finally {
+    client.close();
+  }
+});
+
+test("a frame the client can never take fails that run after 5 losses, naming the cause; other runs go on", async () => {
+  let stuckId;
+  const client = newClient();
+  try {
+    gw.onRunCreated = (id) => gw.append(id, ev.runStarted());
+    const other = await client.startFlow("analyze", {}, { graph: false });
+    await seqReached(other, 1);
+    gw.onRunCreated = (id) => {
+      stuckId = id;
+      gw.append(id, ev.runStarted(), ev.stepStarted("fetch"));
+    };
+    // Every replay of the stuck run kills the socket before its first event, as Node's
+    // WebSocket does with a compressed message over 4 MiB (close 1006).
+    gw.dieOnReplay = (_conn, runId) => runId === stuckId;
+    const stuck = await client.startFlow("analyze", {}, { graph: false });
+    const err = await stuck.result({ timeout: 5_000 }).then(() => assert.fail("should have rejected"), (e) => e);
+    assert.ok(err instanceof PGFlowError, String(err));
+    assert.equal(err.code, "stalled");
+    assert.equal(err.runId, stuckId);
+    assert.equal(err.closeCode, 1006);
+    assert.match(err.message, new RegExp(`^run ${stuckId}: the connection was lost 5 times in a row while receiving event seq 1`));
+    assert.match(err.message, /close 1006/);
+    assert.match(err.message, /--deflate-max-bytes/);
+    // Five sockets died on it, then no more were spent on it.
+    const subscribes = () => gw.frames("subscribe").filter((f) => f.msg.run_id === stuckId).length;
+    assert.equal(subscribes(), 5);
+
+    // The run that was caught up all along is still followed, on a new socket.
+    gw.dieOnReplay = () => false;
+    await gw.until(() => client.state === "open" && gw.connections.at(-1).readyState === 1, "a socket for the other run");
+    gw.append(other.runId, ev.stepStarted("fetch"), ev.stepCompleted("fetch", "p"), ev.runCompleted("fine"));
+    assert.equal(await other.result({ timeout: 3_000 }), "fine");
+    assert.equal(subscribes(), 5);
+  } finally {
+    gw.dieOnReplay = () => false;
+    client.close();
+  }
+});
+
+test("losses with progress never give up: a socket that dies after every event still delivers the run", async () => {
+  let runId;
+  gw.onRunCreated = (id) => {
+    runId = id;
+    gw.append(id, ...completedRun("slowly"));
+  };
+  gw.dieOnReplay = () => 1; // one event per socket, then 1006
+  const client = newClient();
+  try {
+    const run = await client.startFlow("analyze", {}, { graph: false });
+    assert.equal(await run.result({ timeout: 5_000 }), "slowly");
+    assert.ok(gw.frames("subscribe").filter((f) => f.msg.run_id === runId).length >= 6);
+  } finally {
+    gw.dieOnReplay = () => false;
     client.close();
   }
 });

@@ -3,15 +3,16 @@
 // Everything live comes from the JS client (/client.js): one FlowRun per run, followed over the
 // client's one websocket. The page keeps every run it has seen in `tracked` (so several runs go
 // on at once and switching between them is instant) and draws the one that is open.
-// HTTP it reads itself: GET /flows, GET /flows/{slug}, GET /runs?limit=20.
+// HTTP it reads itself: GET /flows, GET /flows/{slug}, GET /runs?limit=20. Every URL is
+// relative to the gateway's base (client.url), so the page works under a prefix too.
 
-import { createClient } from "/client.js";
-import { DagView } from "/static/dag.js";
+import { createClient } from "../client.js";
+import { DagView } from "./dag.js";
 import {
   applyTiming, formatAgo, formatClock, formatDuration, newTiming, prettyJson, RUN_STATUS_LABELS,
   shortId, stepLook,
-} from "/static/format.js";
-import { eventRow, placeTip, stepDetail, tipContent } from "/static/panels.js";
+} from "./format.js";
+import { eventRow, placeTip, stepDetail, tipContent } from "./panels.js";
 
 const RECENT_LIMIT = 20; // runs asked of GET /runs
 const RECENT_SHOWN = 30; // runs listed, with those started in this tab
@@ -73,7 +74,7 @@ const serverNow = () => Date.now() + skew;
 async function api(path) {
   const headers = { accept: "application/json" };
   if (token) headers.authorization = `Bearer ${token}`;
-  const res = await fetch(path, { headers });
+  const res = await fetch(client.url + path, { headers });
   let body = null;
   try {
     body = await res.json();
@@ -142,7 +143,8 @@ function announceEvent(entry, e) {
   const flow = entry.flowSlug ?? "the run";
   if (e.event === "run:completed") announce(`Run of ${flow} completed.`);
   else if (e.event === "run:failed") announce(`Run of ${flow} failed at step ${e.step_slug}: ${e.error}`);
-  else if (e.event === "step:retrying") announce(`Step ${e.step_slug} failed attempt ${e.attempt}, retrying.`);
+  else if (e.event === "step:retrying") announce(`Step ${e.step_slug} failed attempt ${e.attempt}, waiting to retry.`);
+  else if (e.event === "step:started" && e.attempt > 1) announce(`Step ${e.step_slug} is running attempt ${e.attempt}.`);
 }
 
 function announce(text) {

@@ -2,7 +2,7 @@
 // The view knows nothing about runs: the page hands it each step's look (`update`) and hears
 // which step the user picks (`onSelect`).
 
-import { layoutGraph } from "/static/layout.js";
+import { layoutGraph } from "./layout.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const TITLE_FONT = "600 13px";

@@ -3,7 +3,7 @@
 export const STATUS_LABELS = {
   created: "waiting",
   started: "running",
-  retrying: "retrying",
+  retrying: "waiting to retry", // the backoff; the retry itself runs as `started`, attempt 2+
   completed: "completed",
   failed: "failed",
   cancelled: "cancelled",
@@ -83,8 +83,9 @@ export function eventStatus(name) {
 }
 
 /**
- * Per-step timing from a run's events: {runStart, runEnd, steps: Map(slug -> {first, end,
- * retryAt, retryAttempt})}, all in ms since the epoch (server clock). Applied one event at a time.
+ * Per-step timing from a run's events: {runStart, runEnd, steps: Map(slug -> {first, attemptAt,
+ * end, retryAt, retryAttempt})}, all in ms since the epoch (server clock): `first` is the first
+ * attempt's start, `attemptAt` the running attempt's. Applied one event at a time.
  */
 export function newTiming() {
   return { runStart: null, runEnd: null, steps: new Map() };
@@ -97,11 +98,12 @@ export function applyTiming(timing, e) {
   let s = null;
   if (e.step_slug) {
     s = timing.steps.get(e.step_slug);
-    if (!s) timing.steps.set(e.step_slug, (s = { first: null, end: null, retryAt: null, retryAttempt: null }));
+    if (!s) timing.steps.set(e.step_slug, (s = { first: null, attemptAt: null, end: null, retryAt: null, retryAttempt: null }));
   }
   switch (e.event) {
-    case "step:started":
+    case "step:started": // each attempt's, retries included
       s.first ??= at;
+      s.attemptAt = at;
       s.end = null;
       s.retryAt = null;
       break;
@@ -147,20 +149,31 @@ export function stepLook(state, timing, options, now) {
       const delay = options?.base_delay != null && t?.retryAt != null
         ? options.base_delay * 1000 * 2 ** ((t.retryAttempt ?? 1) - 1) : null;
       const left = delay === null ? null : t.retryAt + delay - now;
-      sub = left !== null && left > 0 ? `retry in ${formatDuration(left)}` : "retrying…";
-      subShort = left !== null && left > 0 ? `in ${formatDuration(left)}` : "retrying";
+      // Past the delay it waits for a worker to claim it; its step:started ends the wait.
+      sub = left !== null && left > 0 ? `retry in ${formatDuration(left)}` : "waiting to retry";
+      subShort = left !== null && left > 0 ? `in ${formatDuration(left)}` : "waiting";
       break;
     }
-    case "cancelled":
-      sub = "cancelled";
-      break;
+    case "started":
+      if (attempt > 1) { // a retry, running: its own time, the whole step's in the details
+        const own = t?.attemptAt != null ? formatDuration((t.end ?? now) - t.attemptAt) : "";
+        sub = own ? `running attempt ${attempt} · ${own}` : `running attempt ${attempt}`;
+        subShort = own || undefined;
+        break;
+      }
+    // falls through: a first attempt reads like the other statuses
     default:
       sub = dur ? `${STATUS_LABELS[status]} · ${dur}` : STATUS_LABELS[status] ?? status;
       subShort = dur || undefined;
+      break;
+    case "cancelled":
+      sub = "cancelled";
+      break;
   }
   const pill = attempt > 1 ? (max ? `try ${attempt}/${max}` : `try ${attempt}`) : null;
   const parts = [`${state?.slug}: ${STATUS_LABELS[status] ?? status}`];
-  if (attempt > 1) parts.push(max ? `attempt ${attempt} of ${max}` : `attempt ${attempt}`);
+  if (status === "retrying" && attempt) parts.push(max ? `attempt ${attempt} of ${max} failed` : `attempt ${attempt} failed`);
+  else if (attempt > 1) parts.push(max ? `attempt ${attempt} of ${max}` : `attempt ${attempt}`);
   if (dur && status !== "created") parts.push(dur);
   if (state?.error && (status === "failed" || status === "retrying")) parts.push(`error: ${state.error}`);
   return { status, attempt, sub, subShort, pill, label: parts.join(", "), duration };

@@ -3,7 +3,7 @@
 
 import {
   eventStatus, formatDuration, formatOffset, jsonPreview, prettyJson, STATUS_LABELS, stepLook,
-} from "/static/format.js";
+} from "./format.js";
 
 const make = (tag, props = {}) => Object.assign(document.createElement(tag), props);
 

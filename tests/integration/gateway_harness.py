@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -225,6 +227,26 @@ class RawClient:
     async def read_to_close(self) -> tuple[list[dict[str, Any]], int | None]:
         return await self.read()
 
+    async def push(self, data: bytes, *, stall: float = 1.0, piece: int = 65536) -> int:
+        """Sends raw bytes until all are sent or the gateway takes none for ``stall`` seconds
+        (it stopped reading this socket). Returns the bytes sent; the stream is left as it is."""
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            try:
+                async with asyncio.timeout(stall):
+                    await loop.sock_sendall(self.sock, view[sent:sent + piece])
+            except TimeoutError:
+                break
+            sent += piece
+        return min(sent, len(view))
+
+    def reset(self) -> None:
+        """Drops the connection with a TCP reset (SO_LINGER 0): gone without a word."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
 
 class Driver:
     """Plays the worker through the store: claims ready tasks and completes them."""
@@ -258,6 +280,12 @@ class Driver:
 
 async def log_of(store: Store, run_id: str) -> list[dict[str, Any]]:
     return await store.get_run_events(uuid.UUID(run_id))
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (the gateway runs in the test's process)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def strip(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

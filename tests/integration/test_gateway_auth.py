@@ -8,10 +8,12 @@ import base64
 import hashlib
 import hmac
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import jwt
 import orjson
 import pytest
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import ConnectionClosed
 
+from gateway.app import GatewayServer, create_app, gateway_of
 from gateway.config import GatewayConfig
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import (
@@ -257,3 +260,120 @@ async def test_a_token_that_expires_while_connected_closes_the_socket_with_4001(
             assert await gw.healthy()
     finally:
         await drop_database(pg_server.url, name)
+
+
+# -- NumericDate claims -----------------------------------------------------------------------
+
+
+def date_tokens() -> dict[str, str]:
+    later = int(time.time()) + 600
+    return {
+        "string exp": token(exp=str(later)),  # PyJWT alone takes it: a socket never expired
+        "boolean exp": token(exp=True),
+        "null exp": token(exp=None),
+        "huge exp": token(exp=10**400),
+        "string nbf": token(nbf="0"),
+        "boolean iat": token(iat=False),
+    }
+
+
+@pytest.mark.parametrize("bad", list(date_tokens()))
+async def test_a_date_claim_that_is_not_a_number_is_refused_on_http_and_the_socket(
+    gw: RunningGateway, bad: str
+) -> None:
+    bad_token = date_tokens()[bad]
+    response = await gw.http.get("/runs", headers=bearer(bad_token))
+    assert response.status_code == 401
+    assert "NumericDate" in response.json()["error"]["message"]
+    error, code = await refused(f"{gw.ws_url}?token={bad_token}")
+    assert (error["code"], code) == ("unauthorized", 1008)
+    assert "NumericDate" in error["message"]
+
+
+# -- Origin: the gateway's own origins, never the request's Host ------------------------------
+
+
+async def open_as(gw: RunningGateway, host: str, origin: str) -> Any:
+    """A socket to the gateway whose handshake says ``Host: host`` — what a page at a name that
+    resolves to the gateway (DNS rebinding) sends."""
+    port = int(gw.url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    return await open_socket(f"ws://{host}/realtime", sock=sock, origin=origin)
+
+
+async def refused_as(gw: RunningGateway, host: str, origin: str) -> tuple[dict[str, Any], int]:
+    async with await open_as(gw, host, origin) as ws:
+        error = orjson.loads(await ws.recv())
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        return error, ws.close_code or 0
+
+
+async def works_as(gw: RunningGateway, host: str, origin: str) -> bool:
+    async with await open_as(gw, host, origin) as ws:
+        await ws.send('{"type": "ping", "id": 1}')
+        return bool(orjson.loads(await ws.recv())["type"] == "pong")
+
+
+async def test_a_dns_rebinding_origin_is_refused_although_the_host_matches(
+    gw: RunningGateway,
+) -> None:
+    port = gw.url.rsplit(":", 1)[1]
+    error, code = await refused_as(gw, f"attacker.example:{port}",
+                                   f"http://attacker.example:{port}")
+    assert (error["code"], code) == ("forbidden", 1008)
+    # The gateway's own loopback origins pass, whatever the Host says.
+    assert await works_as(gw, f"attacker.example:{port}", f"http://localhost:{port}")
+    assert await gw.healthy()
+
+
+async def test_an_origin_with_another_scheme_or_port_is_refused(gw: RunningGateway) -> None:
+    host = gw.url.removeprefix("http://")
+    port = int(host.rsplit(":", 1)[1])
+    for origin in (f"https://{host}", f"http://127.0.0.1:{port + 1 if port < 65535 else 1}",
+                   "http://127.0.0.1"):
+        error, code = await refused_as(gw, host, origin)
+        assert (error["code"], code) == ("forbidden", 1008), origin
+
+
+@pytest.mark.parametrize("transport", ["native", "asgi"])
+async def test_configured_public_origins_replace_the_loopback_ones(
+    pg_server: Server, template_url: str, transport: str
+) -> None:
+    name = f"pgflow_gw_origin_{transport}_{os.getpid()}"
+    url = await fresh_database(pg_server.url, TEMPLATE_DB, name)
+    public = "https://app.example.com"
+    app = create_app(url, config=GatewayConfig(public_origins=(public,)))
+    server = GatewayServer(app, ws=None if transport == "native" else "websockets-sansio")
+    try:
+        bound = await server.start()
+        async with httpx.AsyncClient(base_url=bound) as http:
+            gw = RunningGateway(app, gateway_of(app), server, bound, http)
+            host = bound.removeprefix("http://")
+            for origin in (public, public + ":443"):
+                assert await works_as(gw, host, origin), origin
+            for origin in ("http://app.example.com", "https://app.example.com:8443",
+                           f"http://{host}"):
+                error, code = await refused_as(gw, "app.example.com", origin)
+                assert (error["code"], code) == ("forbidden", 1008), origin
+    finally:
+        await server.stop()
+        await drop_database(pg_server.url, name)
+
+
+async def test_http_with_a_foreign_host_is_refused_on_a_loopback_gateway(
+    gw: RunningGateway,
+) -> None:
+    # A DNS-rebinding page reaches the loopback gateway under the attacker's name; only the
+    # gateway's own names (and configured public origins) may appear in Host.
+    port = gw.url.rsplit(":", 1)[1]
+    for host in (f"attacker.example:{port}", "attacker.example", f"10.0.0.1:{port}"):
+        answer = await gw.http.get("/flows", headers={"Host": host})
+        assert answer.status_code == 403, host
+        assert answer.json()["error"]["code"] == "forbidden"
+        answer = await gw.http.post("/rpc/run_flow", headers={"Host": host},
+                                    json={"flow_slug": "chain"})
+        assert answer.status_code == 403, host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST"):
+        answer = await gw.http.get("/flows", headers={"Host": host})
+        assert answer.status_code == 200, host

@@ -149,3 +149,40 @@ async def test_a_database_away_during_subscribe_is_unavailable(db_url: str, stor
             await ws.send(frame({"type": "subscribe", "run_id": run_id}))
             error = orjson.loads(await ws.recv())
             assert (error["code"], error["run_id"]) == ("unavailable", run_id)
+
+
+def nested(depth: int) -> str:
+    """JSON arrays nested ``depth`` levels."""
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [64, 65, 1000, 10_000])
+async def test_socket_frames_nested_past_64_levels_are_a_bad_request(
+    gw: RunningGateway, depth: int
+) -> None:
+    async with await open_socket(gw.ws_url) as ws:
+        await ws.send('{"type": "ping", "id": ' + nested(depth - 1) + "}")  # the frame: depth
+        answer = orjson.loads(await ws.recv())
+        if depth <= 64:
+            assert answer["type"] == "pong"
+        else:
+            assert (answer["type"], answer["code"]) == ("error", "bad_request")
+            assert "deeper than 64 levels" in answer["message"]
+        await ws.send(frame({"type": "ping", "id": "alive"}))
+        assert orjson.loads(await ws.recv()) == {"type": "pong", "id": "alive"}
+
+
+@pytest.mark.parametrize("depth", [64, 65, 300, 1000, 10_000])
+async def test_run_flow_bodies_nested_past_64_levels_are_a_bad_request(
+    gw: RunningGateway, depth: int
+) -> None:
+    body = '{"flow_slug": "chain", "input": ' + nested(depth - 1) + "}"  # the body: depth
+    response = await gw.http.post("/rpc/run_flow", content=body,
+                                  headers={"Content-Type": "application/json"})
+    if depth <= 64:
+        assert response.status_code == 201, response.text
+    else:
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == "bad_request"
+        assert "deeper than 64 levels" in error["message"]

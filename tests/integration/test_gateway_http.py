@@ -193,7 +193,7 @@ BAD_INPUT: list[tuple[str, str, str, dict[str, Any], int, str]] = [
      {"json": {"flow_slug": "chain", "input": {"a": "x\u0000y"}}}, 400, "bad_request"),
     ("NaN", "POST", "/rpc/run_flow", {"content": b'{"flow_slug": "chain", "input": NaN}'}, 400,
      "bad_json"),
-    ("too deep", "POST", "/rpc/run_flow", {"content": _nested(2000)}, 400, "bad_json"),
+    ("too deep", "POST", "/rpc/run_flow", {"content": _nested(2000)}, 400, "bad_request"),
     ("body over the limit", "POST", "/rpc/run_flow",
      {"json": {"flow_slug": "chain", "input": "x" * (1024 * 1024)}}, 413, "too_large"),
     ("chunked body over the limit", "POST", "/rpc/run_flow",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from typing import Any
 
 import httpx
 import orjson
@@ -21,6 +22,7 @@ from tests.integration.gateway_harness import (
     log_of,
     running_gateway,
     strip,
+    wait_until,
 )
 
 
@@ -241,3 +243,67 @@ async def test_report_batches_touching_many_runs_are_fanned_out(
             assert strip(await follower.wait_done(run_id)) == await log_of(store, run_id)
         assert uuid.UUID(run_ids[0])
         await follower.close()
+
+
+async def test_a_hole_in_the_log_ends_the_subscription_with_a_gap_error(
+    db_url: str, store: Store, conn: Any
+) -> None:
+    await store.define_flow(CHAIN)
+    async with running_gateway(db_url) as gw:
+        run_id = await gw.start_run("chain")
+        await Driver(store).finish([run_id])
+        await conn.execute("delete from pgflow.run_events where run_id = $1 and seq = 3",
+                           uuid.UUID(run_id))
+        reads = await gw.metric("pgflow_log_reads_total")
+        follower = await Follower.open(gw.ws_url)
+        await follower.subscribe(run_id)
+        error = await next_error(follower)
+        assert (error["code"], error["run_id"]) == ("gap", run_id)
+        assert [e["seq"] for e in follower.events[run_id]] == [1, 2]
+        # Backed off, then gave up: a handful of reads, not thousands a second.
+        assert await gw.metric("pgflow_log_reads_total") - reads <= 6
+        assert await gw.metric("pgflow_log_gaps_total") == 1
+        assert gw.gateway.fanout.subscription_count == 0
+        # Past the hole, the rest of the run is there.
+        await follower.subscribe(run_id, since=3)
+        events = await follower.wait_done(run_id)
+        assert [e["seq"] for e in events][2:] == list(range(4, len(await log_of(store, run_id))
+                                                             + 2))
+        await follower.close()
+
+
+async def test_a_live_subscription_whose_events_or_run_vanish_ends_with_an_error(
+    db_url: str, store: Store, conn: Any
+) -> None:
+    await store.define_flow(CHAIN)
+    async with running_gateway(db_url) as gw:
+        gapped, deleted = await gw.start_run("chain"), await gw.start_run("chain")
+        follower = await Follower.open(gw.ws_url)
+        for run_id in (gapped, deleted):
+            await follower.subscribe(run_id)
+        await wait_until(lambda: len([m for m in follower.others
+                                      if m["type"] == "subscribed"]) == 2)
+        await wait_until(lambda: all(len(follower.events.get(r, [])) == 2
+                                     for r in (gapped, deleted)))
+        await conn.execute("delete from pgflow.runs where run_id = $1", uuid.UUID(deleted))
+        reads = await gw.metric("pgflow_log_reads_total")
+        # Events 3..5 announced by reference, then deleted (retention) before they are read.
+        for run_id in (gapped, deleted):
+            await conn.execute("select pg_notify('pgflow_events', $1)", orjson.dumps(
+                {"v": 1, "refs": [{"run_id": run_id, "from": 3, "to": 5}]}).decode())
+        errors = {}
+        while len(errors) < 2:
+            error = await next_error(follower, skip=len(errors))
+            errors[error["run_id"]] = error["code"]
+        assert errors == {gapped: "gap", deleted: "not_found"}
+        assert await gw.metric("pgflow_log_reads_total") - reads <= 10
+        assert gw.gateway.fanout.subscription_count == 0
+        await follower.close()
+
+
+async def next_error(follower: Follower, skip: int = 0) -> dict[str, Any]:
+    """The error frame after the first ``skip`` ones."""
+    def errors() -> list[dict[str, Any]]:
+        return [m for m in follower.others if m["type"] == "error"]
+    await wait_until(lambda: len(errors()) > skip)
+    return errors()[skip]

@@ -16,9 +16,11 @@ import orjson
 import pytest
 
 from examples import flows as examples
-from gateway import Flow, FlowShapeConflictError, StepContext
+from gateway import Flow, FlowShapeConflictError, StepContext, _attempts
+from gateway.errors import DatabaseUnavailableError
 from gateway.store import Store, connect
-from gateway.worker import RETRY_MAX_DELAY, Worker, backoff_delay, sync_flows
+from gateway.worker import RETRY_MAX_DELAY, StuckThreadsError, Worker, backoff_delay, sync_flows
+from tests.integration.gateway_harness import running_gateway
 from tests.integration.worker_helpers import step_of, wait_for_run, wait_until
 
 QUICK_POLL = 0.1  # seconds: in-process workers poll often, so that tests never wait long
@@ -308,25 +310,83 @@ async def test_a_sync_handler_runs_in_a_thread_while_async_handlers_keep_complet
     assert run["output"]["thread"].startswith("pgflow-handler")
 
 
-async def test_a_sync_handler_past_its_timeout_fails_and_its_thread_finishes_in_the_background(
+async def test_a_sync_handler_past_its_timeout_frees_its_slot_and_its_thread_is_counted_stuck(
     db_url: str, store: Store
 ) -> None:
     sync_gate.clear()
     sync_entered.clear()
-    async with running(db_url, [blocking_past_timeout, quick], concurrency=2) as worker:
+    # one slot: before the fix, the stuck thread kept it and nothing else ever ran
+    async with running(db_url, [blocking_past_timeout, quick, blocking], concurrency=1,
+                       max_stuck_threads=5) as worker:
         run = await wait_for_run(store, await store.run_flow("blocking_past_timeout", {}))
         assert run["status"] == "failed"
         error = step_of(run, "blocks_past_its_timeout")["error"]
         assert error == "step 'blocks_past_its_timeout' timed out after 1 s"
-        # its thread still runs, and still holds its slot; the other slot keeps working
-        assert worker.lingering_threads == 1
+        # its thread still runs, counted as stuck; its slot already runs other handlers
+        assert worker.stuck_threads == 1
+        assert worker.health()["stuck_threads"] == 1
         assert (await wait_for_run(store, await store.run_flow("quick", 1)))["output"] == 2
+        # a new plain handler gets a thread of its own, not one queued behind the stuck one
+        sync_entered.clear()
+        blocked = await store.run_flow("blocking", {})
+
+        async def entered() -> bool:
+            return sync_entered.is_set()
+
+        await wait_until(entered, timeout=5, what="a second plain handler to start")
         sync_gate.set()
+        assert (await wait_for_run(store, blocked))["output"]["released"] is True
 
         async def returned() -> bool:
-            return worker.lingering_threads == 0
+            return worker.stuck_threads == 0
 
         await wait_until(returned, timeout=5, what="the thread to return")
+        assert worker.stuck_threads_total == 1
+
+
+async def test_a_worker_with_too_many_stuck_threads_drains_and_raises(
+    db_url: str, store: Store
+) -> None:
+    sync_gate.clear()
+    worker = Worker(db_url, [blocking_past_timeout], poll_interval=QUICK_POLL, concurrency=2,
+                    max_stuck_threads=1)
+    await sync_flows(store, [blocking_past_timeout])
+    task = asyncio.create_task(worker.run())
+    try:
+        run = await wait_for_run(store, await store.run_flow("blocking_past_timeout", {}))
+        async with asyncio.timeout(5):
+            with pytest.raises(StuckThreadsError, match=r"1 plain handler\(s\) stuck .*limit 1"):
+                await task
+    finally:
+        sync_gate.set()
+        worker.stop()
+        worker.stop()
+        await asyncio.wait([task], timeout=5)
+    assert run["status"] == "failed"  # reported before the worker stopped
+
+
+async def test_a_gateway_with_a_worker_shows_its_stuck_threads_in_metrics(
+    db_url: str, store: Store
+) -> None:
+    sync_gate.clear()
+    try:
+        async with running_gateway(db_url, flows=[blocking_past_timeout], with_worker=True) as gw:
+            assert await gw.metric("pgflow_worker_stuck_threads") == 0
+            await gw.start_run("blocking_past_timeout", {})
+
+            async def stuck(count: int) -> bool:
+                return await gw.metric("pgflow_worker_stuck_threads") == count
+
+            await wait_until(lambda: stuck(1), timeout=5, what="the stuck thread to show")
+
+            async def reported() -> bool:
+                return await gw.metric("pgflow_worker_unreported_results") == 0
+
+            await wait_until(reported, timeout=5, what="the timed-out attempt to be reported")
+            sync_gate.set()
+            await wait_until(lambda: stuck(0), timeout=5, what="the thread to return")
+    finally:
+        sync_gate.set()
 
 
 # -- concurrency and batching ------------------------------------------------------------------
@@ -551,3 +611,182 @@ async def test_a_worker_whose_connections_are_all_terminated_carries_on(
         gate.set()
         assert (await wait_for_run(store, first))["output"] == 1
         assert (await wait_for_run(store, await store.run_flow("quick", 5)))["output"] == 6
+
+
+# -- what handlers return: every JSON value, and what PostgreSQL cannot store ----------------
+
+RETURNED: dict[str, Any] = {
+    "one-element array": [1],
+    "array": [1, 2, 3],
+    "empty array": [],
+    "nested arrays": [[1, [2]], [], [[[]]]],
+    "array of objects": [{"a": None}, {"b": [True, False]}],
+    "string": "text",
+    "empty string": "",
+    "number": 1.5,
+    "big int": -(2**63),
+    "null": None,
+    "false": False,
+    "empty object": {},
+    "unicode": {"clé": "日本語 \U0001f600 \u2028"},
+    "backslash u0000": "\\u0000",
+}
+returns = Flow("returns", max_attempts=1)
+
+
+@returns.step()
+async def returned(input: Any) -> Any:
+    return RETURNED[input["run"]] if isinstance(input["run"], str) else input["run"]
+
+
+async def _outputs_of(store: Store, run_id: uuid.UUID) -> list[Any]:
+    run = await wait_for_run(store, run_id)
+    assert run["status"] == "completed", run
+    events = {e["event"]: e for e in await events_of(store, run_id)}
+    return [step_of(run, "returned")["output"], run["output"],
+            events["step:completed"]["output"], events["run:completed"]["output"]]
+
+
+async def test_every_json_value_a_handler_returns_is_stored_exactly(
+    db_url: str, store: Store
+) -> None:
+    async with running(db_url, [returns], concurrency=len(RETURNED)):
+        run_ids = {name: await store.run_flow("returns", name) for name in RETURNED}
+        # the run's own input handed back: a list input is returned as the list
+        as_input = await store.run_flow("returns", [[1, 2], "x"])
+        for name, run_id in run_ids.items():
+            assert await _outputs_of(store, run_id) == [RETURNED[name]] * 4, name
+        assert await _outputs_of(store, as_input) == [[[1, 2], "x"]] * 4
+
+
+BAD_OUTPUTS: dict[str, tuple[Any, str]] = {
+    "nul": ({"s": "a\x00b"}, "U+0000"),
+    "nul key": ({"k\x00": 1}, "U+0000"),
+    "nul deep": ([[["\x00"]]], "U+0000"),
+    "nan": ({"x": float("nan")}, "nan, which JSON has no number for"),
+    "infinity": ([float("inf")], "inf, which JSON has no number for"),
+    "-infinity": (float("-inf"), "-inf, which JSON has no number for"),
+    "huge int": (2**64, "Integer exceeds 64-bit range"),
+    "set": ({1, 2}, "not JSON"),
+}
+GOOD_OUTPUTS: dict[str, Any] = {"list": [1, 2, 3], "one": ["x"], "null": None, "s": "ok"}
+mixed = Flow("mixed", max_attempts=1, timeout=30)
+
+
+@mixed.step()
+async def finishes_together(input: Any) -> Any:
+    async with asyncio.timeout(BLOCK_LIMIT):
+        await gate.wait()
+    name = input["run"]
+    return GOOD_OUTPUTS[name] if name in GOOD_OUTPUTS else BAD_OUTPUTS[name][0]
+
+
+async def _run_mixed_batch(db_url: str, store: Store) -> dict[str, dict[str, Any]]:
+    """Every good and bad output of one batch (the handlers finish in the same instant)."""
+    gate.clear()
+    names = [*GOOD_OUTPUTS, *BAD_OUTPUTS]
+    async with running(db_url, [mixed], concurrency=len(names)):
+        run_ids = {name: await store.run_flow("mixed", name) for name in names}
+        await wait_until(lambda: _leased(store, len(names)), timeout=10,
+                         what="every task to be claimed")
+        gate.set()
+        return {name: await wait_for_run(store, run_id) for name, run_id in run_ids.items()}
+
+
+async def test_a_batch_mixing_good_and_unstorable_outputs_completes_the_good_ones(
+    db_url: str, store: Store
+) -> None:
+    runs = await _run_mixed_batch(db_url, store)
+    for name, output in GOOD_OUTPUTS.items():
+        assert (runs[name]["status"], runs[name]["output"]) == ("completed", output), name
+    for name, (_, reason) in BAD_OUTPUTS.items():
+        assert runs[name]["status"] == "failed", name
+        error = step_of(runs[name], "finishes_together")["error"]
+        assert error.startswith("step 'finishes_together' returned "), error
+        assert reason in error, (name, error)
+
+
+async def test_a_value_postgresql_refuses_fails_only_its_own_attempt(
+    db_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the worker's own check, PostgreSQL is the one refusing: the batch is split.
+    monkeypatch.setattr(_attempts, "encode_output", orjson.dumps)
+    runs = await _run_mixed_batch(db_url, store)
+    for name, output in GOOD_OUTPUTS.items():
+        assert (runs[name]["status"], runs[name]["output"]) == ("completed", output), name
+    for name in ("nul", "nul key", "nul deep"):
+        error = step_of(runs[name], "finishes_together")["error"]
+        assert error.startswith(
+            "PostgreSQL refused the output of step 'finishes_together': "
+            "UntranslatableCharacterError: unsupported Unicode escape sequence"), error
+
+
+raises_text = Flow("raises_text", max_attempts=1)
+
+
+@raises_text.step()
+async def raises_with(input: Any) -> None:
+    raise ValueError(input["run"].replace("NUL", "\x00").replace("SURROGATE", "\ud800"))
+
+
+async def test_an_exception_message_with_nul_or_a_surrogate_is_stored_made_visible(
+    db_url: str, store: Store
+) -> None:
+    async with running(db_url, [raises_text], concurrency=3):
+        nul = await store.run_flow("raises_text", "a NUL b")
+        surrogate = await store.run_flow("raises_text", "a SURROGATE b")
+        plain = await store.run_flow("raises_text", "plain")
+        errors = [step_of(await wait_for_run(store, r), "raises_with")["error"]
+                  for r in (nul, surrogate, plain)]
+    assert errors == ["ValueError: a \\u0000 b", "ValueError: a \\ud800 b", "ValueError: plain"]
+
+
+async def test_a_failure_postgresql_refuses_is_dropped_and_its_lease_runs_out(
+    db_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Forced: the error text keeps its NUL, which PostgreSQL's text refuses.
+    monkeypatch.setattr(_attempts, "storable", lambda text: text)
+    async with running(db_url, [raises_text, quick], lease_seconds=SHORT_LEASE) as worker:
+        run = await wait_for_run(store, await store.run_flow("raises_text", "NUL"))
+        assert worker.refused_results == 1
+        # the worker is not wedged: the next results are reported
+        assert (await wait_for_run(store, await store.run_flow("quick", 1)))["output"] == 2
+    assert (run["status"], run["error"]) == ("failed", "lease expired")
+
+
+reported_late = Flow("reported_late", max_attempts=5)
+
+
+@reported_late.step()
+async def reported_late_step(input: Any) -> int:
+    return int(input["run"]) + 1
+
+
+async def test_the_heartbeat_does_not_keep_the_lease_of_a_result_that_cannot_be_reported(
+    db_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports_fail = True
+    report = Store.report
+
+    async def failing_report(self: Store, *args: Any, **kwargs: Any) -> Any:
+        if reports_fail:
+            raise DatabaseUnavailableError("reports are failing in this test")
+        return await report(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "report", failing_report)
+    async with running(db_url, [reported_late], lease_seconds=SHORT_LEASE,
+                       concurrency=2) as worker:
+        run_id = await store.run_flow("reported_late", 1)
+
+        async def lease_expired() -> bool:
+            events = await events_of(store, run_id)
+            return any(e["event"] == "step:retrying" and e["error"] == "lease expired"
+                       for e in events)
+
+        # before the fix the heartbeat extended that lease for as long as the worker lived
+        await wait_until(lease_expired, timeout=5, what="the unreported result's lease to end")
+        assert worker.unreported >= 1
+        reports_fail = False
+        run = await wait_for_run(store, run_id)
+    assert (run["status"], run["output"]) == ("completed", 2)
+    assert step_of(run, "reported_late_step")["attempt"] >= 2

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 import uuid
 
 from examples import flows as examples
@@ -12,6 +14,8 @@ from gateway.store import Store
 from gateway.worker import sync_flows
 from tests.conftest import Server
 from tests.integration.worker_helpers import (
+    REPO_ROOT,
+    WorkerProcess,
     running_worker,
     server_down,
     sigkill,
@@ -208,3 +212,52 @@ async def test_results_finished_while_the_database_is_down_are_reported_once_it_
     assert [r["output"] for r in runs] == [{"n": n + 1} for n in range(3)]
     # reported late but within the lease: the first attempt counted, none ran twice
     assert [step_of(r, "slow")["attempt"] for r in runs] == [1, 1, 1]
+
+
+async def test_a_worker_with_too_many_stuck_threads_drains_and_exits_3(
+    db_url: str, store: Store
+) -> None:
+    async with running_worker(db_url, *FAST, "--max-stuck-threads", "2",
+                              "--concurrency", "4") as worker:
+        runs = [await store.run_flow("stuck_past_timeout", {}) for _ in range(2)]
+        code = await worker.wait(timeout=15)
+    assert code == 3, worker.stderr
+    assert "2 plain handler(s) stuck in their threads past their timeout (limit 2)" in (
+        worker.stderr)
+    assert "exiting with 2 handler thread(s) still running" in worker.stderr
+    for run_id in runs:  # each stuck attempt failed as timed out, and was reported
+        run = await store.get_run(run_id)
+        assert run is not None
+        assert step_of(run, "hangs_past_its_timeout")["error"] == (
+            "step 'hangs_past_its_timeout' timed out after 1 s")
+    assert await _count_leased(store) == 0
+
+
+async def test_pgflow_serve_with_worker_exits_on_sigterm_while_a_sync_handler_is_stuck(
+    db_url: str, store: Store
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--database-url", db_url,
+        "--host", "127.0.0.1", "--port", "0", "--with-worker",
+        "--flows", "tests.integration.worker_flows", *FAST, "--shutdown-grace", "0.5",
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    worker = WorkerProcess(process)
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(15):
+            line = (await process.stdout.readline()).decode()
+        assert line.startswith("pgflow gateway listening on"), line + worker.stderr
+        run_id = await store.run_flow("stuck_thread", {})
+        await wait_until(lambda: _leased_by(store, run_id), timeout=10,
+                         what="the stuck handler to be running")
+        worker.send(signal.SIGTERM)
+        # the grace is 0.5 s: before the fix the process lived on until a second signal
+        code = await worker.wait(timeout=10)
+    finally:
+        await worker.close()
+    assert code == 0, worker.stderr
+    assert "exiting with 1 handler thread(s) still running" in worker.stderr
+    assert await _count_leased(store) == 0

@@ -64,3 +64,12 @@ stuck_thread = Flow("stuck_thread", max_attempts=3, base_delay=0.1, timeout=60)
 @stuck_thread.step()
 def never_returns(input: Any) -> None:
     threading.Event().wait()
+
+
+# A plain function that outlives its 1 s timeout forever: its thread is stuck for good.
+stuck_past_timeout = Flow("stuck_past_timeout", max_attempts=1, timeout=1)
+
+
+@stuck_past_timeout.step()
+def hangs_past_its_timeout(input: Any) -> None:
+    threading.Event().wait()

@@ -85,9 +85,9 @@ def test_pgflow_migrate_works_against_a_database_url(pg_server: Server) -> None:
     assert "applied 0 migration(s)" in again
 
 
-def test_pgflow_migrate_starts_and_stops_an_embedded_server(tmp_path: Path) -> None:
+def test_pgflow_migrate_starts_and_stops_an_embedded_server(open_tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    data_dir = tmp_path / "data"
+    data_dir = open_tmp_path / "data"
     result = pgflow_migrate("--data-dir", str(data_dir), env=env)
     assert f"applied {len(load_migrations())} migration(s)" in result
     assert (data_dir / "pgdata" / "PG_VERSION").read_text().strip() == "18"

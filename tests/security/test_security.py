@@ -13,6 +13,11 @@ Already covered elsewhere (not repeated here):
     through a role string;
   - ``test_a_private_flow_needs_a_token``, ``test_listing_runs_shows_only_ones_own``;
   - ``test_a_foreign_origin_is_refused_and_allowed_ones_are_not``: one foreign Origin → 1008;
+  - ``test_a_dns_rebinding_origin_is_refused_although_the_host_matches``,
+    ``test_an_origin_with_another_scheme_or_port_is_refused``,
+    ``test_configured_public_origins_replace_the_loopback_ones`` (both socket transports);
+  - ``test_a_date_claim_that_is_not_a_number_is_refused_on_http_and_the_socket``: string,
+    boolean, null and out-of-range ``exp``/``nbf``/``iat`` → 401 / error + 1008;
   - ``test_a_token_that_expires_while_connected_closes_the_socket_with_4001``.
 - ``tests/integration/test_gateway_bad_frames.py``: frames far over the limit (1009),
   ``test_too_many_subscriptions`` (one over), ``test_too_many_connections_get_429_on_the_upgrade``
@@ -211,7 +216,8 @@ async def test_absurd_but_valid_expiries_do_not_break_the_socket(gw: RunningGate
     assert await gw.healthy()
 
 
-@pytest.mark.parametrize("claim", ["Infinity", "-Infinity", "NaN", "1e400", "true", "[]", "{}"])
+@pytest.mark.parametrize("claim", ["Infinity", "-Infinity", "NaN", "1e400", "true", "[]", "{}",
+                                   '"9999999999"', "null", "1" + "0" * 400])
 async def test_non_finite_or_odd_exp_claims_are_unauthorized(gw: RunningGateway,
                                                              claim: str) -> None:
     head_body = (_b64(b'{"alg":"HS256"}') + b"."

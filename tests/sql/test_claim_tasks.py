@@ -8,8 +8,14 @@ import pytest
 
 from tests.sql._helpers import DIAMOND, claim, complete, define, events, run_state, start
 
-SHORT_LEASE = 0.05  # seconds
-PAST_LEASE = 0.15  # seconds: long enough for SHORT_LEASE to run out
+
+async def expire_leases(conn: Any, worker: str) -> None:
+    """Moves a worker's leases into the past: the lease ran out, without waiting for it."""
+    await conn.execute(
+        "update pgflow.step_states set lease_expires_at = clock_timestamp() - interval '1 second' "
+        "where leased_by = $1",
+        worker,
+    )
 
 
 async def test_claim_tasks_leases_up_to_max_tasks_oldest_first(conn: Any) -> None:
@@ -82,18 +88,19 @@ async def test_an_expired_lease_makes_the_task_claimable_again_and_counts_an_att
 ) -> None:
     await define(conn, DIAMOND)
     run_id = await start(conn, "diamond")
-    (first,) = await claim(conn, worker="dead", lease=SHORT_LEASE)
+    (first,) = await claim(conn, worker="dead")
     assert await claim(conn, worker="alive") == []
-    await asyncio.sleep(PAST_LEASE)
+    await expire_leases(conn, "dead")
     (again,) = await claim(conn, worker="alive")
     assert (again["step_slug"], again["attempt"]) == ("a", 2)
-    retry = (await events(conn, run_id))[-1]
+    retry, restart = (await events(conn, run_id))[-2:]
     assert (retry["event"], retry["step_slug"], retry["error"], retry["attempt"]) == (
         "step:retrying",
         "a",
         "lease expired",
         1,
     )
+    assert (restart["event"], restart["step_slug"], restart["attempt"]) == ("step:started", "a", 2)
     assert await complete(conn, first, worker="dead") is False
     assert await complete(conn, again, worker="alive") is True
 
@@ -101,8 +108,8 @@ async def test_an_expired_lease_makes_the_task_claimable_again_and_counts_an_att
 async def test_an_expired_lease_on_the_last_attempt_fails_the_step_and_the_run(conn: Any) -> None:
     await define(conn, {**DIAMOND, "max_attempts": 1})
     run_id = await start(conn, "diamond")
-    await claim(conn, worker="dead", lease=SHORT_LEASE)
-    await asyncio.sleep(PAST_LEASE)
+    await claim(conn, worker="dead")
+    await expire_leases(conn, "dead")
     assert await claim(conn) == []
     run = await run_state(conn, run_id)
     assert (run["status"], run["failed_step"], run["error"]) == ("failed", "a", "lease expired")
@@ -125,8 +132,8 @@ async def test_extend_leases_keeps_a_running_task_from_expiring(conn: Any) -> No
 async def test_extend_leases_does_not_revive_an_expired_lease_or_another_workers(conn: Any) -> None:
     await define(conn, DIAMOND)
     await start(conn, "diamond")
-    (task,) = await claim(conn, lease=SHORT_LEASE)
-    await asyncio.sleep(PAST_LEASE)
+    (task,) = await claim(conn)
+    await expire_leases(conn, "w1")
     args = ([task["run_id"]], [task["step_slug"]])
     assert await conn.fetchval("select pgflow.extend_leases('w1', $1, $2)", *args) == 0
     assert await conn.fetchval("select pgflow.extend_leases('intruder', $1, $2)", *args) == 0

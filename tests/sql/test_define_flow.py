@@ -164,3 +164,84 @@ async def test_define_flow_is_callable_with_named_arguments(conn: Any) -> None:
         {"slug": "n", "steps": [{"slug": "a"}]},
     )
     assert shape["slug"] == "n"
+
+
+def chain(n: int, slug: str = "long") -> dict[str, Any]:
+    return {"slug": slug, "steps": [{"slug": "s0"}] + [
+        {"slug": f"s{i}", "depends_on": [f"s{i - 1}"]} for i in range(1, n)]}
+
+
+async def define_counting(conn: Any, definition: Any) -> tuple[dict[str, Any], int]:
+    """define_flow, and how many times it validated and normalised a document: 0 when the
+    stored hash of the same document answered."""
+    # the "xact" view holds what this backend has not flushed yet, maybe from earlier
+    # transactions too; nothing is flushed inside a transaction, so the difference is exact
+    calls = (
+        "select coalesce(sum(calls), 0)::int from pg_stat_xact_user_functions "
+        "where schemaname = 'pgflow' and funcname = '_normalise_flow'"
+    )
+    async with conn.transaction():
+        await conn.execute("set local track_functions = 'pl'")
+        before = await conn.fetchval(calls)
+        shape = await conn.fetchval("select pgflow.define_flow($1::jsonb)", definition)
+        after = await conn.fetchval(calls)
+    return shape, after - before
+
+
+async def row_versions(conn: Any) -> list[str]:
+    return [r[0] for r in await conn.fetch(
+        "select xmin::text from pgflow.flows union all select xmin::text from pgflow.steps")]
+
+
+async def test_redefining_an_unchanged_2000_step_flow_does_no_work(conn: Any) -> None:
+    definition = chain(2000)
+    shape, calls = await define_counting(conn, definition)
+    assert calls == 1
+    assert len(shape["steps"]) == 2000
+    assert shape["output_step"] == "s1999"
+    before = await row_versions(conn)
+    again, calls = await define_counting(conn, definition)
+    assert (again, calls) == (shape, 0)
+    assert await row_versions(conn) == before
+    # the same shape in another document is checked (and accepted) the long way
+    reordered = {**definition, "steps": definition["steps"][::-1]}
+    assert await define_counting(conn, reordered) == (shape, 1)
+    assert await row_versions(conn) == before
+
+
+async def test_a_flow_defined_before_the_hash_existed_gets_it_on_its_next_definition(
+    conn: Any,
+) -> None:
+    shape = await define(conn, DIAMOND)
+    await conn.execute("update pgflow.flows set definition_hash = null")
+    assert await define_counting(conn, DIAMOND) == (shape, 1)
+    assert await define_counting(conn, DIAMOND) == (shape, 0)
+
+
+async def test_a_large_flow_keeps_the_shape_errors(conn: Any) -> None:
+    definition = chain(2000)
+    await define(conn, definition)
+    changed = {**definition, "steps": [*definition["steps"][:-1],
+                                       {"slug": "s1999", "depends_on": ["s0"]}]}
+    error = await definition_error(conn, changed)
+    assert error.sqlstate == "PF409"
+    assert "step 's1999' depends_on [\"s1998\"] -> [\"s0\"]" in str(error)
+    looped = chain(2000, "looped")
+    looped["steps"][0] = {"slug": "s0", "depends_on": ["s1999"]}
+    error = await definition_error(conn, looped)
+    assert error.sqlstate == "PF400"
+    assert "the steps contain a cycle through s0, s1, s10, s100, s1000," in str(error)
+
+
+async def test_define_flow_stores_the_dependents_of_each_step_in_flow_order(conn: Any) -> None:
+    await define(conn, {"slug": "fan", "steps": [
+        {"slug": "z", "depends_on": ["root"]}, {"slug": "root"},
+        {"slug": "a", "depends_on": ["root"]}, {"slug": "m", "depends_on": ["a", "root"]}]})
+    rows = await conn.fetch("select step_slug, step_index, depends_on, dependents "
+                            "from pgflow.steps order by step_index")
+    assert [tuple(r) for r in rows] == [
+        ("z", 1, ["root"], []),
+        ("root", 2, [], ["z", "a", "m"]),
+        ("a", 3, ["root"], ["m"]),
+        ("m", 4, ["a", "root"], []),
+    ]

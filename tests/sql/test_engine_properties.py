@@ -120,16 +120,33 @@ async def scenario(
             terminal = [e for e in log if e["event"] in ("run:completed", "run:failed")]
             assert len(terminal) == 1
             assert log[-1] is terminal[0]
-            seq_of = {}
+            started: dict[tuple[str, int], int] = {}  # (step, attempt) -> seq
+            completed: dict[str, int] = {}
             for e in log:
-                if e["event"] in ("step:started", "step:completed"):
-                    key = (e["event"], e["step_slug"])
-                    assert key not in seq_of, f"{key} twice"
-                    seq_of[key] = e["seq"]
+                if e["event"] == "step:started":
+                    key = (e["step_slug"], e["attempt"])
+                    assert key not in started, f"step:started of {key} twice"
+                    started[key] = e["seq"]
+                elif e["event"] == "step:completed":
+                    assert e["step_slug"] not in completed, f"{e['step_slug']} completed twice"
+                    completed[e["step_slug"]] = e["seq"]
             for step, deps in dag:
-                if ("step:started", step) in seq_of:
+                if (step, 1) in started:
                     for dep in deps:
-                        assert seq_of[("step:completed", dep)] < seq_of[("step:started", step)]
+                        assert completed[dep] < started[(step, 1)]
+            # every retry a worker claimed has its own step:started, after the attempt before it
+            # failed and before its own outcome
+            for claimed_run, step, attempt in claimed:
+                if claimed_run != run_id or attempt < 2:
+                    continue
+                assert (step, attempt) in started, f"no step:started for {step} attempt {attempt}"
+                retried = [e["seq"] for e in log if e["event"] == "step:retrying"
+                           and (e["step_slug"], e["attempt"]) == (step, attempt - 1)]
+                assert retried, f"{step} attempt {attempt} started without a retry before"
+                assert retried[0] < started[(step, attempt)]
+                assert all(started[(step, attempt)] < e["seq"] for e in log
+                           if (e["step_slug"], e["attempt"]) == (step, attempt)
+                           and e["event"] != "step:started")
             # each claimed attempt ended in at most one outcome (a run failure cancels the rest)
             attempts = sorted(a for r, _, a in claimed if r == run_id)
             outcomes = [

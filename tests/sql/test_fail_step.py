@@ -61,9 +61,11 @@ async def test_the_last_failed_attempt_fails_the_step_and_the_run(conn: Any) -> 
         "run:started",
         "step:started",
         "step:retrying",
+        "step:started",
         "step:failed",
         "run:failed",
     ]
+    assert [e["attempt"] for e in log[1:4]] == [1, 1, 2]
     assert (log[-1]["step_slug"], log[-1]["error"], log[-1]["attempt"]) == ("a", "second", 2)
 
 

@@ -173,3 +173,103 @@ def test_bearer_token(header: str | None, token: str | None) -> None:
 def test_a_malformed_authorization_header_is_unauthorized(header: str) -> None:
     with pytest.raises(UnauthorizedError):
         bearer_token(header)
+
+
+# -- NumericDate claims (RFC 7519 2) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [
+    str(int(time.time()) + 3600),  # PyJWT reads it as int("..."): a socket that never expires
+    "soon", True, False, None, [1], {"at": 1},
+    10**400, -(10**400),
+])
+def test_a_date_claim_that_is_not_a_numeric_date_is_unauthorized(claim: str, value: Any) -> None:
+    now = int(time.time())
+    claims = {"sub": "alice", "exp": now + 60, "nbf": now - 60, "iat": now - 60, claim: value}
+    with pytest.raises(UnauthorizedError, match=f"`{claim}` must be a NumericDate"):
+        authenticator().authenticate(hs(claims))
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_date_claims_are_unauthorized(text: str) -> None:
+    # Python's json reads these (1e400 as inf); a JSON encoder never writes them.
+    body = orjson.dumps({"sub": "alice"})[:-1] + f', "exp": {text}}}'.encode()
+    head = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    payload = base64.urlsafe_b64encode(body).rstrip(b"=")
+    signature = jwt.api_jws.PyJWS().encode(body, SECRET, algorithm="HS256").rsplit(".", 1)[1]
+    token = f"{head.decode()}.{payload.decode()}.{signature}"
+    with pytest.raises(UnauthorizedError):
+        authenticator().authenticate(token)
+
+
+def test_numeric_dates_may_be_fractional_and_far_ahead() -> None:
+    now = time.time()
+    principal = authenticator().authenticate(hs({
+        "sub": "alice", "exp": 10**300, "nbf": now - 0.5, "iat": now - 0.25,
+    }))
+    assert principal.expires_at == 1e300
+    assert authenticator().authenticate(hs({"exp": now + 9.5})).expires_at == now + 9.5
+
+
+# -- Origins ----------------------------------------------------------------------------------
+
+
+def policy(**options: Any) -> Any:
+    auth = Authenticator(GatewayConfig(**options), {})
+    auth.origins.listening_on("127.0.0.1", 8101)
+    return auth.origins
+
+
+@pytest.mark.parametrize(("origin", "allowed"), [
+    ("http://127.0.0.1:8101", True),
+    ("http://localhost:8101", True),
+    ("http://LOCALHOST:8101/", True),
+    ("http://[::1]:8101", True),
+    ("http://attacker.example:8101", False),  # DNS rebinding: Host says the same
+    ("https://127.0.0.1:8101", False),  # another scheme
+    ("http://127.0.0.1:8102", False),  # another port
+    ("http://127.0.0.1", False),
+    ("null", False),
+    ("http://127.0.0.1:8101/path", False),
+    ("http://user@127.0.0.1:8101", False),
+    ("http://127.0.0.1:99999", False),
+    ("", False),
+])
+def test_the_default_origins_are_the_loopback_origins_of_the_listening_port(
+    origin: str, allowed: bool
+) -> None:
+    assert policy().allows(origin) is allowed
+
+
+def test_public_origins_replace_the_loopback_ones_and_compare_scheme_host_and_port() -> None:
+    origins = policy(public_origins=("https://app.example.com",),
+                     allowed_origins=("http://other.example:3000",))
+    assert origins.allows("https://app.example.com")
+    assert origins.allows("https://app.example.com:443")
+    assert origins.allows("http://other.example:3000")
+    for refused in ("http://app.example.com", "https://app.example.com:8443",
+                    "https://app.example.com.evil", "http://127.0.0.1:8101",
+                    "http://other.example"):
+        assert not origins.allows(refused), refused
+    assert policy(allowed_origins=("*",)).allows("http://anything.example")
+
+
+CANDIDATES = ("http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000",
+              "http://192.0.2.7:8000", "http://pgflow.internal:8000")
+LOOPBACK = {"http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"}
+
+
+@pytest.mark.parametrize(("host", "origins"), [
+    ("127.0.0.1", LOOPBACK),
+    ("0.0.0.0", LOOPBACK),
+    ("::", LOOPBACK),
+    ("localhost", LOOPBACK),
+    ("192.0.2.7", {"http://192.0.2.7:8000"}),
+    ("pgflow.internal", {"http://pgflow.internal:8000"}),
+])
+def test_the_listening_address_gives_the_default_origins(host: str, origins: set[str]) -> None:
+    policy = Authenticator(GatewayConfig(), {}).origins
+    assert not any(policy.allows(o) for o in CANDIDATES)  # not bound yet: none
+    policy.listening_on(host, 8000)
+    assert {o for o in CANDIDATES if policy.allows(o)} == origins

@@ -478,3 +478,37 @@ def test_any_interleaving_delivers_every_event_once_in_order(
 def test_bad_limits_are_refused() -> None:
     with pytest.raises(RuntimeError):
         Fanout(max_frames=0)
+
+
+def test_a_hole_in_the_log_stalls_the_subscription_instead_of_going_live() -> None:
+    fanout = Fanout()
+    client = fanout.add_client()
+    sub = fanout.subscribe(client, RUN_A, 0)
+    # The replay skips seq 3 (a deleted row): delivered up to the hole, behind, never live.
+    assert fanout.apply_replay(sub, items(RUN_A, 1, 2) + items(RUN_A, 4, 5), complete=True,
+                               epoch=0)
+    assert (sub.live, sub.last_seq, seqs(client, RUN_A)) == (False, 2, [1, 2])
+    # Each run read that finds the same hole counts: the shell backs off, then gives up.
+    for stalls in (1, 2, 3):
+        assert fanout.apply_log(RUN_A, items(RUN_A, 4, 5), since=2, complete=True, epoch=0)
+        assert sub.stalls == stalls
+        assert fanout.stalled(RUN_A) == [sub]
+    # A read that fills the hole ends the stall.
+    assert not fanout.apply_log(RUN_A, items(RUN_A, 3, 5), since=2, complete=True, epoch=0)
+    assert (sub.live, sub.stalls, fanout.stalled(RUN_A)) == (True, 0, [])
+
+
+def test_a_complete_read_short_of_a_known_seq_stalls_and_a_paged_read_with_a_hole_too() -> None:
+    fanout = Fanout()
+    client = fanout.add_client()
+    live(fanout, client, RUN_A)
+    assert fanout.note_refs(RUN_A, 5)  # a notification says 1..5 are in the log
+    assert fanout.apply_log(RUN_A, items(RUN_A, 1, 2), since=0, complete=True, epoch=0)
+    (sub,) = fanout.stalled(RUN_A)
+    assert sub.stalls == 1
+    # An incomplete page with a hole would otherwise be re-read forever.
+    assert fanout.apply_log(RUN_A, items(RUN_A, 4, 4), since=2, complete=False, epoch=0)
+    assert sub.stalls == 2
+    # A read that reaches the known seq ends the stall.
+    assert not fanout.apply_log(RUN_A, items(RUN_A, 3, 5), since=2, complete=True, epoch=0)
+    assert sub.stalls == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import GatewayConfig, add_gateway_options
+from gateway.config import GatewayConfig, add_gateway_options, port_number
 from gateway.errors import ConfigurationError
 
 
@@ -50,16 +50,70 @@ def test_the_public_key_is_read_from_its_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("argv", "environ", "message"), [
     (["--jwt-secret", "short"], {}, "32 bytes"),
-    (["--max-sockets", "0"], {}, "max_sockets"),
-    (["--close-timeout", "-1"], {}, "close_timeout"),
-    (["--deflate-min-bytes", "-1"], {}, "deflate_min_bytes"),
-    (["--socket-ping-interval", "-1"], {}, "socket_ping_interval"),
     (["--allowed-origin", "example.com"], {}, "origin"),
-    ([], {"PGFLOW_MAX_SOCKETS": "many"}, "not an integer"),
+    (["--public-origin", "*"], {}, "--public-origin"),
+    (["--public-origin", "https://app.example:99999"], {}, "--public-origin"),
+    (["--cors-origin", "https://user@app.example"], {}, "origin"),
+    ([], {"PGFLOW_MAX_SOCKETS": "many"}, r"\$PGFLOW_MAX_SOCKETS: 'many' is not an integer"),
+    ([], {"PGFLOW_MAX_SOCKETS": "0"}, r"\$PGFLOW_MAX_SOCKETS: 0 must be at least 1"),
     ([], {"PGFLOW_JWT_LEEWAY": "soon"}, "not a number"),
+    ([], {"PGFLOW_CLOSE_TIMEOUT": "nan"}, "not a finite number"),
+    ([], {"PGFLOW_SOCKET_STALL_TIMEOUT": "-1"}, "must not be negative"),
 ])
 def test_bad_settings_are_configuration_errors(
     argv: list[str], environ: dict[str, str], message: str
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         parse(argv, environ)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--max-sockets", "0"], "argument --max-sockets: 0 must be at least 1"),
+    (["--pool-size", "-3"], "argument --pool-size: -3 must be at least 1"),
+    (["--max-body-bytes", "1.5"], "argument --max-body-bytes: '1.5' is not an integer"),
+    (["--close-timeout", "-1"], "argument --close-timeout: -1 must not be negative"),
+    (["--deflate-min-bytes", "-1"], "argument --deflate-min-bytes: -1 must not be negative"),
+    (["--socket-ping-interval", "inf"], "argument --socket-ping-interval: 'inf' is not a finite"),
+    (["--jwt-leeway", "nan"], "argument --jwt-leeway: 'nan' is not a finite number"),
+])
+def test_bad_numbers_are_usage_errors(argv: list[str], message: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_nan_is_refused_from_python_too() -> None:
+    with pytest.raises(ConfigurationError, match="close_timeout"):
+        GatewayConfig(close_timeout=float("nan"))
+    with pytest.raises(ConfigurationError, match="jwt_leeway"):
+        GatewayConfig(jwt_leeway=float("inf"))
+
+
+@pytest.mark.parametrize(("text", "port"), [("0", 0), ("1", 1), ("8000", 8000),
+                                            ("65535", 65535)])
+def test_ports_from_0_to_65535_are_ports(text: str, port: int) -> None:
+    assert port_number(text) == port
+
+
+@pytest.mark.parametrize("text", ["99999", "65536", "-1", "8000.5", "http", ""])
+def test_other_ports_are_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        port_number(text)
+
+
+def test_public_origins_are_read_and_normalised() -> None:
+    config = parse(["--public-origin", "HTTPS://App.Example/", "--public-origin",
+                    "http://[::1]:8000"])
+    assert config.public_origins == ("https://app.example", "http://[::1]:8000")
+    assert parse([], {"PGFLOW_PUBLIC_ORIGINS": "https://a.example, http://b.example:8080"}
+                 ).public_origins == ("https://a.example", "http://b.example:8080")
+
+
+@pytest.mark.parametrize("port", [99999, 65536, -1])
+def test_the_server_refuses_a_port_out_of_range(port: int) -> None:
+    from gateway.app import _bind_socket
+
+    with pytest.raises(ConfigurationError, match=f"port {port}"):
+        _bind_socket("127.0.0.1", port).close()

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.errors import BadJsonError, BadRequestError
 from gateway.protocol import (
+    MAX_JSON_DEPTH,
     NotificationError,
     canonical_run_id,
     error_body,
@@ -129,3 +130,22 @@ def test_gateway_frames() -> None:
     assert "run_id" not in orjson.loads(error_frame("bad_json", "no"))
     assert orjson.loads(error_body("too_large", "big")) == {
         "error": {"code": "too_large", "message": "big"}}
+
+
+def nested(depth: int) -> str:
+    """Arrays and objects nested ``depth`` levels."""
+    pairs, odd = divmod(depth, 2)
+    return '{"a": [' * pairs + "[]" * odd + ("null" if not odd else "") + "]}" * pairs
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH])
+def test_a_frame_nested_up_to_the_limit_is_read(depth: int) -> None:
+    frame = '{"type": "ping", "id": ' + nested(depth - 1) + "}"
+    assert parse_client_frame(frame)["type"] == "ping"
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1000, 10_000])
+def test_a_frame_nested_past_the_limit_is_a_bad_request(depth: int) -> None:
+    frame = '{"type": "ping", "id": ' + nested(depth - 1) + "}"
+    with pytest.raises(BadRequestError, match=f"deeper than {MAX_JSON_DEPTH} levels"):
+        parse_client_frame(frame)

@@ -1,0 +1,94 @@
+"""``pgflow worker``: the worker as a process, its signals, and the exit of a process whose
+plain handlers are stuck in their threads (``exit_if_threads_stuck``, used by every command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from gateway._attempts import abandoned_threads, describe_error
+from gateway.errors import ConfigurationError
+from gateway.flows import Flow, load_flows
+from gateway.worker import _UNREACHABLE, STUCK_EXIT_STATUS, StuckThreadsError, Worker, _Retry
+
+logger = logging.getLogger(__name__)
+
+
+async def _migrate(url: str, worker: Worker) -> bool:
+    """Applies migrations, waiting for the database to come up; False if stopped meanwhile."""
+    from gateway.migrate import migrate_url
+
+    retry = _Retry("migrating")
+    while not worker._stopping.is_set():
+        try:
+            await migrate_url(url)
+        except _UNREACHABLE as exc:
+            await worker._wait(worker._stopping, retry.failed(exc))
+            continue
+        except Exception as exc:  # refused login, unknown database, a failing migration
+            raise ConfigurationError(f"cannot migrate the database: {describe_error(exc)}") from exc
+        retry.succeeded()
+        return True
+    return False
+
+
+async def _worker_main(args: argparse.Namespace, flows: Sequence[Flow]) -> Worker:
+    from gateway.database import database_url
+
+    with database_url(args.database_url, args.data_dir) as url:
+        worker = Worker(
+            url, flows, concurrency=args.concurrency, batch_size=args.batch_size,
+            lease_seconds=args.lease, poll_interval=args.poll_interval,
+            shutdown_grace=args.shutdown_grace, max_stuck_threads=args.max_stuck_threads,
+        )
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for signum in signals:
+            # first: graceful; second: abort (Worker.stop escalates)
+            loop.add_signal_handler(signum, worker.stop)
+        try:
+            if await _migrate(url, worker):
+                await worker.run()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+    return worker
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    """``pgflow worker``: runs the handlers of ``--flows`` until SIGTERM or SIGINT.
+
+    Exits 0 after a graceful shutdown, 1 after an abort (a second signal), 3 after stopping
+    because too many plain handlers were stuck in their threads.
+    """
+    flows = load_flows(args.flows)
+    try:
+        worker = asyncio.run(_worker_main(args, flows))
+    except StuckThreadsError as exc:
+        print(f"pgflow worker: {exc}", file=sys.stderr)
+        return STUCK_EXIT_STATUS
+    return 1 if worker.aborted else 0
+
+
+def exit_if_threads_stuck(code: int) -> int:
+    """Ends the process at once with ``code`` if a plain handler's thread still runs.
+
+    Python joins the threads of every thread pool at exit, so a handler that never returns
+    would keep the process alive after a clean shutdown (``pgflow worker``, ``serve``,
+    ``demo``); returns ``code`` when there is none.
+    """
+    stuck = abandoned_threads()
+    if not stuck:
+        return code
+    logger.warning("exiting with %d handler thread(s) still running", stuck,
+                   extra={"action": "worker_exit", "stuck": stuck})
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
