@@ -266,6 +266,8 @@ class Chaos:
         self.o = options
         self.rng = random.Random(options.seed)
         self.tmp = Path(tempfile.mkdtemp(prefix="pgflow-chaos-"))
+        # The embedded server's own user must reach tmp/db, or its data is placed elsewhere.
+        self.tmp.chmod(0o755)
         self.cluster = PostgresCluster(self.tmp / "db", settings=SERVER_SETTINGS)
         self.url = ""
         self.env = {**os.environ, "PGFLOW_EXAMPLE_DELAY_SCALE": str(options.delay_scale),

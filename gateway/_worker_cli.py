@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from gateway._attempts import abandoned_threads, describe_error
+from gateway._retry import UNREACHABLE, Retry
 from gateway.errors import ConfigurationError
 from gateway.flows import Flow, load_flows
-from gateway.worker import _UNREACHABLE, STUCK_EXIT_STATUS, StuckThreadsError, Worker, _Retry
+from gateway.worker import STUCK_EXIT_STATUS, StuckThreadsError, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +25,16 @@ async def _migrate(url: str, worker: Worker) -> bool:
     """Applies migrations, waiting for the database to come up; False if stopped meanwhile."""
     from gateway.migrate import migrate_url
 
-    retry = _Retry("migrating")
+    retry = Retry("migrating")
     while not worker._stopping.is_set():
         try:
             await migrate_url(url)
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             await worker._wait(worker._stopping, retry.failed(exc))
             continue
-        except Exception as exc:  # refused login, unknown database, a failing migration
+        except ConfigurationError:  # already says what is wrong (migrate.connect_or_explain)
+            raise
+        except Exception as exc:  # a failing migration
             raise ConfigurationError(f"cannot migrate the database: {describe_error(exc)}") from exc
         retry.succeeded()
         return True

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config import (
+    lease_seconds,
     non_negative_seconds,
     port_number,
     positive_int,
@@ -70,7 +71,7 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lease",
-        type=positive_seconds,
+        type=lease_seconds,
         default=30.0,
         help="seconds a claimed task stays leased without a heartbeat (default: 30)",
     )
@@ -173,6 +174,9 @@ def configure_logging(level: str, as_json: bool) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    from gateway._logging import OutageWithoutTraceback
+
+    logging.getLogger("asyncpg.pool").addFilter(OutageWithoutTraceback())
 
 
 async def _migrate(args: argparse.Namespace) -> int:

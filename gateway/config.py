@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigurationError
+from gateway.store import MAX_LEASE, MIN_LEASE
 
 MIN_HS256_SECRET_BYTES = 32  # RFC 7518 3.2: a key at least as long as the hash output
 DEFAULT_JWT_LEEWAY = 5.0  # seconds of clock skew tolerated on exp / nbf
@@ -233,6 +234,15 @@ def positive_seconds(text: str) -> float:
     value = _number(text, float)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value:g} must be more than 0 seconds")
+    return value
+
+
+def lease_seconds(text: str) -> float:
+    """A lease as the engine takes it (``claim_tasks``: 0.1 to 86,400 seconds)."""
+    value = _number(text, float)
+    if not MIN_LEASE <= value <= MAX_LEASE:
+        raise argparse.ArgumentTypeError(
+            f"{value:g} must be from {MIN_LEASE:g} to {MAX_LEASE:g} seconds")
     return value
 
 

@@ -27,6 +27,7 @@ from gateway.errors import (
 )
 
 DEFAULT_LEASE = 30.0  # seconds
+MIN_LEASE, MAX_LEASE = 0.1, 86400.0  # seconds: the leases claim_tasks accepts
 MAX_CLAIM_TASKS = 1000  # claim_tasks' bound on max_tasks
 DEFAULT_POOL_SIZE = 10
 LISTEN_CLOSE_TIMEOUT = 5.0  # seconds

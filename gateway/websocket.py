@@ -50,7 +50,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import BytesLike
 
 from gateway.fanout import CLOSE_GOING_AWAY, CLOSE_POLICY
-from gateway.protocol import error_body, error_frame
+from gateway.protocol import error_body
 from gateway.realtime import Rejected, Unavailable, admit, close_reason
 from gateway.socket_connection import (
     MAX_BACKLOG,
@@ -123,9 +123,9 @@ class RealtimeServer:
 class RealtimeProtocol(asyncio.Protocol):
     """One socket's bytes: the handshake, client frames in, shared frames out, the close."""
 
-    __slots__ = ("_closing_timer", "_fragments", "_handshake", "_read_holds", "connection",
-                 "connections", "deflate_from", "last_heard", "pinged_at", "server", "transport",
-                 "write_paused", "ws")
+    __slots__ = ("_closing_timer", "_deferred_close", "_fragments", "_handshake", "_read_holds",
+                 "connection", "connections", "deflate_from", "last_heard", "pinged_at", "server",
+                 "transport", "write_paused", "ws")
 
     def __init__(self, server: RealtimeServer, connections: set[Any]) -> None:
         self.server = server
@@ -148,6 +148,9 @@ class RealtimeProtocol(asyncio.Protocol):
         # A fragmented message being assembled: its opcode and bytes so far. websockets limits
         # the whole message to --max-frame-bytes (its max_size counts every fragment).
         self._fragments: tuple[Opcode, bytearray] | None = None
+        # websockets' close after a message over the limit, held until the answers to the
+        # messages before it and the reason are out (see _too_large).
+        self._deferred_close: list[bytes] | None = None
         self._closing_timer: asyncio.TimerHandle | None = None
         self._read_holds = 0  # READ_HELD_BY_* bits: reading is paused while any is set
 
@@ -245,10 +248,25 @@ class RealtimeProtocol(asyncio.Protocol):
         """Starts the closing handshake; the TCP connection is dropped if the peer does not
         answer within the close timeout (a peer that stopped reading never sees the frame)."""
         ws = self.ws
-        if ws is None or ws.state is not OPEN:
+        if ws is None:
             return
-        ws.send_close(code, close_reason(reason))
-        self._send_pending(ws)
+        deferred = self._deferred_close
+        if ws.state is OPEN:
+            ws.send_close(code, close_reason(reason))
+            self._send_pending(ws)
+        elif deferred is not None:  # websockets' own close 1009, held by _too_large
+            self._deferred_close = None
+            transport = self.transport
+            for data in deferred:
+                if transport is None:
+                    break
+                if data:
+                    if not transport.is_closing():
+                        transport.write(data)
+                else:
+                    transport.close()
+        else:
+            return
         transport = self.transport
         if transport is not None and self._closing_timer is None:
             self._closing_timer = asyncio.get_running_loop().call_later(
@@ -388,19 +406,25 @@ class RealtimeProtocol(asyncio.Protocol):
             # PING: websockets queued the pong; PONG: last_heard is enough; CLOSE: websockets
             # answered it and will ask us to close the TCP connection.
         if was_open and ws.state is not OPEN and isinstance(ws.parser_exc, PayloadTooBig):
-            self._too_large()
+            self._too_large(ws)
+        if self._deferred_close is not None:
+            return  # the connection closes in its turn (close() below)
         self._send_pending(ws)
         connection = self.connection
         if ws.state is not OPEN and connection is not None:
             connection.peer_closing()
 
-    def _too_large(self) -> None:
-        """websockets refused a message over the limit and queued close 1009: the client is
-        told why first, as for a complete message over the limit (realtime.py)."""
+    def _too_large(self, ws: Protocol) -> None:
+        """websockets refused a message over the limit (the parser counts every fragment, so
+        nothing larger is ever assembled) and queued close 1009. Messages are answered in order,
+        so that close waits: the connection handles it as a message over the limit after the
+        ones before it (realtime.py: the ``too_large`` error, then close 1009 through close())."""
         self._fragments = None
-        limit = self.server.gateway.config.max_frame_bytes
-        self.write(TextFrame(error_frame(
-            "too_large", f"frames are limited to {limit} bytes")).wire(False))
+        connection = self.connection
+        if connection is None or connection.client.close_code is not None:
+            return
+        self._deferred_close = ws.data_to_send()
+        connection.receive(self.server.gateway.config.max_frame_bytes + 1)
 
     def _message(self, ws: Protocol, opcode: Opcode, data: BytesLike) -> None:
         connection = self.connection

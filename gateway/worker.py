@@ -27,17 +27,16 @@ import argparse
 import asyncio
 import logging
 import os
-import random
 import secrets
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from gateway._attempts import Attempts, Runner, describe_error, runners
 from gateway._reporter import REPORTERS, Reporter, Result
+from gateway._retry import Retry, jitter
 from gateway.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -46,7 +45,8 @@ from gateway.errors import (
 )
 from gateway.flows import Flow
 from gateway.store import (
-    CONNECTION_ERRORS,
+    MAX_LEASE,
+    MIN_LEASE,
     Completion,
     Failure,
     ListenConnection,
@@ -63,68 +63,13 @@ DEFAULT_POLL_INTERVAL = 1.0  # seconds
 DEFAULT_SHUTDOWN_GRACE = 30.0  # seconds
 POOL_SIZE = 4  # claim, report, heartbeat, and one for shutdown
 DB_CALL_TIMEOUT = 20.0  # seconds; a call stuck longer is abandoned and retried
-RETRY_BASE_DELAY = 0.1  # seconds: the first wait after a database error
-RETRY_MAX_DELAY = 5.0  # seconds: where the exponential backoff stops growing
 LISTEN_HEALTH_INTERVAL = 10.0  # seconds of silence before the listener pings its connection
 FLUSH_TIMEOUT = 10.0  # seconds, on shutdown, to report the last results and release the rest
 ABORT_TIMEOUT = 2.0  # seconds for the same when aborting
 RETRY_WAKE_MARGIN = 0.01  # seconds after a retry's backoff before claiming it
-RETRY_LOG_FIRST = 3  # failures of an outage logged as warnings, each
-RETRY_LOG_INTERVAL = 30.0  # seconds between warnings of an outage after those
 STUCK_EXIT_STATUS = 3  # `pgflow worker`'s exit status after too many stuck handler threads
 
 _Key = tuple[uuid.UUID, str, int]  # run_id, step_slug, attempt
-_UNREACHABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, DatabaseUnavailableError)
-# Jitter from a generator of our own: the global one belongs to the application (and tests
-# seed it, or watch it).
-_jitter = random.Random()
-
-
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait after ``failures`` consecutive database errors: exponential, capped,
-    jittered so that workers cut off together do not reconnect together."""
-    ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2.0 ** min(failures - 1, 30))
-    return ceiling * _jitter.uniform(0.5, 1.0)
-
-
-class _Retry:
-    """Consecutive failures of one loop: logs them and the recovery, gives the backoff.
-
-    The first ``RETRY_LOG_FIRST`` failures of an outage are warnings, then one every
-    ``RETRY_LOG_INTERVAL`` (the rest at debug): a long outage keeps saying that the process is
-    retrying, without a line per attempt.
-    """
-
-    def __init__(self, what: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.what = what
-        self.failures = 0
-        self._clock = clock
-        self._warned_at: float | None = None
-
-    def failed(self, exc: BaseException) -> float:
-        self.failures += 1
-        delay = backoff_delay(self.failures)
-        now = self._clock()
-        loud = (self.failures <= RETRY_LOG_FIRST or self._warned_at is None
-                or now - self._warned_at >= RETRY_LOG_INTERVAL)
-        if loud:
-            self._warned_at = now
-        expected = isinstance(exc, _UNREACHABLE)  # no traceback for an outage
-        logger.log(
-            logging.WARNING if loud else logging.DEBUG,
-            "%s failed (%d in a row), retrying in %.2f s: %s", self.what, self.failures, delay,
-            describe_error(exc), exc_info=None if expected or not loud else exc,
-            extra={"action": "db_retry", "what": self.what, "failures": self.failures},
-        )
-        return delay
-
-    def succeeded(self) -> None:
-        if self.failures:
-            logger.info(
-                "%s works again after %d failure(s)", self.what, self.failures,
-                extra={"action": "db_recovered", "what": self.what},
-            )
-            self.failures = 0
 
 
 async def sync_flows(store: Store, flows: Sequence[Flow]) -> None:
@@ -183,8 +128,9 @@ class Worker:
             raise ConfigurationError(f"concurrency must be at least 1, not {concurrency!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigurationError(f"batch size must be at least 1, not {batch_size!r}")
-        if not lease_seconds > 0:
-            raise ConfigurationError(f"the lease must be positive seconds, not {lease_seconds!r}")
+        if not MIN_LEASE <= lease_seconds <= MAX_LEASE:
+            raise ConfigurationError(f"the lease must be from {MIN_LEASE:g} to {MAX_LEASE:g} "
+                                     f"seconds, not {lease_seconds!r}")
         if not poll_interval > 0:
             raise ConfigurationError(
                 f"the poll interval must be positive seconds, not {poll_interval!r}"
@@ -326,7 +272,7 @@ class Worker:
     # -- start-up and shutdown ---------------------------------------------------------------
 
     async def _open_store(self) -> Store | None:
-        retry = _Retry("connecting to the database")
+        retry = Retry("connecting to the database")
         while not self._stopping.is_set():
             try:
                 store = await Store.open(self.database_url, min_size=1, max_size=POOL_SIZE)
@@ -344,7 +290,7 @@ class Worker:
         return None
 
     async def _sync_flows(self, store: Store) -> bool:
-        retry = _Retry("defining flows")
+        retry = Retry("defining flows")
         while not self._stopping.is_set():
             try:
                 async with asyncio.timeout(DB_CALL_TIMEOUT):
@@ -370,7 +316,7 @@ class Worker:
                 self._heartbeat_loop(store), name="pgflow-worker-heartbeat"
             )
             reporters = [
-                group.create_task(self._reporter.run(store, _Retry("reporting results")),
+                group.create_task(self._reporter.run(store, Retry("reporting results")),
                                   name=f"pgflow-worker-report-{n}")
                 for n in range(REPORTERS)
             ]
@@ -481,7 +427,7 @@ class Worker:
 
     async def _claim_loop(self, store: Store) -> None:
         slugs = sorted(self._slugs)
-        retry = _Retry("claiming tasks")
+        retry = Retry("claiming tasks")
         claim_now = True  # at start, and after a full batch: more may be waiting
         while not self._stopping.is_set():
             free = self._free_slots()
@@ -491,7 +437,7 @@ class Worker:
                 continue
             if not claim_now:
                 # jittered, so that workers started together do not poll together
-                await self._wait(self._wakeup, self.poll_interval * _jitter.uniform(0.9, 1.1))
+                await self._wait(self._wakeup, self.poll_interval * jitter.uniform(0.9, 1.1))
                 if self._stopping.is_set():
                     return
             self._wakeup.clear()  # before the claim: a hint arriving during it is kept
@@ -528,7 +474,7 @@ class Worker:
             self._wakeup.set()
 
     async def _listen_loop(self) -> None:
-        retry = _Retry("listening for tasks")
+        retry = Retry("listening for tasks")
         while True:
             try:
                 listening = await ListenConnection.open(
@@ -608,7 +554,7 @@ class Worker:
         return list({(task.run_id, task.step_slug) for task, _ in self._running.values()})
 
     async def _heartbeat_loop(self, store: Store) -> None:
-        retry = _Retry("extending leases")
+        retry = Retry("extending leases")
         interval = self.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)

@@ -194,6 +194,7 @@ async def test_a_server_stopped_under_a_demo_is_reported_in_one_line_and_restart
     run = await run_diamond(url)
     assert run["status"] == "completed", run
     assert await demo.stop() == 0
+    assert "Traceback" not in demo.output  # the outage is told in lines, not stack traces
 
 
 def test_db_start_url_status_and_stop_share_with_other_users(data_dir: Path) -> None:

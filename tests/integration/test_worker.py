@@ -17,9 +17,10 @@ import pytest
 
 from examples import flows as examples
 from gateway import Flow, FlowShapeConflictError, StepContext, _attempts
+from gateway._retry import RETRY_MAX_DELAY, backoff_delay
 from gateway.errors import DatabaseUnavailableError
 from gateway.store import Store, connect
-from gateway.worker import RETRY_MAX_DELAY, StuckThreadsError, Worker, backoff_delay, sync_flows
+from gateway.worker import StuckThreadsError, Worker, sync_flows
 from tests.integration.gateway_harness import running_gateway
 from tests.integration.worker_helpers import step_of, wait_for_run, wait_until
 

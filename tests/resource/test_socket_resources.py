@@ -137,7 +137,7 @@ async def test_a_large_event_replayed_to_sockets_that_never_read_is_shared_and_p
         await Driver(store).finish([run_id], output={"blob": "x" * (4 * MiB)})
         gc.collect()
         before = rss_bytes()
-        readers = 8
+        readers = 16  # a copy per socket would be 16 x 8 MiB: far above what one shared copy costs
         stalled = [await RawClient.open(gw.ws_url, receive_buffer=4096) for _ in range(readers)]
         for client in stalled:
             await client.send(orjson.dumps({"type": "subscribe", "run_id": run_id}).decode())
@@ -152,8 +152,9 @@ async def test_a_large_event_replayed_to_sockets_that_never_read_is_shared_and_p
         transports = sum(c.protocol.buffered_bytes() for c in direct_connections(gw))
         assert transports <= readers * TRANSPORT_BOUND, transports
         grown = rss_bytes() - before
-        # One copy of each event's frame (text and bytes), not one per socket.
-        assert grown < 64 * MiB, f"RSS grew by {grown / MiB:.0f} MiB"
+        # One copy of each event's frame (text and bytes), not one per socket (~35 MiB alone;
+        # the allocator's state after earlier tests in the same process adds some).
+        assert grown < 100 * MiB, f"RSS grew by {grown / MiB:.0f} MiB"
         # The gateway keeps serving: a reading socket gets the whole run.
         follower = await Follower.open(gw.ws_url)
         await follower.subscribe(run_id)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import GatewayConfig, add_gateway_options, port_number
+from gateway.config import GatewayConfig, add_gateway_options, lease_seconds, port_number
 from gateway.errors import ConfigurationError
+from gateway.flows import Flow
+from gateway.worker import Worker
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> GatewayConfig:
@@ -117,3 +119,26 @@ def test_the_server_refuses_a_port_out_of_range(port: int) -> None:
 
     with pytest.raises(ConfigurationError, match=f"port {port}"):
         _bind_socket("127.0.0.1", port).close()
+
+
+_ONE_FLOW = Flow("lease_check")
+
+
+@_ONE_FLOW.step()
+def _only(input: object) -> None:
+    return None
+
+
+@pytest.mark.parametrize("text", ["0.05", "0", "-1", "86401", "1e300", "inf", "nan"])
+def test_a_lease_outside_what_claim_tasks_accepts_is_refused(text: str) -> None:
+    # The engine refuses leases outside 0.1 s .. 1 day (PF400): a worker started with one would
+    # fail every claim, so the command line refuses it first.
+    with pytest.raises(argparse.ArgumentTypeError):
+        lease_seconds(text)
+    with pytest.raises(ConfigurationError, match="lease"):
+        Worker("postgresql://127.0.0.1:1/none", [_ONE_FLOW], lease_seconds=float(text))
+
+
+@pytest.mark.parametrize("text", ["0.1", "30", "86400"])
+def test_leases_the_engine_accepts_are_accepted(text: str) -> None:
+    assert lease_seconds(text) == float(text)

@@ -7,15 +7,15 @@ import logging
 
 import pytest
 
+from gateway._retry import RETRY_LOG_FIRST, RETRY_LOG_INTERVAL, RETRY_MAX_DELAY, Retry
 from gateway.errors import DatabaseUnavailableError
-from gateway.worker import RETRY_LOG_FIRST, RETRY_LOG_INTERVAL, RETRY_MAX_DELAY, _Retry
 
 
 def test_an_outage_is_logged_with_its_count_and_delay_at_a_bounded_rate(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [0.0]
-    retry = _Retry("connecting to the database", clock=lambda: now[0])
+    retry = Retry("connecting to the database", clock=lambda: now[0])
     outage = DatabaseUnavailableError("connection refused")
     caplog.set_level(logging.DEBUG, logger="gateway.worker")
     # Ten minutes of failures, one per RETRY_MAX_DELAY (the backoff's ceiling).
