@@ -371,6 +371,8 @@ def http_routes(gateway: Gateway) -> list[BaseRoute]:
 
     async def static_file(request: Request) -> Response:
         relative = request.path_params["path"]
+        if "\x00" in relative:  # no file has one; the OS calls would raise ValueError
+            return error_response("not_found", f"no static file {relative!r}", 404)
         path = (STATIC_DIR / relative).resolve()
         media_type = STATIC_TYPES.get(path.suffix.lower())
         found = None

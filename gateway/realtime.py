@@ -286,7 +286,8 @@ class Connection:
         epoch = fanout.epoch
         try:
             replay = await store.get_run_replay(uuid.UUID(run_id), since,
-                                                min(since + page, MAX_SEQ))
+                                                min(since + page, MAX_SEQ),
+                                                max_bytes=fanout.soft_bytes)
             if replay is None:
                 raise UnknownRunError(f"unknown run {run_id}")
             gateway.auth.check_run(self.principal, replay.flow_slug, replay.owner, run_id)
@@ -297,13 +298,14 @@ class Connection:
             return
         self._push(subscribed_frame(run_id, replay.last_seq))
         rows = replay.events
+        truncated = replay.truncated
         del replay
         frames = gateway.relay.frames if gateway.relay is not None else None
         count = page  # events asked for in the read that brought `rows`
         while True:
             gateway.metrics.log_reads += 1
             gateway.metrics.events_in_log += len(rows)
-            complete = len(rows) < count
+            complete = len(rows) < count and not truncated
             # Pages of large events shrink to what the outbox takes at once: a replay holds
             # about one outbox's worth of events, however large they are.
             size = sum(len(text) for _, text in rows)
@@ -324,8 +326,9 @@ class Connection:
                 return
             epoch = fanout.epoch
             try:
-                rows = await store.get_run_events_json(
-                    uuid.UUID(run_id), sub.last_seq, min(sub.last_seq + count, MAX_SEQ)
+                rows, truncated = await store.get_run_events_json(
+                    uuid.UUID(run_id), sub.last_seq, min(sub.last_seq + count, MAX_SEQ),
+                    max_bytes=fanout.soft_bytes,
                 )
             except DatabaseUnavailableError as exc:
                 fanout.unsubscribe(client, run_id)

@@ -93,6 +93,20 @@ class RunReplay:
     owner: str | None
     last_seq: int
     events: list[tuple[int, str]]  # (seq, event as JSON text)
+    truncated: bool = False  # max_bytes left events of the range out
+
+
+# A run's events with since < seq <= until ($1..$3) as JSON text, each marked whether it fits
+# in $4 bytes (null: no limit) counted from the first, which always fits: a log read of large
+# events brings about one outbox's worth into the gateway, not a whole page of them.
+_EVENTS_WITHIN_BYTES = """
+  select t.o, (t.e ->> 'seq')::bigint as seq, j.text, count(*) over () as total,
+         $4::bigint is null
+           or coalesce(sum(octet_length(j.text)) over (
+                order by t.o rows between unbounded preceding and 1 preceding), 0) < $4 as fits
+  from pgflow.get_run_events($1, $2, $3) with ordinality as t (e, o)
+  cross join lateral (select t.e::text as text) as j
+"""
 
 
 def _dumps(value: Any) -> str:
@@ -232,17 +246,19 @@ class Store:
             return [row[0] for row in rows]
 
     async def get_run_events_json(
-        self, run_id: uuid.UUID, since: int = 0, until: int | None = None
-    ) -> list[tuple[int, str]]:
-        """(seq, event as JSON text): what the gateway forwards without decoding."""
+        self, run_id: uuid.UUID, since: int = 0, until: int | None = None,
+        *, max_bytes: int | None = None,
+    ) -> tuple[list[tuple[int, str]], bool]:
+        """(seq, event as JSON text), what the gateway forwards without decoding, and whether
+        ``max_bytes`` cut the read short (it always returns the first event, however large)."""
         async with self._connection() as connection:
             rows = await connection.fetch(
-                "select (e ->> 'seq')::bigint, e::text from pgflow.get_run_events($1, $2, $3) as e",
-                run_id,
-                since,
-                until,
+                f"select x.seq, x.text, x.total from ({_EVENTS_WITHIN_BYTES}) as x "
+                "where x.fits order by x.o",
+                run_id, since, until, max_bytes,
             )
-            return [(row[0], row[1]) for row in rows]
+        events = [(row[0], row[1]) for row in rows]
+        return events, bool(rows) and rows[0][2] > len(rows)
 
     async def list_runs(
         self,
@@ -356,7 +372,8 @@ class Store:
     # -- the gateway's reads ------------------------------------------------------------------
 
     async def get_run_replay(
-        self, run_id: uuid.UUID, since: int = 0, until: int | None = None
+        self, run_id: uuid.UUID, since: int = 0, until: int | None = None,
+        *, max_bytes: int | None = None,
     ) -> RunReplay | None:
         """What a websocket subscription needs, in one round trip and one snapshot: the run's
         flow and owner (for the access check), its last seq, and its events after ``since``
@@ -364,23 +381,25 @@ class Store:
         """
         async with self._connection() as connection:
             row = await connection.fetchrow(
-                """
-                select r.flow_slug, r.owner, r.last_seq, ev.seqs, ev.events
+                f"""
+                select r.flow_slug, r.owner, r.last_seq, ev.seqs, ev.events, ev.total
                 from pgflow.runs as r
                 cross join lateral (
-                  select array_agg((e ->> 'seq')::bigint order by t.o) as seqs,
-                         array_agg(e::text order by t.o) as events
-                  from pgflow.get_run_events(r.run_id, $2, $3) with ordinality as t (e, o)
+                  select array_agg(x.seq order by x.o) filter (where x.fits) as seqs,
+                         array_agg(x.text order by x.o) filter (where x.fits) as events,
+                         count(*) as total
+                  from ({_EVENTS_WITHIN_BYTES.replace("$1", "r.run_id")}) as x
                 ) as ev
                 where r.run_id = $1
                 """,
-                run_id, since, until,
+                run_id, since, until, max_bytes,
             )
         if row is None:
             return None
+        events = list(zip(row["seqs"] or (), row["events"] or (), strict=True))
         return RunReplay(
             flow_slug=row["flow_slug"], owner=row["owner"], last_seq=row["last_seq"],
-            events=list(zip(row["seqs"] or (), row["events"] or (), strict=True)),
+            events=events, truncated=row["total"] > len(events),
         )
 
     async def get_runs_events_json(

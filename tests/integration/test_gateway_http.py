@@ -194,6 +194,7 @@ BAD_INPUT: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("NaN", "POST", "/rpc/run_flow", {"content": b'{"flow_slug": "chain", "input": NaN}'}, 400,
      "bad_json"),
     ("too deep", "POST", "/rpc/run_flow", {"content": _nested(2000)}, 400, "bad_request"),
+    ("NUL in a static path", "GET", "/static/%000.js", {}, 404, "not_found"),
     ("body over the limit", "POST", "/rpc/run_flow",
      {"json": {"flow_slug": "chain", "input": "x" * (1024 * 1024)}}, 413, "too_large"),
     ("chunked body over the limit", "POST", "/rpc/run_flow",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import uuid
+from typing import Any
 
 import orjson
 from websockets.frames import Frame, Opcode
@@ -172,3 +173,45 @@ async def test_a_large_event_replayed_to_sockets_that_never_read_is_shared_and_p
         assert len(gw.gateway.relay.frames) == 0
         # The heap the frames used goes back to the system (socket_connection.py trims it).
         await wait_until(lambda: rss_bytes() - before < 16 * MiB, timeout=5)
+
+
+async def test_a_replay_of_many_large_events_reads_about_one_outbox_at_a_time(
+    db_url: str, store: Store
+) -> None:
+    # 12 steps of 300 kB each, and the run's output holding all of them: ~7 MB of log. Read as
+    # one page it would all sit in the gateway for each subscriber at once.
+    wide = {"slug": "wide", "steps": [{"slug": f"s{i}"} for i in range(12)]}
+    await store.define_flow(wide)
+    config = GatewayConfig(socket_buffer_bytes=1 * MiB)
+    async with running_gateway(db_url, config=config) as gw:
+        run_id = await gw.start_run("wide")
+        await Driver(store).finish([run_id], output="x" * 300_000)
+        reads: list[list[int]] = []
+        gateway_store = gw.gateway.require_store()
+        replay, page = gateway_store.get_run_replay, gateway_store.get_run_events_json
+
+        async def recorded_replay(*args: Any, **kwargs: Any) -> Any:
+            result = await replay(*args, **kwargs)
+            reads.append([len(text) for _, text in result.events])
+            return result
+
+        async def recorded_page(*args: Any, **kwargs: Any) -> Any:
+            rows, truncated = await page(*args, **kwargs)
+            reads.append([len(text) for _, text in rows])
+            return rows, truncated
+
+        gateway_store.get_run_replay = recorded_replay  # type: ignore[method-assign]
+        gateway_store.get_run_events_json = recorded_page  # type: ignore[method-assign]
+        follower = await Follower.open(gw.ws_url)
+        await follower.subscribe(run_id)
+        events = await follower.wait_done(run_id)
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert events[-1]["event"] == "run:completed"
+        assert events[-1]["output"] == {f"s{i}": "x" * 300_000 for i in range(12)}
+        soft = gw.gateway.fanout.soft_bytes
+        assert len(reads) > 2, reads
+        for sizes in reads:
+            # Every read stops once it holds the outbox's soft limit: all but its last event
+            # fit under it (a single event larger than that still comes, alone).
+            assert sum(sizes[:-1]) < soft, (sizes, soft)
+        await follower.close()
