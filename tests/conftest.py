@@ -129,6 +129,18 @@ def open_tmp_path() -> Iterator[Path]:
 
 
 @pytest.fixture
+def embedded_data_dir(open_tmp_path: Path) -> Iterator[Path]:
+    """A data folder for the embedded server, used in place (its user can reach it); a server
+    a test left running in it is killed at the end."""
+    data = open_tmp_path / "data"
+    try:
+        yield data
+    finally:
+        if (data / "pgdata" / "PG_VERSION").exists():
+            PostgresCluster(data).kill()
+
+
+@pytest.fixture
 async def private_server() -> AsyncIterator[Server]:
     """A server of this test's own, migrated, for tests that restart or kill PostgreSQL.
 

@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +33,7 @@ from tests.integration.gateway_harness import (
     fresh_database,
     running_gateway,
 )
+from tests.threaded import on_a_thread
 
 # Every error code of docs/protocol.md, with its HTTP status.
 ERROR_STATUS = {
@@ -110,35 +110,18 @@ def threaded_gateway(
 ) -> Iterator[ThreadedGateway]:
     """Runs a gateway on a fresh database in a thread until the block ends."""
     name = f"{name_prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    started: Future[ThreadedGateway] = Future()
-    stop: asyncio.Event | None = None
-    loop = asyncio.new_event_loop()
 
-    async def main() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
+    async def serve(loop: asyncio.AbstractEventLoop, ready: Callable[[ThreadedGateway], None],
+                    stop: asyncio.Event) -> None:
         url = await fresh_database(server_url, TEMPLATE_DB, name)
         try:
             async with running_gateway(url, flows=flows, config=config) as running:
                 for shape in shapes:
                     await running.gateway.require_store().define_flow(shape)
-                started.set_result(ThreadedGateway(running, loop))
+                ready(ThreadedGateway(running, loop))
                 await stop.wait()
-        except BaseException as exc:
-            if not started.done():
-                started.set_exception(exc)
-            raise
         finally:
             await drop_database(server_url, name)
 
-    thread = threading.Thread(target=lambda: loop.run_until_complete(main()),
-                              name=f"gateway-{name}", daemon=True)
-    thread.start()
-    try:
-        yield started.result(timeout=60)
-    finally:
-        if stop is not None:
-            loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=60)
-        if not thread.is_alive():
-            loop.close()
+    with on_a_thread(serve, f"gateway-{name}") as gateway:
+        yield gateway

@@ -43,16 +43,9 @@ def embedded_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
+def data_dir(embedded_data_dir: Path) -> Path:
     """A data folder under /tmp (reachable by the service user, so used in place)."""
-    directory = Path(tempfile.mkdtemp(prefix="pgflow-embedded-"))
-    directory.chmod(0o755)
-    try:
-        yield directory / "data"
-    finally:
-        if (directory / "data" / "pgdata" / "PG_VERSION").exists():
-            PostgresCluster(directory / "data").kill()
-        shutil.rmtree(directory, ignore_errors=True)
+    return embedded_data_dir
 
 
 class Demo:

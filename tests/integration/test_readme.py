@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from gateway.database import PostgresCluster
 from gateway.db_command import psql_binary
 from gateway.flows import Flow
 
@@ -74,15 +70,8 @@ async def test_the_readme_sql_runs_verbatim_in_psql(db_url: str) -> None:
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="pgflow-readme-"))
-    directory.chmod(0o755)  # open to the embedded server's user, as a project folder is
-    try:
-        yield directory / ".pgflow"
-    finally:
-        if (directory / ".pgflow" / "pgdata" / "PG_VERSION").exists():
-            PostgresCluster(directory / ".pgflow").kill()
-        shutil.rmtree(directory, ignore_errors=True)
+def data_dir(embedded_data_dir: Path) -> Path:
+    return embedded_data_dir  # open to the embedded server's user, as a project folder is
 
 
 async def test_the_readme_psql_section_works_on_the_embedded_database(data_dir: Path) -> None:

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import threading
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -31,6 +29,7 @@ from gateway.store import Store
 from gateway.worker import Worker
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import drop_database, fresh_database
+from tests.threaded import on_a_thread
 
 EXAMPLES = int(os.environ.get("PGFLOW_PROPERTY_EXAMPLES", "60"))
 SETTINGS = settings(
@@ -212,13 +211,9 @@ class ThreadedWorker:
 @pytest.fixture(scope="module")
 def worker(pg_server: Server, template_url: str) -> Iterator[ThreadedWorker]:
     name = f"pgflow_property_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    started: Future[ThreadedWorker] = Future()
-    stop: asyncio.Event | None = None
-    loop = asyncio.new_event_loop()
 
-    async def main() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
+    async def serve(loop: asyncio.AbstractEventLoop, ready: Callable[[ThreadedWorker], None],
+                    stop: asyncio.Event) -> None:
         url = await fresh_database(pg_server.url, TEMPLATE_DB, name)
         try:
             store = await Store.open(url, max_size=4)
@@ -226,31 +221,18 @@ def worker(pg_server: Server, template_url: str) -> Iterator[ThreadedWorker]:
             task = asyncio.create_task(running.run())
             try:
                 await running.started.wait()
-                started.set_result(ThreadedWorker(loop, store))
+                ready(ThreadedWorker(loop, store))
                 await stop.wait()
             finally:
                 running.stop()
-                running.stop()
+                running.stop()  # the second call aborts: nothing of a test is worth a grace
                 await task
                 await store.close()
-        except BaseException as exc:
-            if not started.done():
-                started.set_exception(exc)
-            raise
         finally:
             await drop_database(pg_server.url, name)
 
-    thread = threading.Thread(target=lambda: loop.run_until_complete(main()),
-                              name=f"worker-{name}", daemon=True)
-    thread.start()
-    try:
-        yield started.result(timeout=60)
-    finally:
-        if stop is not None:
-            loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=60)
-        if not thread.is_alive():
-            loop.close()
+    with on_a_thread(serve, f"worker-{name}") as worker:
+        yield worker
 
 
 # -- the properties ----------------------------------------------------------------------------
