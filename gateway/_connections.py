@@ -53,6 +53,7 @@ MAX_ACCEPT_BURST = 256  # ...and at most
 BURSTS_IN_FLIGHT = 4
 LISTEN_BACKLOG = 2048  # connections the kernel queues for accept(): uvicorn's default
 LOG_INTERVAL = 10.0  # seconds between two warnings about the connection limit
+HTTP_SHARE = 10  # one connection in this many is kept from sockets for HTTP
 TIMER_SLACK = 0.05  # seconds: expiries this close together are handled by one timer call
 UNLIMITED = 1 << 20  # the cap when RLIMIT_NOFILE is unlimited and none is configured
 ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message
@@ -76,6 +77,14 @@ class ConnectionBudget:
     descriptors: int | None  # RLIMIT_NOFILE (soft); None: unlimited
     reserved: int  # descriptors kept for everything but client connections
     clamped: bool = False  # the configured cap was above what the descriptors allow
+
+
+def sockets_within(connection_limit: int, max_sockets: int) -> int:
+    """Sockets admitted at once: ``max_sockets``, but never more than nine tenths of the
+    connection cap. Open sockets cannot be evicted for a newcomer (an idle HTTP connection can),
+    so without this share a client opening sockets up to the cap would keep ``/healthz`` and
+    ``run_flow`` out."""
+    return max(1, min(max_sockets, connection_limit - connection_limit // HTTP_SHARE))
 
 
 def connection_budget(configured: int | None, *, descriptors: int | None, open_now: int,

@@ -38,7 +38,12 @@ from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from gateway._connections import LISTEN_BACKLOG, WORKER_DESCRIPTORS, ConnectionAdmission
+from gateway._connections import (
+    LISTEN_BACKLOG,
+    WORKER_DESCRIPTORS,
+    ConnectionAdmission,
+    sockets_within,
+)
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.endpoints import http_exception, http_routes, internal_error
@@ -92,6 +97,9 @@ class Gateway:
         self.relay: Relay | None = None
         self.worker: Any = None
         self.connections: set[Connection] = set()
+        # Sockets admitted at once: --max-sockets, lowered by GatewayServer to leave HTTP a
+        # share of the connection cap.
+        self.socket_limit = config.max_sockets
         self.socket_numbers = itertools.count(1)  # names sockets in the log
         self.stopping = False
         self.failed: BaseException | None = None
@@ -538,6 +546,7 @@ class GatewayServer:
         self.server = _UvicornServer(self.config, self.gateway, install_signal_handlers)
         self.admission.track(self.server.server_state.connections)
         if self.gateway is not None:
+            self.gateway.socket_limit = sockets_within(self.admission.limit, limits.max_sockets)
             self.admission.register_metrics(self.gateway.metrics)
             self.gateway.on_fatal = lambda exc: setattr(self.server, "should_exit", True)
         self.url = ""

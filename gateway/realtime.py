@@ -110,7 +110,7 @@ def admit(gateway: Gateway, headers: Headers,
     if gateway.stopping or gateway.store is None:
         refused["stopping"] += 1
         return Unavailable(503, CLOSE_GOING_AWAY, "unavailable", "the gateway is not serving")
-    if len(gateway.connections) >= gateway.config.max_sockets:
+    if len(gateway.connections) >= gateway.socket_limit:
         refused["too_many_connections"] += 1
         return Unavailable(429, CLOSE_TRY_AGAIN, "too_many_connections",
                            "too many open sockets: retry later")

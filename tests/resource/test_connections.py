@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from gateway._connections import (
     BURSTS_IN_FLIGHT,
@@ -29,6 +30,7 @@ from gateway._connections import (
     MIN_ACCEPT_BURST,
     ConnectionAdmission,
     connection_budget,
+    sockets_within,
 )
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigurationError
@@ -212,6 +214,33 @@ async def test_with_nothing_to_evict_a_new_connection_gets_a_503(db_url: str) ->
         assert await gw.healthy()
         for ws in sockets:
             await ws.close()
+
+
+async def test_sockets_leave_http_a_tenth_of_the_connections(db_url: str) -> None:
+    # Open sockets are never evicted: were they allowed up to the cap, a client opening them
+    # would keep /healthz and run_flow out.
+    config = GatewayConfig(max_connections=20, request_timeout=60)
+    async with running_gateway(db_url, config=config) as gw:
+        assert gw.gateway.socket_limit == 18
+        sockets = [await open_socket(gw.ws_url) for _ in range(18)]
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                await open_socket(gw.ws_url)
+            assert refused.value.response.status_code == 429
+            async with httpx.AsyncClient(base_url=gw.url, trust_env=False,
+                                         timeout=PROMPT) as http:
+                assert (await http.get("/healthz")).status_code == 200
+            assert gw.server.admission.refused == 0
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+
+def test_the_socket_share_of_the_cap() -> None:
+    assert sockets_within(4000, 10_000) == 3600
+    assert sockets_within(4000, 100) == 100  # --max-sockets lower still
+    assert sockets_within(4, 10_000) == 4  # too small a cap to share
+    assert sockets_within(1, 10_000) == 1
 
 
 async def test_unfinished_requests_and_handshakes_are_timed_out(db_url: str) -> None:
