@@ -301,18 +301,12 @@ class Connection:
         truncated = replay.truncated
         del replay
         frames = gateway.relay.frames if gateway.relay is not None else None
-        count = page  # events asked for in the read that brought `rows`
         while True:
             gateway.metrics.log_reads += 1
             gateway.metrics.events_in_log += len(rows)
-            complete = len(rows) < count and not truncated
-            # Pages of large events shrink to what the outbox takes at once: a replay holds
+            # Each read stops at the outbox's soft limit in bytes (in SQL): a replay holds
             # about one outbox's worth of events, however large they are.
-            size = sum(len(text) for _, text in rows)
-            if size > fanout.soft_bytes:
-                count = max(1, count * fanout.soft_bytes // size)
-            else:
-                count = min(page, count * 2)
+            complete = len(rows) < page and not truncated
             items = log_items(run_id, rows, frames)
             del rows  # nothing of a page outlives it but what the outbox took
             behind = fanout.apply_replay(sub, items, complete=complete, epoch=epoch)
@@ -327,7 +321,7 @@ class Connection:
             epoch = fanout.epoch
             try:
                 rows, truncated = await store.get_run_events_json(
-                    uuid.UUID(run_id), sub.last_seq, min(sub.last_seq + count, MAX_SEQ),
+                    uuid.UUID(run_id), sub.last_seq, min(sub.last_seq + page, MAX_SEQ),
                     max_bytes=fanout.soft_bytes,
                 )
             except DatabaseUnavailableError as exc:

@@ -8,6 +8,7 @@ template database is migrated once; each test gets ``CREATE DATABASE ... TEMPLAT
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -113,6 +114,17 @@ async def conn(db_url: str) -> AsyncIterator[Any]:
     await connection.close()
 
 
+@contextlib.contextmanager
+def temporary_folder(prefix: str, mode: int) -> Iterator[Path]:
+    """A folder under the system's temporary one, with ``mode``, removed at the end."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    directory.chmod(mode)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
 def open_tmp_path() -> Iterator[Path]:
     """A temporary folder the embedded server's unprivileged user can reach.
@@ -120,12 +132,8 @@ def open_tmp_path() -> Iterator[Path]:
     pytest's ``tmp_path`` lives under a 0700 folder when the suite runs as root, so an embedded
     data folder there would be relocated (docs/gateway.md) and leave its data behind.
     """
-    directory = Path(tempfile.mkdtemp(prefix="pgflow-open-"))
-    directory.chmod(0o755)
-    try:
+    with temporary_folder("pgflow-open-", 0o755) as directory:
         yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

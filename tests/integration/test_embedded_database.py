@@ -16,7 +16,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from gateway import _db_placement as placement
 from gateway._db_users import ServerUsers
 from gateway.database import PostgresCluster, embedded_bin_dir
 from gateway.errors import ConfigurationError
+from tests.conftest import temporary_folder
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0  # seconds
@@ -268,12 +268,8 @@ def assert_used_in_place(data_dir: Path, private_parent: Path) -> None:
 @pytest.fixture
 def private_parent() -> Iterator[Path]:
     """A folder like /root: 0700, owned by root."""
-    directory = Path(tempfile.mkdtemp(prefix="pgflow-private-parent-"))
-    directory.chmod(0o700)
-    try:
+    with temporary_folder("pgflow-private-parent-", 0o700) as directory:
         yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_as_root_data_and_binaries_under_a_private_folder_leave_its_mode_alone(
