@@ -66,7 +66,7 @@ class ServerUsers:
                 pid = int(entry.name)
             except ValueError:
                 continue
-            if not _alive(pid):
+            if not alive(pid):
                 entry.unlink(missing_ok=True)
                 continue
             if pid == exclude:
@@ -89,7 +89,8 @@ class ServerUsers:
         self._pin_file.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway._attempts import clip, describe_error
+from gateway._retry import DB_CALL_TIMEOUT, UNREACHABLE
 from gateway.errors import DatabaseUnavailableError
-from gateway.store import CONNECTION_ERRORS, Completion, Failure, Store
+from gateway.store import Completion, Failure, Store
 
 logger = logging.getLogger(__name__)
 
 REPORT_BATCH_MAX = 500  # results per report_steps call
 REPORTERS = 2  # report_steps calls in flight at once: the database works on both on two cores
-DB_CALL_TIMEOUT = 20.0  # seconds; a call stuck longer is abandoned and retried
 # SQLSTATE classes after which the same batch may well go through: transaction rollback
 # (serialization failure, deadlock). Lost connections are CONNECTION_ERRORS.
 TRANSIENT_SQLSTATE_CLASSES = ("40",)
@@ -57,7 +57,7 @@ def is_transient(exc: BaseException) -> bool:
         # asyncpg's client-side DataError (an argument it cannot encode) is an InterfaceError,
         # which otherwise counts as a lost connection: it is the batch's fault.
         return False
-    if isinstance(exc, (*CONNECTION_ERRORS, DatabaseUnavailableError)):
+    if isinstance(exc, UNREACHABLE):
         return True
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith(TRANSIENT_SQLSTATE_CLASSES)
@@ -135,12 +135,10 @@ class Reporter:
                 except Exception as exc:
                     if is_transient(exc):
                         self._give_back(part, parts)
-                        parts = []
                         return exc
                     parts.extend(self._split(part, exc, whole=part is batch))
                 except BaseException:
                     self._give_back(part, parts)
-                    parts = []
                     raise
             return None
         finally:

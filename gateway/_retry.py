@@ -14,6 +14,7 @@ from gateway.store import CONNECTION_ERRORS
 
 logger = logging.getLogger("gateway.worker")
 
+DB_CALL_TIMEOUT = 20.0  # seconds; a call stuck longer is abandoned and retried
 RETRY_BASE_DELAY = 0.1  # seconds: the first wait after a database error
 RETRY_MAX_DELAY = 5.0  # seconds: where the exponential backoff stops growing
 RETRY_LOG_FIRST = 3  # failures of an outage logged as warnings, each

@@ -28,7 +28,6 @@ import socket
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -46,7 +45,7 @@ from gateway._connections import (
 )
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
-from gateway.endpoints import http_exception, http_routes, internal_error
+from gateway.endpoints import error_response, http_exception, http_routes, internal_error
 from gateway.errors import ConfigurationError, DatabaseUnavailableError
 from gateway.fanout import CLOSE_GOING_AWAY, Fanout
 from gateway.flows import Flow, load_flows
@@ -315,13 +314,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _forbidden_host(send: Send) -> None:
-    body = orjson.dumps({"error": {"code": "forbidden", "message": (
-        "the Host header does not name this gateway (list its public origin with "
-        "--public-origin)")}})
-    await send({"type": "http.response.start", "status": 403, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+_FORBIDDEN_HOST = error_response(
+    "forbidden", "the Host header does not name this gateway (list its public origin with "
+    "--public-origin)", 403)
 
 
 class GatewayMiddleware:
@@ -341,10 +336,6 @@ class GatewayMiddleware:
         if kind != "http":
             await self.app(scope, receive, send)
             return
-        if not self.gateway.auth.origins.allows_host(_header(scope, b"host")):
-            await _forbidden_host(send)
-            self.gateway.metrics.http_requests[403] += 1
-            return
         status = 500
 
         async def counting_send(message: Message) -> None:
@@ -354,7 +345,11 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, counting_send)
+            origins = self.gateway.auth.origins
+            if origins.hosts is not None and not origins.allows_host(_header(scope, b"host")):
+                await _FORBIDDEN_HOST(scope, receive, counting_send)
+            else:
+                await self.app(scope, receive, counting_send)
         finally:
             self.gateway.metrics.http_requests[status] += 1
 

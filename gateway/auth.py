@@ -36,7 +36,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Origin, parse_origin
 from gateway.errors import ConfigurationError, ForbiddenError, UnauthorizedError
 
 
@@ -52,8 +52,6 @@ class Principal:
 
 ANONYMOUS = Principal()
 NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class Authenticator:
@@ -199,7 +197,7 @@ class OriginPolicy:
         self.any = "*" in allowed
         self.public = _parsed_all(public)
         self.allowed = _parsed_all(allowed)
-        self.local: frozenset[_Origin] = frozenset()
+        self.local: frozenset[Origin] = frozenset()
         # Host names HTTP requests may carry; None: any (see allows_host).
         self.hosts: frozenset[str] | None = None
 
@@ -234,37 +232,15 @@ class OriginPolicy:
     def allows(self, origin: str) -> bool:
         if self.any:
             return True
-        parsed = _parsed(origin)
+        parsed = parse_origin(origin)
         if parsed is None:
             return False
         return parsed in self.allowed or parsed in (self.public or self.local)
 
 
-def _parsed_all(origins: Iterable[str]) -> frozenset[_Origin]:
-    return frozenset(p for o in origins if (p := _parsed(o)) is not None)
+def _parsed_all(origins: Iterable[str]) -> frozenset[Origin]:
+    return frozenset(p for o in origins if (p := parse_origin(o)) is not None)
 
-
-def _parsed(origin: str) -> _Origin | None:
-    """``scheme://host[:port]`` as (scheme, host, port), the default port filled in; None for
-    anything else (``null``, a path, user info, a bad port)."""
-    scheme, sep, netloc = origin.strip().lower().rstrip("/").partition("://")
-    if not sep or scheme not in _DEFAULT_PORTS or not netloc or "/" in netloc or "@" in netloc:
-        return None
-    host, port_text = netloc, ""
-    if netloc.startswith("["):
-        host, _, rest = netloc[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                return None
-            port_text = rest[1:]
-    elif ":" in netloc:
-        host, _, port_text = netloc.rpartition(":")
-    if not host or (port_text and not (port_text.isascii() and port_text.isdigit())):
-        return None
-    port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
-    if not 0 < port < 65536:
-        return None
-    return scheme, host, port
 
 
 def _numeric_dates(claims: Mapping[str, Any]) -> float | None:

@@ -23,6 +23,8 @@ MIN_HS256_SECRET_BYTES = 32  # RFC 7518 3.2: a key at least as long as the hash 
 DEFAULT_JWT_LEEWAY = 5.0  # seconds of clock skew tolerated on exp / nbf
 DEFAULT_ROLE_CLAIM = "role"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, int]  # scheme, host, port
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024
 DEFAULT_MAX_SUBSCRIPTIONS = 100  # per socket
 DEFAULT_MAX_SOCKETS = 10_000  # per gateway process
@@ -122,12 +124,12 @@ class GatewayConfig:
                     or not math.isfinite(value) or value < 0):
                 raise ConfigurationError(f"{name} must be a non-negative number, not {value!r}")
         for origin in (*self.allowed_origins, *self.cors_origins):
-            if origin != "*" and not _is_origin(origin):
+            if origin != "*" and parse_origin(origin) is None:
                 raise ConfigurationError(
                     f"origin {origin!r} must look like scheme://host[:port], or be '*'"
                 )
         for origin in self.public_origins:
-            if not _is_origin(origin):
+            if parse_origin(origin) is None:
                 raise ConfigurationError(
                     f"--public-origin {origin!r} must look like scheme://host[:port]"
                 )
@@ -186,13 +188,27 @@ class GatewayConfig:
         return cls.from_args(parser.parse_args([]))
 
 
-def _is_origin(origin: str) -> bool:
-    scheme, sep, rest = origin.partition("://")
-    if not (sep and scheme in ("http", "https") and rest and "/" not in rest and "@" not in rest):
-        return False
-    _, colon, port = rest.rpartition(":")
-    return not colon or "]" in port or (port.isascii() and port.isdigit()
-                                        and 0 < int(port) < 65536)
+def parse_origin(origin: str) -> Origin | None:
+    """``scheme://host[:port]`` as (scheme, host, port), the default port filled in; None for
+    anything else (``null``, a path, user info, a bad port)."""
+    scheme, sep, netloc = origin.strip().lower().rstrip("/").partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or not netloc or "/" in netloc or "@" in netloc:
+        return None
+    host, port_text = netloc, ""
+    if netloc.startswith("["):
+        host, _, rest = netloc[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                return None
+            port_text = rest[1:]
+    elif ":" in netloc:
+        host, _, port_text = netloc.rpartition(":")
+    if not host or (port_text and not (port_text.isascii() and port_text.isdigit())):
+        return None
+    port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+    if not 0 < port < 65536:
+        return None
+    return scheme, host, port
 
 
 # -- argparse types: a bad number is a usage error (exit 2) that names the option -----------

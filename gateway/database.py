@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import _db_placement as placement
-from gateway._db_users import ServerUsers
+from gateway._db_users import ServerUsers, alive
 from gateway.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -172,13 +172,7 @@ class PostgresCluster:
             pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
         except (FileNotFoundError, NotADirectoryError, ValueError):
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
+        return alive(pid)
 
     def stop_reason(self) -> str:
         """What server.log says about the last stop, in a few words."""

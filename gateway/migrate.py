@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from gateway.errors import ConfigurationError, DatabaseUnavailableError
+from gateway.store import CONNECTION_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,8 @@ async def connect_or_explain(url: str) -> asyncpg.Connection:
     the password): a start-up with a wrong URL says what is wrong instead of a traceback."""
     try:
         return await asyncpg.connect(url)
-    except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError) as exc:
+    except (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError) as exc:
+        # Unreachable, starting up, shutting down, too many clients: the server, not the URL.
         reason = os.strerror(exc.errno).lower() if isinstance(exc, OSError) and exc.errno \
             else str(exc)
         raise DatabaseUnavailableError(

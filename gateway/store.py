@@ -96,7 +96,8 @@ class RunReplay:
     truncated: bool = False  # max_bytes left events of the range out
 
 
-# A run's events with since < seq <= until ($1..$3) as JSON text, each marked whether it fits
+# A run's events with since < seq <= until ({run_id}, $2, $3) as JSON text, each marked whether it
+# fits
 # in $4 bytes (null: no limit) counted from the first, which always fits: a log read of large
 # events brings about one outbox's worth into the gateway, not a whole page of them.
 _EVENTS_WITHIN_BYTES = """
@@ -104,7 +105,7 @@ _EVENTS_WITHIN_BYTES = """
          $4::bigint is null
            or coalesce(sum(octet_length(j.text)) over (
                 order by t.o rows between unbounded preceding and 1 preceding), 0) < $4 as fits
-  from pgflow.get_run_events($1, $2, $3) with ordinality as t (e, o)
+  from pgflow.get_run_events({run_id}, $2, $3) with ordinality as t (e, o)
   cross join lateral (select t.e::text as text) as j
 """
 
@@ -253,7 +254,8 @@ class Store:
         ``max_bytes`` cut the read short (it always returns the first event, however large)."""
         async with self._connection() as connection:
             rows = await connection.fetch(
-                f"select x.seq, x.text, x.total from ({_EVENTS_WITHIN_BYTES}) as x "
+                f"select x.seq, x.text, x.total "
+                f"from ({_EVENTS_WITHIN_BYTES.format(run_id='$1')}) as x "
                 "where x.fits order by x.o",
                 run_id, since, until, max_bytes,
             )
@@ -388,7 +390,7 @@ class Store:
                   select array_agg(x.seq order by x.o) filter (where x.fits) as seqs,
                          array_agg(x.text order by x.o) filter (where x.fits) as events,
                          count(*) as total
-                  from ({_EVENTS_WITHIN_BYTES.replace("$1", "r.run_id")}) as x
+                  from ({_EVENTS_WITHIN_BYTES.format(run_id="r.run_id")}) as x
                 ) as ev
                 where r.run_id = $1
                 """,

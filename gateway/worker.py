@@ -36,7 +36,7 @@ from typing import Any
 
 from gateway._attempts import Attempts, Runner, describe_error, runners
 from gateway._reporter import REPORTERS, Reporter, Result
-from gateway._retry import Retry, jitter
+from gateway._retry import DB_CALL_TIMEOUT, Retry, jitter
 from gateway.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -62,7 +62,6 @@ DEFAULT_LEASE = 30.0  # seconds
 DEFAULT_POLL_INTERVAL = 1.0  # seconds
 DEFAULT_SHUTDOWN_GRACE = 30.0  # seconds
 POOL_SIZE = 4  # claim, report, heartbeat, and one for shutdown
-DB_CALL_TIMEOUT = 20.0  # seconds; a call stuck longer is abandoned and retried
 LISTEN_HEALTH_INTERVAL = 10.0  # seconds of silence before the listener pings its connection
 FLUSH_TIMEOUT = 10.0  # seconds, on shutdown, to report the last results and release the rest
 ABORT_TIMEOUT = 2.0  # seconds for the same when aborting
