@@ -378,8 +378,8 @@ $$;
 -- _lock_run_for_retry: locks a run whose retry claim_tasks is taking, without waiting.
 -- Returns: true when this transaction holds the run's row lock (maybe from before), false when
 --   another transaction holds it: the claim then leaves that retry for its next call.
--- Locks: the run's row, for update skip locked (claim_tasks holds the step row already: waiting
---   here could deadlock with _fail_run, which holds the run and cancels the step rows).
+-- Locks: the run's row, for update skip locked (claim_tasks may hold other step rows already:
+--   waiting here could deadlock with _fail_run, which holds the run and cancels step rows).
 create function pgflow._lock_run_for_retry(p_run_id uuid) returns boolean
 language plpgsql
 volatile
@@ -488,8 +488,9 @@ begin
   end loop;
 
   -- CLAIM (what the sweep made claimable again included). A retry's run lock and event come
-  -- from function calls behind `case`, made only for rows that were retrying: the statement a
-  -- first attempt runs is the one it ran before.
+  -- from function calls made only for rows that were retrying: a first attempt pays one
+  -- comparison. The run lock is taken before the limit counts the row, so a retry whose run is
+  -- busy leaves its slot to the next ready task instead of shrinking the batch.
   v_now := clock_timestamp();
   return query
   with claimed as (
@@ -499,6 +500,7 @@ begin
       and s.lease_expires_at is null
       and s.available_at <= v_now
       and (claim_tasks.flow_slugs is null or s.flow_slug = any(claim_tasks.flow_slugs))
+      and (s.status <> 'retrying' or pgflow._lock_run_for_retry(s.run_id))
     order by s.available_at
     limit claim_tasks.max_tasks
     for update skip locked
@@ -510,10 +512,11 @@ begin
         lease_expires_at = v_now + claim_tasks.lease_seconds * interval '1 second'
     from claimed as c
     where s.run_id = c.run_id and s.step_slug = c.step_slug
-      and case when c.retry then pgflow._lock_run_for_retry(c.run_id) else true end
-    -- RETURNING runs once per updated row: one event per claimed retry
+    -- RETURNING runs once per updated row: one event per claimed retry (read below, so that
+    -- no plan can leave it out)
     returning s.run_id, s.flow_slug, s.step_slug, s.attempt,
       case when c.retry then pgflow._announce_retry(s.run_id, s.step_slug, s.attempt) end
+        as announced
   )
   select l.run_id, l.flow_slug, l.step_slug, l.attempt,
     jsonb_build_object('run', r.input) || coalesce((
@@ -525,7 +528,8 @@ begin
     st.max_attempts
   from leased as l
   join pgflow.runs as r on r.run_id = l.run_id
-  join pgflow.steps as st on st.flow_slug = l.flow_slug and st.step_slug = l.step_slug;
+  join pgflow.steps as st on st.flow_slug = l.flow_slug and st.step_slug = l.step_slug
+  where l.announced is not false;
 end;
 $$;
 
