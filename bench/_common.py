@@ -15,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.database import PostgresCluster
+from pgflow.db.local_server import PostgresCluster
 
 # A benchmark server: durable commits as in production, more connections than the default.
 BENCH_SETTINGS = {"max_connections": "300", "shared_buffers": "256MB"}

@@ -4,8 +4,8 @@ guarantees of DESIGN.md end to end.
     python bench/chaos.py --seconds 120
 
 Everything runs on 127.0.0.1: a private PostgreSQL (durable defaults) in a temp dir, several
-``python -m gateway worker --flows examples.flows`` processes with a short lease, two
-``python -m gateway serve`` gateways, a steady stream of runs started over HTTP, and many
+``python -m pgflow worker --flows examples.flows`` processes with a short lease, two
+``python -m pgflow serve`` gateways, a steady stream of runs started over HTTP, and many
 websocket subscribers (a plain ``websockets`` client following docs/protocol.md: subscribe with
 ``since``, record every event, on any disconnect reconnect and resubscribe with the last seq
 seen). Meanwhile a fault loop, at random intervals, SIGKILLs a worker (and starts a
@@ -47,8 +47,8 @@ import orjson  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
-from gateway.database import PostgresCluster, free_port  # noqa: E402
-from gateway.migrate import migrate_url  # noqa: E402
+from pgflow.db.local_server import PostgresCluster, free_port  # noqa: E402
+from pgflow.db.migrate import migrate_url  # noqa: E402
 
 HOST = "127.0.0.1"
 FLOWS = ("diamond", "fanout", "flaky", "doomed")
@@ -93,7 +93,7 @@ def log(options: Options, message: str) -> None:
 
 
 class Child:
-    """A ``python -m gateway ...`` child process, its output in a log file."""
+    """A ``python -m pgflow ...`` child process, its output in a log file."""
 
     def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> None:
         self.name = name
@@ -107,7 +107,7 @@ class Child:
         out = self.log_path.open("ab")  # a local file, opened once
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", *self.args,
+                sys.executable, "-m", "pgflow", *self.args,
                 cwd=REPO_ROOT, env=self.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=out, stderr=out,
             )

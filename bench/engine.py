@@ -22,8 +22,8 @@ import asyncpg
 from _common import emit, machine, private_server, summary
 from engine_floor import DIAMOND, drive, seed
 
-from gateway.migrate import migrate
-from gateway.store import init_connection
+from pgflow.db.migrate import migrate
+from pgflow.db.store import init_connection
 
 BENCH_DIR = Path(__file__).resolve().parent
 WAIT_TIMEOUT = 600  # seconds
@@ -67,7 +67,7 @@ def worker_rate(url: str, runs: int, concurrency: int) -> float:
         [
             sys.executable,
             "-m",
-            "gateway",
+            "pgflow",
             "--log-level",
             "warning",
             "worker",

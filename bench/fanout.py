@@ -51,9 +51,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine, summary
 
-from gateway.database import PostgresCluster
-from gateway.migrate import migrate_url
-from gateway.store import Completion, Store
+from pgflow.db.local_server import PostgresCluster
+from pgflow.db.migrate import migrate_url
+from pgflow.db.store import Completion, Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ async def bench_once(url: str, args: argparse.Namespace) -> dict[str, Any]:
     await store.define_flow({"slug": slug, "output_step": "root", "steps": [
         {"slug": "root"}, *({"slug": f"s{i}", "depends_on": ["root"]} for i in range(width))]})
     gateway = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--log-level", "warning", "serve", "--database-url", url,
+        sys.executable, "-m", "pgflow", "--log-level", "warning", "serve", "--database-url", url,
         "--port", "0", "--max-sockets", str(args.sockets + 100), *args.gateway_args,
         stdout=asyncio.subprocess.PIPE, cwd=REPO)
     assert gateway.stdout is not None

@@ -2,7 +2,7 @@
 
     python bench/latency.py [--quick] [--triggers N] [--repeat R]
 
-Per repeat: a private server (bench/_common.py), `python -m gateway serve --with-worker
+Per repeat: a private server (bench/_common.py), `python -m pgflow serve --with-worker
 --flows noop_flows` (PYTHONPATH=bench: the no-op diamond a -> b, c -> d), and Node
 (`/usr/bin/node --experimental-websocket`) importing client_js/client.js, making N sequential
 triggers (light load: one at a time) after 5 warm-ups. Each trigger is POST /rpc/run_flow, then
@@ -36,7 +36,7 @@ def once(triggers: int, warmup: int, concurrency: int) -> list[float]:
     with private_server() as url:
         env = {**os.environ, "PYTHONPATH": str(BENCH_DIR)}
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--log-level", "warning", "serve",
+            [sys.executable, "-m", "pgflow", "--log-level", "warning", "serve",
              "--database-url", url, "--host", "127.0.0.1", "--port", "0", "--with-worker",
              "--flows", "noop_flows", "--concurrency", str(concurrency)],
             env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import Flow
+from pgflow import Flow
 
 diamond = Flow("bench_diamond", max_attempts=3, base_delay=1, timeout=60)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import Flow
+from pgflow import Flow
 
 MAX_BLOB_BYTES = 64 * 1024 * 1024  # a test asking for more is a mistake, not a load test
 

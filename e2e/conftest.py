@@ -1,6 +1,6 @@
 """End-to-end harness: `pgflow demo` on a free loopback port, driven by Debian's Chromium.
 
-The gateway runs as a real `python -m gateway demo` process against the session's PostgreSQL
+The gateway runs as a real `python -m pgflow demo` process against the session's PostgreSQL
 (a fresh database per test module), so what the browser sees is what a user gets.
 """
 
@@ -49,7 +49,7 @@ async def start_demo(args: list[str], env: dict[str, str], command: str = "demo"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway",
+        "pgflow",
         "--log-level",
         "warning",
         command,

@@ -19,7 +19,7 @@ from starlette.routing import Mount
 from e2e.conftest import WatchedPage
 from gateway.app import GatewayServer, create_app, lifespan
 from gateway.config import GatewayConfig
-from gateway.demo import example_flows
+from pgflow.demo import example_flows
 
 PREFIX = "/pgflow"
 RUN_TIMEOUT = 30_000  # ms

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from e2e.conftest import REPO, WatchedPage, start_demo, stop_demo
-from gateway.database import free_port
+from pgflow.db.local_server import free_port
 
 README_SNIPPET = re.compile(r'```html\n(<script type="module">.*?</script>)\n```', re.S)
 

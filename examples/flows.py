@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from gateway import ConfigurationError, Flow, StepContext
+from pgflow import ConfigurationError, Flow, StepContext
 
 
 def _delay_scale() -> float:

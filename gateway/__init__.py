@@ -1,27 +1,2 @@
-"""PGFlow: DAG workflows whose whole state lives in PostgreSQL, shown live in the browser."""
-
-from __future__ import annotations
-
-from gateway.errors import (
-    ConfigurationError,
-    DatabaseUnavailableError,
-    FlowShapeConflictError,
-    InvalidFlowError,
-    PGFlowError,
-    UnknownFlowError,
-    UnknownRunError,
-)
-from gateway.flows import Flow, StepContext
-
-__all__ = [
-    "ConfigurationError",
-    "DatabaseUnavailableError",
-    "Flow",
-    "FlowShapeConflictError",
-    "InvalidFlowError",
-    "PGFlowError",
-    "StepContext",
-    "UnknownFlowError",
-    "UnknownRunError",
-]
-__version__ = "0.1.0"
+"""PGFlow's realtime gateway: HTTP routes, the live page, and ``/realtime`` websockets fed by one
+LISTEN connection. ``gateway.app.create_app`` builds it; ``pgflow serve`` runs it."""

@@ -36,8 +36,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from gateway.errors import ConfigurationError
 from gateway.protocol import error_body
+from pgflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics

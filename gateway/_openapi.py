@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import gateway
+import pgflow
 
 _ERROR_CODES = [
     "bad_json", "bad_request", "invalid_flow", "unauthorized", "forbidden", "not_found",
@@ -46,7 +46,7 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "PGFlow gateway",
-            "version": gateway.__version__,
+            "version": pgflow.__version__,
             "description": "Start flows and read runs. Live events: websocket /realtime "
                            "(docs/protocol.md).",
         },

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.errors import BadRequestError
-from gateway.flows import SLUG
+from pgflow.flows import SLUG
 
 DEFAULT_RUNS_LIMIT = 20
 MAX_RUNS_LIMIT = 1000

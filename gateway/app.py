@@ -46,15 +46,18 @@ from gateway._connections import (
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.endpoints import error_response, http_exception, http_routes, internal_error
-from gateway.errors import ConfigurationError, DatabaseUnavailableError
 from gateway.fanout import CLOSE_GOING_AWAY, Fanout
-from gateway.flows import Flow, load_flows
-from gateway.listener import READ_PAGE, Listener, Relay
+from gateway.listener import APPLICATION_NAME as LISTENER_NAME
+from gateway.listener import READ_PAGE, Relay
 from gateway.metrics import Metrics
-from gateway.migrate import migrate_url
+from gateway.protocol import NOTIFY_CHANNEL
 from gateway.realtime import RealtimeEndpoint
-from gateway.store import Store, translate_errors
 from gateway.websocket import RealtimeServer
+from pgflow.db.listen import Listener
+from pgflow.db.migrate import migrate_url
+from pgflow.db.store import Store, translate_errors
+from pgflow.errors import ConfigurationError, DatabaseUnavailableError
+from pgflow.flows import Flow, load_flows
 
 if TYPE_CHECKING:
     from gateway.realtime import Connection
@@ -172,7 +175,7 @@ class Gateway:
         store = self.require_store()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.listener = Listener(
-            self.database_url, queue,
+            self.database_url, NOTIFY_CHANNEL, queue, application_name=LISTENER_NAME,
             health_interval=self.config.listener_health_interval,
             health_timeout=self.config.listener_health_timeout,
         )
@@ -285,8 +288,8 @@ async def _sync_flows(store: Store, flows: list[Flow]) -> None:
     """``define_flow`` for each loaded flow: the worker's ``sync_flows`` when there is one."""
     if not flows:
         return
-    if importlib.util.find_spec("gateway.worker") is not None:
-        sync = getattr(importlib.import_module("gateway.worker"), "sync_flows", None)
+    if importlib.util.find_spec("pgflow.worker.worker") is not None:
+        sync = getattr(importlib.import_module("pgflow.worker.worker"), "sync_flows", None)
         if sync is not None:
             await sync(store, flows)
             return
@@ -295,9 +298,9 @@ async def _sync_flows(store: Store, flows: list[Flow]) -> None:
 
 
 def _make_worker(database_url: str, flows: list[Flow], options: Any) -> Any:
-    if importlib.util.find_spec("gateway.worker") is None:
-        raise ConfigurationError("--with-worker needs gateway.worker, which is not installed")
-    worker_class = importlib.import_module("gateway.worker").Worker
+    if importlib.util.find_spec("pgflow.worker.worker") is None:
+        raise ConfigurationError("--with-worker needs pgflow.worker.worker, which is not installed")
+    worker_class = importlib.import_module("pgflow.worker.worker").Worker
     return worker_class(database_url, flows, **dict(options))
 
 
@@ -392,7 +395,7 @@ def create_app(
         flows: flows to define on startup; their ``public``, ``description`` and
             ``example_input`` show in ``/flows``.
         config: limits and access; the default is a public gateway.
-        with_worker: also run a ``gateway.worker.Worker`` for ``flows`` in the lifespan.
+        with_worker: also run a ``pgflow.worker.worker.Worker`` for ``flows`` in the lifespan.
     """
     config = config or GatewayConfig()
     gateway = Gateway(database_url, flows, config, with_worker=with_worker)
@@ -610,7 +613,7 @@ def _bind_socket(host: str, port: int) -> socket.socket:
 
 def serve_command(args: argparse.Namespace) -> int:
     """``pgflow serve``: the gateway under uvicorn, until SIGINT/SIGTERM."""
-    from gateway.database import database_url
+    from pgflow.db.local_server import database_url
 
     flows = load_flows(args.flows)
     config = GatewayConfig.from_args(args)

@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.config import GatewayConfig, Origin, parse_origin
-from gateway.errors import ConfigurationError, ForbiddenError, UnauthorizedError
+from gateway.errors import ForbiddenError, UnauthorizedError
+from pgflow.errors import ConfigurationError
 
 
 @dataclass(frozen=True, slots=True)

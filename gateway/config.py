@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigurationError
-from gateway.store import MAX_LEASE, MIN_LEASE
+from pgflow.db.store import MAX_LEASE, MIN_LEASE
+from pgflow.errors import ConfigurationError
 
 MIN_HS256_SECRET_BYTES = 32  # RFC 7518 3.2: a key at least as long as the hash output
 DEFAULT_JWT_LEEWAY = 5.0  # seconds of clock skew tolerated on exp / nbf
@@ -88,7 +88,7 @@ class GatewayConfig:
     listener_health_timeout: float = DEFAULT_LISTENER_HEALTH_TIMEOUT
     pool_size: int = DEFAULT_POOL_SIZE
     migrate: bool = True
-    # Keyword arguments of gateway.worker.Worker for create_app(..., with_worker=True).
+    # Keyword arguments of pgflow.worker.worker.Worker for create_app(..., with_worker=True).
     worker_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

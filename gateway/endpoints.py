@@ -28,20 +28,22 @@ from gateway.auth import Principal, bearer_token
 from gateway.errors import (
     BadJsonError,
     BadRequestError,
-    DatabaseUnavailableError,
-    FlowShapeConflictError,
     ForbiddenError,
-    InvalidFlowError,
-    PGFlowError,
     RequestError,
     TooLargeError,
     UnauthorizedError,
+)
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.protocol import canonical_run_id, error_body, loads_client_json
+from pgflow.errors import (
+    DatabaseUnavailableError,
+    FlowShapeConflictError,
+    InvalidFlowError,
+    PGFlowError,
     UnknownFlowError,
     UnknownRunError,
 )
-from gateway.flows import SLUG
-from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.protocol import canonical_run_id, error_body, loads_client_json
+from pgflow.flows import SLUG
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

@@ -1,13 +1,8 @@
-"""PGFlow's exceptions, one tree, translated at the boundaries.
+"""The gateway's refusals of a client's request: each has the ``code`` and HTTP ``status`` that
+the HTTP and websocket reference document.
 
-    PGFlowError
-    ├── InvalidFlowError        define_flow refused a shape (SQLSTATE PF400)
-    ├── FlowShapeConflictError  another shape already uses the slug (PF409)
-    ├── UnknownFlowError        run_flow on a flow that was never defined (PF404)
-    ├── UnknownRunError         no run with that id
-    ├── DatabaseUnavailableError  the server cannot be reached
-    ├── ConfigurationError      a bad option or environment (CLI, flows module)
-    └── RequestError            the gateway refused a client's request (has .code, .status)
+    PGFlowError (pgflow/errors.py)
+    └── RequestError            the gateway refused a client's request
         ├── BadJsonError            bad_json 400: a body or frame that is not JSON
         ├── BadRequestError         bad_request 400: JSON of the wrong shape, a binary frame
         ├── UnauthorizedError       unauthorized 401: token missing, malformed, expired, ...
@@ -15,43 +10,11 @@
         ├── TooLargeError           too_large 413: body or frame over the limit
         ├── TooManySubscriptionsError  too_many_subscriptions 429
         └── TooManyConnectionsError    too_many_connections 429
-
-``store.py`` maps SQLSTATEs to these; the HTTP and websocket layers map these to the error codes
-and statuses of docs/protocol.md.
 """
 
 from __future__ import annotations
 
-
-class PGFlowError(Exception):
-    """PGFlow failed."""
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.__doc__)
-
-
-class InvalidFlowError(PGFlowError):
-    """The flow definition is invalid."""
-
-
-class FlowShapeConflictError(PGFlowError):
-    """A flow with this slug already exists with a different shape."""
-
-
-class UnknownFlowError(PGFlowError):
-    """No flow with this slug."""
-
-
-class UnknownRunError(PGFlowError):
-    """No run with this id."""
-
-
-class DatabaseUnavailableError(PGFlowError):
-    """The database cannot be reached."""
-
-
-class ConfigurationError(PGFlowError):
-    """The configuration is invalid."""
+from pgflow.errors import PGFlowError
 
 
 class RequestError(PGFlowError):

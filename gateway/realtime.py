@@ -30,14 +30,11 @@ from gateway.auth import Principal, bearer_token
 from gateway.endpoints import error_status
 from gateway.errors import (
     BadRequestError,
-    DatabaseUnavailableError,
     ForbiddenError,
-    PGFlowError,
     RequestError,
     TooLargeError,
     TooManySubscriptionsError,
     UnauthorizedError,
-    UnknownRunError,
 )
 from gateway.fanout import (
     CLOSE_GOING_AWAY,
@@ -60,6 +57,7 @@ from gateway.protocol import (
     unsubscribed_frame,
 )
 from gateway.wire import TextFrame
+from pgflow.errors import DatabaseUnavailableError, PGFlowError, UnknownRunError
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

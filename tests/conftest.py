@@ -21,9 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from gateway import store as store_module
-from gateway.database import PostgresCluster
-from gateway.migrate import migrate
+from pgflow.db import store as store_module
+from pgflow.db.local_server import PostgresCluster
+from pgflow.db.migrate import migrate
 
 TEMPLATE_DB = "pgflow_test_template"
 # Durability is not what these tests are about; speed is.

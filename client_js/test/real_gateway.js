@@ -1,4 +1,4 @@
-// A real PGFlow gateway for the client's end-to-end tests: `python -m gateway demo` (embedded
+// A real PGFlow gateway for the client's end-to-end tests: `python -m pgflow demo` (embedded
 // PostgreSQL, migrations, the example flows of examples/flows.py, a worker and the gateway in
 // one process) on 127.0.0.1, plus a TCP proxy that can cut or freeze the client's sockets.
 //
@@ -48,11 +48,11 @@ export function removeDataDir(dir) {
 }
 
 /**
- * Starts `python -m gateway demo` on 127.0.0.1 and resolves once it printed its URL.
+ * Starts `python -m pgflow demo` on 127.0.0.1 and resolves once it printed its URL.
  * `port: 0` picks a free port; pass a previous gateway's port and data dir to restart "it".
  */
 export async function startGateway({ dataDir, port = 0, delayScale = "0.2", extraArgs = [] } = {}) {
-  const args = ["-m", "gateway", "--log-level", "warning", "demo",
+  const args = ["-m", "pgflow", "--log-level", "warning", "demo",
     "--host", "127.0.0.1", "--port", String(port), "--data-dir", dataDir, ...extraArgs];
   const child = spawn(PYTHON, args, {
     cwd: REPO,

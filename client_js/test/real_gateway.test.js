@@ -1,4 +1,4 @@
-// The client against a REAL gateway: `python -m gateway demo` (embedded PostgreSQL, the
+// The client against a REAL gateway: `python -m pgflow demo` (embedded PostgreSQL, the
 // example flows diamond / fanout / flaky / doomed, a worker) started once for this file.
 // What the fake gateway cannot prove: the real wire format, real run timing, a socket that
 // dies under the client (TCP proxy), and a gateway process that restarts mid-run.

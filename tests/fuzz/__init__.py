@@ -25,7 +25,7 @@ import jwt
 from hypothesis import HealthCheck, settings
 
 from gateway.config import GatewayConfig
-from gateway.flows import Flow
+from pgflow.flows import Flow
 from tests.conftest import TEMPLATE_DB
 from tests.integration.gateway_harness import (
     RunningGateway,

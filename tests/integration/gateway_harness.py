@@ -26,8 +26,8 @@ from websockets.uri import parse_uri
 
 from gateway.app import Gateway, GatewayServer, create_app, gateway_of
 from gateway.config import GatewayConfig
-from gateway.flows import Flow
-from gateway.store import Completion, Store
+from pgflow.db.store import Completion, Store
+from pgflow.flows import Flow
 
 TIMEOUT = 20.0  # seconds any single wait in these tests may take
 TERMINAL = {"run:completed", "run:failed"}

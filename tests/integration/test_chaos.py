@@ -76,7 +76,7 @@ async def test_a_connection_lost_after_the_query_committed_does_not_fail_the_cal
     import asyncpg
     from asyncpg.exceptions import _base
 
-    from gateway.store import Store, init_connection
+    from pgflow.db.store import Store, init_connection
 
     failures = []
 
@@ -110,8 +110,8 @@ def test_a_connection_left_mid_operation_by_a_restart_is_unavailable_not_a_crash
     from asyncpg.exceptions import InternalClientError
 
     from gateway.endpoints import error_status
-    from gateway.errors import DatabaseUnavailableError
-    from gateway.store import translate_errors
+    from pgflow.db.store import translate_errors
+    from pgflow.errors import DatabaseUnavailableError
 
     with pytest.raises(DatabaseUnavailableError) as raised, translate_errors():
         raise InternalClientError("cannot switch to state 12; another operation (2) is in progress")

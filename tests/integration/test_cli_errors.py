@@ -1,7 +1,7 @@
 """Start-up errors of ``pgflow`` as a person sees them: one line on stderr, no traceback, and
 the exit status of docs/gateway.md (2: change something; 1: the database is unreachable).
 
-Each case runs ``python -m gateway ...`` in a real subprocess against the session's server.
+Each case runs ``python -m pgflow ...`` in a real subprocess against the session's server.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.database import free_port
+from pgflow.db.local_server import free_port
 from tests.conftest import Server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,9 +29,9 @@ def _env() -> dict[str, str]:
 
 
 async def pgflow(*argv: str, cwd: Path = REPO_ROOT) -> tuple[int, list[str]]:
-    """Exit status and stderr lines of ``python -m gateway *argv``."""
+    """Exit status and stderr lines of ``python -m pgflow *argv``."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *argv, cwd=cwd, env=_env(),
+        sys.executable, "-m", "pgflow", *argv, cwd=cwd, env=_env(),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -90,15 +90,15 @@ async def test_a_closed_port_is_one_line_and_status_1(command: str) -> None:
 
 
 FLOW_MODULES = {
-    "syntax error": ("bad_flows", 'from gateway import Flow\nflow = Flow("x"\n',
+    "syntax error": ("bad_flows", 'from pgflow import Flow\nflow = Flow("x"\n',
                      "bad_flows.py, line 2: '(' was never closed"),
     "import error": ("bad_flows", "import pgflow_no_such_module\n",
                      "cannot import 'bad_flows': No module named 'pgflow_no_such_module'"),
-    "raises on import": ("bad_flows", "from gateway import Flow\n\n1 / 0\n",
+    "raises on import": ("bad_flows", "from pgflow import Flow\n\n1 / 0\n",
                          "importing bad_flows raised ZeroDivisionError: division by zero "),
-    "missing attribute": ("good_flows:nope", 'from gateway import Flow\nflow = Flow("x")\n',
+    "missing attribute": ("good_flows:nope", 'from pgflow import Flow\nflow = Flow("x")\n',
                           "good_flows has no 'nope'"),
-    "bad flow": ("bad_flows", 'from gateway import Flow\nflow = Flow("no spaces allowed")\n',
+    "bad flow": ("bad_flows", 'from pgflow import Flow\nflow = Flow("no spaces allowed")\n',
                  "no spaces allowed"),
 }
 
@@ -139,7 +139,7 @@ async def test_a_worker_keeps_saying_that_it_retries_an_unreachable_database() -
     """The first failures are each logged with their count and the next delay (then one per
     ``RETRY_LOG_INTERVAL``, tests/unit/test_retry_log.py); SIGTERM still ends it."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "worker", "--flows", "examples.flows",
+        sys.executable, "-m", "pgflow", "worker", "--flows", "examples.flows",
         "--database-url", closed_port_url(), cwd=REPO_ROOT, env=_env(),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

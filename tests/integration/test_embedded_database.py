@@ -24,10 +24,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway import _db_placement as placement
-from gateway._db_users import ServerUsers
-from gateway.database import PostgresCluster, embedded_bin_dir
-from gateway.errors import ConfigurationError
+from pgflow.db import _placement as placement
+from pgflow.db._users import ServerUsers
+from pgflow.db.local_server import PostgresCluster, embedded_bin_dir
+from pgflow.errors import ConfigurationError
 from tests.conftest import temporary_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ class Demo:
 
 async def start_demo(data_dir: Path) -> tuple[Demo, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "demo", "--port", "0", "--data-dir", str(data_dir),
+        sys.executable, "-m", "pgflow", "demo", "--port", "0", "--data-dir", str(data_dir),
         cwd=REPO, env=embedded_env(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -139,7 +139,7 @@ async def run_diamond(url: str) -> dict[str, Any]:
 
 def pgflow(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], cwd=REPO, env=env or embedded_env(),
+        [sys.executable, "-m", "pgflow", *args], cwd=REPO, env=env or embedded_env(),
         capture_output=True, text=True, timeout=120, check=False,
     )
 

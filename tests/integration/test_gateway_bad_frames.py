@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.config import GatewayConfig
-from gateway.store import Store
+from pgflow.db.store import Store
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import (
     CHAIN,

@@ -12,8 +12,8 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.endpoints import STATIC_DIR
-from gateway.flows import Flow
-from gateway.store import Store
+from pgflow.db.store import Store
+from pgflow.flows import Flow
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import (
     CHAIN,

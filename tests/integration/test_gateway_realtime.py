@@ -12,7 +12,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from gateway.store import Completion, Store
+from pgflow.db.store import Completion, Store
 from tests.integration.gateway_harness import (
     CHAIN,
     TIMEOUT,

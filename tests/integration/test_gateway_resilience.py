@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from gateway.config import GatewayConfig
-from gateway.errors import DatabaseUnavailableError
 from gateway.listener import APPLICATION_NAME
-from gateway.store import Store
+from pgflow.db.store import Store
+from pgflow.errors import DatabaseUnavailableError
 from tests.conftest import Server
 from tests.integration.gateway_harness import (
     TIMEOUT,

@@ -17,8 +17,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from gateway.app import GatewayServer, create_app, lifespan
-from gateway.flows import load_flows
-from gateway.store import Store
+from pgflow.db.store import Store
+from pgflow.flows import load_flows
 from tests.integration.gateway_harness import (
     CHAIN,
     TIMEOUT,
@@ -37,7 +37,7 @@ async def test_pgflow_serve_with_worker_runs_flows_and_stops_cleanly_on_sigterm(
 ) -> None:
     env = {**os.environ, "PGFLOW_EXAMPLE_DELAY_SCALE": "0.02", "PYTHONUNBUFFERED": "1"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--log-level", "warning", "serve",
+        sys.executable, "-m", "pgflow", "--log-level", "warning", "serve",
         "--database-url", db_url, "--host", "127.0.0.1", "--port", "0",
         "--flows", "examples.flows", "--with-worker",
         cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

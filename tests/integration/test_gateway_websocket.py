@@ -16,8 +16,8 @@ from websockets.frames import Frame, Opcode
 
 from gateway.config import GatewayConfig
 from gateway.fanout import Client
-from gateway.store import Store
 from gateway.websocket import DirectConnection, RealtimeProtocol
+from pgflow.db.store import Store
 from tests.integration.gateway_harness import (
     CHAIN,
     TIMEOUT,

@@ -16,7 +16,7 @@ import pytest
 from gateway._runs_query import decode_cursor, encode_cursor
 from gateway.config import GatewayConfig
 from gateway.errors import BadRequestError
-from gateway.store import Completion, Failure, Store
+from pgflow.db.store import Completion, Failure, Store
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import (
     RunningGateway,

@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gateway.db_command import psql_binary
-from gateway.flows import Flow
+from pgflow.db.command import psql_binary
+from pgflow.flows import Flow
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()

@@ -16,11 +16,12 @@ import orjson
 import pytest
 
 from examples import flows as examples
-from gateway import Flow, FlowShapeConflictError, StepContext, _attempts
-from gateway._retry import RETRY_MAX_DELAY, backoff_delay
-from gateway.errors import DatabaseUnavailableError
-from gateway.store import Store, connect
-from gateway.worker import StuckThreadsError, Worker, sync_flows
+from pgflow import Flow, FlowShapeConflictError, StepContext
+from pgflow.db.store import Store, connect
+from pgflow.errors import DatabaseUnavailableError
+from pgflow.worker import _attempts
+from pgflow.worker._retry import RETRY_MAX_DELAY, backoff_delay
+from pgflow.worker.worker import StuckThreadsError, Worker, sync_flows
 from tests.integration.gateway_harness import running_gateway
 from tests.integration.worker_helpers import step_of, wait_for_run, wait_until
 

@@ -9,9 +9,9 @@ import sys
 import uuid
 
 from examples import flows as examples
-from gateway.flows import load_flows
-from gateway.store import Store
-from gateway.worker import sync_flows
+from pgflow.db.store import Store
+from pgflow.flows import load_flows
+from pgflow.worker.worker import sync_flows
 from tests.conftest import Server
 from tests.integration.worker_helpers import (
     REPO_ROOT,
@@ -237,7 +237,7 @@ async def test_pgflow_serve_with_worker_exits_on_sigterm_while_a_sync_handler_is
     db_url: str, store: Store
 ) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--database-url", db_url,
+        sys.executable, "-m", "pgflow", "serve", "--database-url", db_url,
         "--host", "127.0.0.1", "--port", "0", "--with-worker",
         "--flows", "tests.integration.worker_flows", *FAST, "--shutdown-grace", "0.5",
         cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},

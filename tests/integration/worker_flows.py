@@ -9,7 +9,7 @@ import asyncio
 import threading
 from typing import Any
 
-from gateway import Flow, StepContext
+from pgflow import Flow, StepContext
 
 SHORT_WORK = 0.6  # seconds a "quick" handler takes: long enough to be caught running
 RESTART_WORK = 0.8  # seconds; long enough to finish while the database restarts

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.database import PostgresCluster
-from gateway.store import Store
+from pgflow.db.local_server import PostgresCluster
+from pgflow.db.store import Store
 
 T = TypeVar("T")
 
@@ -55,7 +55,7 @@ def step_of(run: dict[str, Any], slug: str) -> dict[str, Any]:
 
 
 class WorkerProcess:
-    """A ``python -m gateway worker`` child; its stderr is collected line by line."""
+    """A ``python -m pgflow worker`` child; its stderr is collected line by line."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -116,7 +116,7 @@ async def start_worker(
     env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "worker", "--database-url", database_url,
+        sys.executable, "-m", "pgflow", "worker", "--database-url", database_url,
         "--flows", flows, *options,
         cwd=REPO_ROOT,
         env={**os.environ, "PGFLOW_EXAMPLE_DELAY_SCALE": "0.05", **(env or {})},

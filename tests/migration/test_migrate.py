@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
-from gateway.migrate import load_migrations, migrate
+from pgflow.db.migrate import load_migrations, migrate
 from tests.conftest import Server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ async def test_the_schema_needs_no_extension(pg_server: Server) -> None:
 def pgflow_migrate(*args: str, env: dict[str, str] | None = None) -> str:
     """Runs ``pgflow migrate`` as a user would; returns what it printed."""
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "migrate", *args],
+        [sys.executable, "-m", "pgflow", "migrate", *args],
         env=env, capture_output=True, text=True, timeout=120, check=True,
     )
     return result.stdout
@@ -116,4 +116,4 @@ def test_the_built_wheel_ships_the_sql(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for migration in load_migrations():
-        assert f"gateway/sql/migrations/{migration.name}.sql" in names
+        assert f"pgflow/sql/migrations/{migration.name}.sql" in names

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import Flow
-from gateway.store import Store
-from gateway.worker import Worker
+from pgflow import Flow
+from pgflow.db.store import Store
+from pgflow.worker.worker import Worker
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import drop_database, fresh_database
 from tests.threaded import on_a_thread

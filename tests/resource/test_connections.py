@@ -33,8 +33,8 @@ from gateway._connections import (
     sockets_within,
 )
 from gateway.config import GatewayConfig
-from gateway.errors import ConfigurationError
-from gateway.store import Store
+from pgflow.db.store import Store
+from pgflow.errors import ConfigurationError
 from tests.integration.gateway_harness import (
     CHAIN,
     TIMEOUT,

@@ -15,7 +15,7 @@ from websockets.frames import Frame, Opcode
 
 from gateway.config import DEFAULT_MAX_FRAME_BYTES, GatewayConfig
 from gateway.socket_connection import WRITE_PIECE, DirectConnection
-from gateway.store import Store
+from pgflow.db.store import Store
 from tests.integration.gateway_harness import (
     Driver,
     Follower,

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from gateway import store as store_module
+from pgflow.db import store as store_module
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from typing import Any
 
 import orjson
 
-from gateway.store import connect
+from pgflow.db.store import connect
 from tests.sql._helpers import (
     DIAMOND,
     Notifications,

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.auth import ANONYMOUS, Authenticator, Principal, bearer_token
 from gateway.config import GatewayConfig
-from gateway.errors import ConfigurationError, ForbiddenError, UnauthorizedError
+from gateway.errors import ForbiddenError, UnauthorizedError
+from pgflow.errors import ConfigurationError
 
 SECRET = "s" * 40
 RUN = "0b7e8a3c-5a43-4b8e-9f5c-2f1e6f3b9a10"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from examples import flows as examples
-from gateway import ConfigurationError, Flow, InvalidFlowError, StepContext
-from gateway.flows import load_flows
+from pgflow import ConfigurationError, Flow, InvalidFlowError, StepContext
+from pgflow.flows import load_flows
 
 _module_names = itertools.count()
 
@@ -199,7 +199,7 @@ def _write_module(directory: Path, source: str) -> str:
 
 
 FLOWS_SOURCE = """
-    from gateway import Flow
+    from pgflow import Flow
 
     one = Flow("one")
     two = Flow("two")
@@ -262,7 +262,7 @@ def test_a_flow_error_in_a_module_surfaces_with_the_flow_and_step_named(
     module_dir: Path,
 ) -> None:
     name = _write_module(module_dir, """
-        from gateway import Flow
+        from pgflow import Flow
 
         broken = Flow("broken")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig, add_gateway_options, lease_seconds, port_number
-from gateway.errors import ConfigurationError
-from gateway.flows import Flow
-from gateway.worker import Worker
+from pgflow.errors import ConfigurationError
+from pgflow.flows import Flow
+from pgflow.worker.worker import Worker
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> GatewayConfig:

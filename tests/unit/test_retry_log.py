@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from gateway._retry import RETRY_LOG_FIRST, RETRY_LOG_INTERVAL, RETRY_MAX_DELAY, Retry
-from gateway.errors import DatabaseUnavailableError
+from pgflow.errors import DatabaseUnavailableError
+from pgflow.worker._retry import RETRY_LOG_FIRST, RETRY_LOG_INTERVAL, RETRY_MAX_DELAY, Retry
 
 
 def test_an_outage_is_logged_with_its_count_and_delay_at_a_bounded_rate(
@@ -17,7 +17,7 @@ def test_an_outage_is_logged_with_its_count_and_delay_at_a_bounded_rate(
     now = [0.0]
     retry = Retry("connecting to the database", clock=lambda: now[0])
     outage = DatabaseUnavailableError("connection refused")
-    caplog.set_level(logging.DEBUG, logger="gateway.worker")
+    caplog.set_level(logging.DEBUG, logger="pgflow.worker.worker")
     # Ten minutes of failures, one per RETRY_MAX_DELAY (the backoff's ceiling).
     steps = int(600 / RETRY_MAX_DELAY)
     for _ in range(steps):

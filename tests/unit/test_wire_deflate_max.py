@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import DEFAULT_DEFLATE_MAX_BYTES, GatewayConfig
-from gateway.errors import ConfigurationError
 from gateway.wire import TextFrame
+from pgflow.errors import ConfigurationError
 from tests.unit.test_wire import inflate_alone, parse
 
 MIN = 1024  # --deflate-min-bytes' default

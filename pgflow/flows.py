@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.errors import ConfigurationError, InvalidFlowError
+from pgflow.errors import ConfigurationError, InvalidFlowError
 
 # A handler takes the step's input, or (input, context); it may be async or plain.
 Handler = Callable[..., Any]

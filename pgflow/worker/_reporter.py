@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway._attempts import clip, describe_error
-from gateway._retry import DB_CALL_TIMEOUT, UNREACHABLE
-from gateway.errors import DatabaseUnavailableError
-from gateway.store import Completion, Failure, Store
+from pgflow.db.store import Completion, Failure, Store
+from pgflow.errors import DatabaseUnavailableError
+from pgflow.worker._attempts import clip, describe_error
+from pgflow.worker._retry import DB_CALL_TIMEOUT, UNREACHABLE
 
 logger = logging.getLogger(__name__)
 

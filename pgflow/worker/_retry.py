@@ -8,11 +8,11 @@ import random
 import time
 from collections.abc import Callable
 
-from gateway._attempts import describe_error
-from gateway.errors import DatabaseUnavailableError
-from gateway.store import CONNECTION_ERRORS
+from pgflow.db.store import CONNECTION_ERRORS
+from pgflow.errors import DatabaseUnavailableError
+from pgflow.worker._attempts import describe_error
 
-logger = logging.getLogger("gateway.worker")
+logger = logging.getLogger("pgflow.worker.worker")
 
 DB_CALL_TIMEOUT = 20.0  # seconds; a call stuck longer is abandoned and retried
 RETRY_BASE_DELAY = 0.1  # seconds: the first wait after a database error

@@ -17,13 +17,13 @@ import os
 
 from gateway.app import GatewayServer, create_app, gateway_of
 from gateway.config import GatewayConfig
-from gateway.database import database_url, default_data_dir
-from gateway.flows import Flow, load_flows
+from pgflow.db.local_server import database_url, default_data_dir
+from pgflow.flows import Flow, load_flows
 
 logger = logging.getLogger(__name__)
 
 # The repository's examples; an installed wheel carries the same module under gateway/.
-EXAMPLE_MODULES = ("examples.flows", "gateway._demo_flows")
+EXAMPLE_MODULES = ("examples.flows", "pgflow._demo_flows")
 DEMO_CONCURRENCY = 32
 
 

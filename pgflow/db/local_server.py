@@ -29,9 +29,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway import _db_placement as placement
-from gateway._db_users import ServerUsers, alive
-from gateway.errors import ConfigurationError
+from pgflow.db import _placement as placement
+from pgflow.db._users import ServerUsers, alive
+from pgflow.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from gateway.flows import Flow, StepContext
-from gateway.store import Task
+from pgflow.db.store import Task
+from pgflow.flows import Flow, StepContext
 
 logger = logging.getLogger(__name__)
 

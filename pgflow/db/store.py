@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.errors import (
+from pgflow.errors import (
     DatabaseUnavailableError,
     FlowShapeConflictError,
     InvalidFlowError,

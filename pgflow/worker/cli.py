@@ -12,18 +12,18 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from gateway._attempts import abandoned_threads, describe_error
-from gateway._retry import UNREACHABLE, Retry
-from gateway.errors import ConfigurationError
-from gateway.flows import Flow, load_flows
-from gateway.worker import STUCK_EXIT_STATUS, StuckThreadsError, Worker
+from pgflow.errors import ConfigurationError
+from pgflow.flows import Flow, load_flows
+from pgflow.worker._attempts import abandoned_threads, describe_error
+from pgflow.worker._retry import UNREACHABLE, Retry
+from pgflow.worker.worker import STUCK_EXIT_STATUS, StuckThreadsError, Worker
 
 logger = logging.getLogger(__name__)
 
 
 async def _migrate(url: str, worker: Worker) -> bool:
     """Applies migrations, waiting for the database to come up; False if stopped meanwhile."""
-    from gateway.migrate import migrate_url
+    from pgflow.db.migrate import migrate_url
 
     retry = Retry("migrating")
     while not worker._stopping.is_set():
@@ -42,7 +42,7 @@ async def _migrate(url: str, worker: Worker) -> bool:
 
 
 async def _worker_main(args: argparse.Namespace, flows: Sequence[Flow]) -> Worker:
-    from gateway.database import database_url
+    from pgflow.db.local_server import database_url
 
     with database_url(args.database_url, args.data_dir) as url:
         worker = Worker(

@@ -1,4 +1,4 @@
-"""``pgflow``: the command line (also ``python -m gateway``).
+"""``pgflow``: the command line (also ``python -m pgflow``).
 
     pgflow demo      embedded PostgreSQL, example flows, worker and gateway: the live page
     pgflow serve     the HTTP + websocket gateway (optionally with a worker inside)
@@ -28,7 +28,7 @@ from gateway.config import (
     positive_int,
     positive_seconds,
 )
-from gateway.errors import DatabaseUnavailableError, PGFlowError
+from pgflow.errors import DatabaseUnavailableError, PGFlowError
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the engine's SQL migrations")
     _add_database_options(migrate)
 
-    from gateway.db_command import add_db_parser
+    from pgflow.db.command import add_db_parser
 
     add_db_parser(commands)
     return parser
@@ -168,20 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
-        from gateway._logging import JsonFormatter
+        from pgflow._logging import JsonFormatter
 
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    from gateway._logging import OutageWithoutTraceback
+    from pgflow._logging import OutageWithoutTraceback
 
     logging.getLogger("asyncpg.pool").addFilter(OutageWithoutTraceback())
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    from gateway.database import database_url
-    from gateway.migrate import migrate_url
+    from pgflow.db.local_server import database_url
+    from pgflow.db.migrate import migrate_url
 
     with database_url(args.database_url, args.data_dir) as url:
         applied = await migrate_url(url)
@@ -193,9 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_json)
     code = _command(args)
-    if "gateway._attempts" in sys.modules:
+    if "pgflow.worker._attempts" in sys.modules:
         # A plain handler stuck in its thread would keep the process from exiting.
-        from gateway._worker_cli import exit_if_threads_stuck
+        from pgflow.worker.cli import exit_if_threads_stuck
 
         return exit_if_threads_stuck(code)
     return code
@@ -206,7 +206,7 @@ def _command(args: argparse.Namespace) -> int:
         if args.command == "migrate":
             return asyncio.run(_migrate(args))
         if args.command == "worker":
-            from gateway.worker import worker_command
+            from pgflow.worker.worker import worker_command
 
             return worker_command(args)
         if args.command == "serve":
@@ -214,11 +214,11 @@ def _command(args: argparse.Namespace) -> int:
 
             return serve_command(args)
         if args.command == "demo":
-            from gateway.demo import demo_command
+            from pgflow.demo import demo_command
 
             return demo_command(args)
         if args.command == "db":
-            from gateway.db_command import db_command
+            from pgflow.db.command import db_command
 
             return db_command(args)
     except PGFlowError as exc:

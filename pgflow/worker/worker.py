@@ -34,17 +34,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from gateway._attempts import Attempts, Runner, describe_error, runners
-from gateway._reporter import REPORTERS, Reporter, Result
-from gateway._retry import DB_CALL_TIMEOUT, Retry, jitter
-from gateway.errors import (
-    ConfigurationError,
-    DatabaseUnavailableError,
-    FlowShapeConflictError,
-    PGFlowError,
-)
-from gateway.flows import Flow
-from gateway.store import (
+from pgflow.db.store import (
     MAX_LEASE,
     MIN_LEASE,
     Completion,
@@ -53,6 +43,16 @@ from gateway.store import (
     Store,
     Task,
 )
+from pgflow.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    FlowShapeConflictError,
+    PGFlowError,
+)
+from pgflow.flows import Flow
+from pgflow.worker._attempts import Attempts, Runner, describe_error, runners
+from pgflow.worker._reporter import REPORTERS, Reporter, Result
+from pgflow.worker._retry import DB_CALL_TIMEOUT, Retry, jitter
 
 logger = logging.getLogger(__name__)
 
@@ -576,7 +576,7 @@ class Worker:
 # -- pgflow worker ---------------------------------------------------------------------------
 
 def worker_command(args: argparse.Namespace) -> int:
-    """``pgflow worker``: see ``gateway._worker_cli``."""
-    from gateway._worker_cli import worker_command as command
+    """``pgflow worker``: see ``pgflow.worker.cli``."""
+    from pgflow.worker.cli import worker_command as command
 
     return command(args)

@@ -1,0 +1,47 @@
+"""PGFlow's exceptions, one tree, translated at the boundaries.
+
+    PGFlowError
+    ├── InvalidFlowError        define_flow refused a shape (SQLSTATE PF400)
+    ├── FlowShapeConflictError  another shape already uses the slug (PF409)
+    ├── UnknownFlowError        run_flow on a flow that was never defined (PF404)
+    ├── UnknownRunError         no run with that id
+    ├── DatabaseUnavailableError  the server cannot be reached
+    ├── ConfigurationError      a bad option or environment (CLI, flows module)
+    └── RequestError            the gateway refused a client's request (gateway/errors.py)
+
+``pgflow/db/`` maps SQLSTATEs to these; the gateway maps them to the error codes and statuses
+of its HTTP and websocket reference.
+"""
+
+from __future__ import annotations
+
+
+class PGFlowError(Exception):
+    """PGFlow failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class InvalidFlowError(PGFlowError):
+    """The flow definition is invalid."""
+
+
+class FlowShapeConflictError(PGFlowError):
+    """A flow with this slug already exists with a different shape."""
+
+
+class UnknownFlowError(PGFlowError):
+    """No flow with this slug."""
+
+
+class UnknownRunError(PGFlowError):
+    """No run with this id."""
+
+
+class DatabaseUnavailableError(PGFlowError):
+    """The database cannot be reached."""
+
+
+class ConfigurationError(PGFlowError):
+    """The configuration is invalid."""
