@@ -349,7 +349,7 @@ async def low_limit_serve(db_url: str) -> AsyncIterator[tuple[str, list[bytes]]]
     launcher = (f"import resource, runpy, sys; "
                 f"resource.setrlimit(resource.RLIMIT_NOFILE, ({DESCRIPTORS}, {DESCRIPTORS})); "
                 f"sys.argv = ['pgflow'] + sys.argv[1:]; "
-                f"runpy.run_module('gateway', run_name='__main__')")
+                f"runpy.run_module('pgflow', run_name='__main__')")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", launcher, "--log-level", "info", "serve",
         "--database-url", db_url, "--host", HOST, "--port", "0",
