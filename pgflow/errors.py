@@ -6,6 +6,8 @@
     ├── UnknownFlowError        run_flow on a flow that was never defined (PF404)
     ├── UnknownRunError         no run with that id
     ├── DatabaseUnavailableError  the server cannot be reached
+    ├── ValueRejectedError      PostgreSQL cannot store a value it was given (SQLSTATE class 22)
+    ├── TransientDatabaseError  a serialization failure or deadlock: retry (SQLSTATE class 40)
     ├── ConfigurationError      a bad option or environment (CLI, flows module)
     └── RequestError            the gateway refused a client's request (gateway/errors.py)
 
@@ -41,6 +43,14 @@ class UnknownRunError(PGFlowError):
 
 class DatabaseUnavailableError(PGFlowError):
     """The database cannot be reached."""
+
+
+class ValueRejectedError(PGFlowError):
+    """The database cannot store a value it was given."""
+
+
+class TransientDatabaseError(PGFlowError):
+    """The transaction failed for a reason that retrying can cure."""
 
 
 class ConfigurationError(PGFlowError):
