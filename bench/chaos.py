@@ -1,12 +1,12 @@
 """Chaos soak: runs flows through real processes while faults are injected, then checks the
-guarantees of DESIGN.md end to end.
+guarantees of docs/guarantees.md end to end.
 
     python bench/chaos.py --seconds 120
 
 Everything runs on 127.0.0.1: a private PostgreSQL (durable defaults) in a temp dir, several
 ``python -m pgflow worker --flows examples.flows`` processes with a short lease, two
 ``python -m pgflow serve`` gateways, a steady stream of runs started over HTTP, and many
-websocket subscribers (a plain ``websockets`` client following docs/protocol.md: subscribe with
+websocket subscribers (a plain ``websockets`` client following docs/reference/: subscribe with
 ``since``, record every event, on any disconnect reconnect and resubscribe with the last seq
 seen). Meanwhile a fault loop, at random intervals, SIGKILLs a worker (and starts a
 replacement), terminates the gateways' LISTEN backends, restarts PostgreSQL (fast mode) and
@@ -61,7 +61,7 @@ FLOW_INPUT = {
 TERMINAL = {"run:completed", "run:failed"}
 FAULT_COUNTERS = ("worker_sigkill", "listener_backend_terminations", "client_socket_drops",
                   "postgres_restart")
-LISTENER_APP = "pgflow-gateway-listener"  # gateway/listener.py APPLICATION_NAME
+LISTENER_APP = "pgflow-gateway-listener"  # gateway/relay.py APPLICATION_NAME
 # Durable commits (the defaults), enough connections for gateways, workers and the soak.
 SERVER_SETTINGS = {"max_connections": "300", "shared_buffers": "128MB"}
 

@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 from _common import emit, machine, private_server
 
+from pgflow.db.connection import init_connection
 from pgflow.db.migrate import load_migrations
-from pgflow.db.store import init_connection
 
 
 def chain(n: int) -> dict[str, Any]:

@@ -22,8 +22,8 @@ import asyncpg
 from _common import emit, machine, private_server, summary
 from engine_floor import DIAMOND, drive, seed
 
+from pgflow.db.connection import init_connection
 from pgflow.db.migrate import migrate
-from pgflow.db.store import init_connection
 
 BENCH_DIR = Path(__file__).resolve().parent
 WAIT_TIMEOUT = 600  # seconds

@@ -15,8 +15,8 @@ import time
 import asyncpg
 from _common import emit, machine, private_server, summary
 
+from pgflow.db.connection import init_connection
 from pgflow.db.migrate import migrate
-from pgflow.db.store import init_connection
 
 DIAMOND = {
     "slug": "diamond",

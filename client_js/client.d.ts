@@ -1,4 +1,4 @@
-// Types for client.js, the PGFlow JS client. Wire shapes follow docs/protocol.md.
+// Types for client.js, the PGFlow JS client. Wire shapes follow docs/reference/websocket.md.
 
 // ---- events -----------------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ export interface StepState {
 // ---- errors -----------------------------------------------------------------------------------
 
 /**
- * Error codes: docs/protocol.md's (`bad_request`, `unauthorized`, `forbidden`, `not_found`, …)
+ * Error codes: docs/reference/http.md's (`bad_request`, `unauthorized`, `forbidden`, `not_found`, …)
  * for HTTP and subscription errors, plus the client's own.
  */
 export type PGFlowErrorCode =

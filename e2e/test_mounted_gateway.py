@@ -17,9 +17,11 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from e2e.conftest import WatchedPage
-from gateway.app import GatewayServer, create_app, lifespan
+from gateway.app import lifespan
 from gateway.config import GatewayConfig
+from gateway.server import GatewayServer
 from pgflow.demo import example_flows
+from pgflow.serve import create_app_with_worker
 
 PREFIX = "/pgflow"
 RUN_TIMEOUT = 30_000  # ms
@@ -30,8 +32,9 @@ DIAMOND_OUTPUT = {"summary": "the cat and the hat.", "words": 5, "top_words": ["
 @pytest.fixture
 async def mounted(db_url: str) -> AsyncIterator[str]:  # the parent app's URL
     # Any Origin: this is about paths, and a mounted gateway does not know the port it is on.
-    config = GatewayConfig(allowed_origins=("*",), worker_options={"poll_interval": 0.5})
-    pgflow = create_app(db_url, flows=example_flows(), config=config, with_worker=True)
+    config = GatewayConfig(allowed_origins=("*",))
+    pgflow = create_app_with_worker(db_url, flows=example_flows(), config=config,
+                                    worker_options={"poll_interval": 0.5})
 
     @contextlib.asynccontextmanager
     async def parent_lifespan(app: Starlette) -> AsyncIterator[None]:

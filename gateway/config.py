@@ -12,7 +12,7 @@ import argparse
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ DEFAULT_MAX_FRAME_BYTES = 64 * 1024
 DEFAULT_MAX_SUBSCRIPTIONS = 100  # per socket
 DEFAULT_MAX_SOCKETS = 10_000  # per gateway process
 # Seconds a connection has to deliver a complete request (headers and body) after it opens or
-# after its previous response: idle and trickling connections are closed (gateway/_connections.py).
+# after its previous response: idle and trickling connections are closed (gateway/connections.py).
 DEFAULT_REQUEST_TIMEOUT = 20.0
 DEFAULT_SOCKET_BUFFER_FRAMES = 4096  # frames queued for one socket before it is dropped (1013)
 DEFAULT_SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
@@ -88,8 +88,6 @@ class GatewayConfig:
     listener_health_timeout: float = DEFAULT_LISTENER_HEALTH_TIMEOUT
     pool_size: int = DEFAULT_POOL_SIZE
     migrate: bool = True
-    # Keyword arguments of pgflow.worker.worker.Worker for create_app(..., with_worker=True).
-    worker_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:

@@ -1,7 +1,7 @@
 """Fan-out, the pure core: who follows which run, what each socket still has to send.
 
-Plain synchronous classes, driven by the I/O shell (``endpoints.py`` for sockets,
-``listener.py`` for notifications and log reads) and by unit tests without sockets or Postgres.
+Plain synchronous classes, driven by the sessions (``session.py``, one per socket) and the
+relay (``relay.py``: notifications and log reads), and by unit tests without sockets or Postgres.
 docs/design/fanout.md explains the design; the invariants it relies on:
 
 - A subscription pushes an event only if its ``seq`` is ``last_seq + 1``: anything at or below
@@ -36,20 +36,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
-from gateway.wire import TextFrame
+from gateway.wire import CLOSE_TRY_AGAIN, TextFrame
 
 # A frame built once and shared by every socket it goes to.
 Message: TypeAlias = TextFrame
 # An event ready to send: (seq, message, size of its text).
 Item: TypeAlias = tuple[int, Message, int]
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # the gateway shuts down
-CLOSE_POLICY = 1008  # foreign Origin, bad token
-CLOSE_TOO_BIG = 1009  # a frame over the limit
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013  # too slow (outbox overflowed), too many sockets
-CLOSE_TOKEN_EXPIRED = 4001
 
 DEFAULT_MAX_FRAMES = 4096
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024

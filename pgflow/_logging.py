@@ -1,3 +1,5 @@
+"""Log formats of the CLI: JSON lines, and a filter that keeps an outage's log readable."""
+
 from __future__ import annotations
 
 import logging

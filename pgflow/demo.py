@@ -1,10 +1,10 @@
 """``pgflow demo``: the main job on a fresh machine.
 
 One process: the embedded PostgreSQL (data under ``.pgflow/``, kept between runs), migrations,
-the example flows, a worker and the gateway, then the URL of the live page and of the database.
-Ctrl-C stops it all cleanly; running it again picks up the same data, runs included. Two demos
-(or a demo and ``pgflow db start``) on one data folder share its server: it stops when the last
-one exits.
+the example flows, a worker and the gateway (joined by ``pgflow.serve.create_app_with_worker``),
+then the URL of the live page and of the database. Ctrl-C stops it all cleanly; running it
+again picks up the same data, runs included. Two demos (or a demo and ``pgflow db start``) on
+one data folder share its server: it stops when the last one exits.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import importlib.util
 import logging
 import os
 
-from gateway.app import GatewayServer, create_app, gateway_of
-from gateway.config import GatewayConfig
+from gateway.app import create_app, runtime_of
+from gateway.server import GatewayServer
 from pgflow.db.local_server import database_url, default_data_dir
 from pgflow.flows import Flow, load_flows
+from pgflow.serve import create_app_with_worker
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +52,13 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 async def _demo(url: str, database: str, flows: list[Flow], args: argparse.Namespace) -> int:
-    config = GatewayConfig().with_changes(
-        worker_options={"concurrency": DEMO_CONCURRENCY, "poll_interval": 0.5}
-    )
-    app = create_app(url, flows=flows, config=config, with_worker=bool(flows))
-    gateway = gateway_of(app)
-    await gateway.start()
+    if flows:
+        app = create_app_with_worker(url, flows=flows, worker_options={
+            "concurrency": DEMO_CONCURRENCY, "poll_interval": 0.5})
+    else:
+        app = create_app(url)
+    runtime = runtime_of(app)
+    await runtime.start()
     server = GatewayServer(
         app, host=args.host, port=args.port, log_level=args.log_level,
         install_signal_handlers=True,
@@ -70,4 +72,4 @@ async def _demo(url: str, database: str, flows: list[Flow], args: argparse.Names
         flush=True,
     )
     await server.wait()
-    return 1 if gateway.failed is not None else 0
+    return 1 if runtime.failed is not None else 0

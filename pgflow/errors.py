@@ -5,13 +5,15 @@
     ├── FlowShapeConflictError  another shape already uses the slug (PF409)
     ├── UnknownFlowError        run_flow on a flow that was never defined (PF404)
     ├── UnknownRunError         no run with that id
-    ├── DatabaseUnavailableError  the server cannot be reached
-    ├── ValueRejectedError      PostgreSQL cannot store a value it was given (SQLSTATE class 22)
-    ├── TransientDatabaseError  a serialization failure or deadlock: retry (SQLSTATE class 40)
+    ├── DatabaseUnavailableError  the server cannot be reached, or the link to it was lost
+    ├── DatabaseError           the database refused a statement (its SQLSTATE in .sqlstate)
+    │   ├── ValueRejectedError      it cannot store a value it was given (SQLSTATE class 22)
+    │   └── TransientDatabaseError  a serialization failure or deadlock: retry (class 40)
     ├── ConfigurationError      a bad option or environment (CLI, flows module)
     └── RequestError            the gateway refused a client's request (gateway/errors.py)
 
-``pgflow/db/`` maps SQLSTATEs to these; the gateway maps them to the error codes and statuses
+``pgflow/db/translation.py`` maps asyncpg's exceptions and SQLSTATEs to these, once: nothing above
+the database layer sees an asyncpg exception; the gateway maps them to the error codes and statuses
 of its HTTP and websocket reference.
 """
 
@@ -45,11 +47,19 @@ class DatabaseUnavailableError(PGFlowError):
     """The database cannot be reached."""
 
 
-class ValueRejectedError(PGFlowError):
+class DatabaseError(PGFlowError):
+    """The database refused the statement."""
+
+    def __init__(self, message: str | None = None, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class ValueRejectedError(DatabaseError):
     """The database cannot store a value it was given."""
 
 
-class TransientDatabaseError(PGFlowError):
+class TransientDatabaseError(DatabaseError):
     """The transaction failed for a reason that retrying can cure."""
 
 

@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 
 from pgflow.db import store as store_module
+from pgflow.db.connection import connect
 from pgflow.db.local_server import PostgresCluster
 from pgflow.db.migrate import migrate
 
@@ -109,7 +110,7 @@ async def store(db_url: str) -> AsyncIterator[store_module.Store]:
 
 @pytest.fixture
 async def conn(db_url: str) -> AsyncIterator[Any]:
-    connection = await store_module.connect(db_url)
+    connection = await connect(db_url)
     yield connection
     await connection.close()
 

@@ -1,5 +1,5 @@
 // A fake PGFlow gateway for the client's tests: the HTTP routes and the /realtime socket of
-// docs/protocol.md on 127.0.0.1, with an in-memory event log per run. Tests drive runs by
+// docs/reference/websocket.md on 127.0.0.1, with an in-memory event log per run. Tests drive runs by
 // appending events, and can misbehave on purpose (kill sockets, go silent, replay too much).
 //
 // Everything observable is recorded (requests, connections, frames received) and
@@ -192,9 +192,18 @@ class FakeGateway extends EventEmitter {
     };
     const error = (status, code, message) => reply(status, { error: { code, message } });
 
-    if (req.method === "GET" && path === "/client.js") {
+    // client.js and the modules it imports from client/, as the gateway serves them.
+    const sub = /^\/client\/([a-z_]+\.js)$/.exec(path ?? "");
+    const file = path === "/client.js" ? "../client.js" : sub ? `../client/${sub[1]}` : null;
+    if (req.method === "GET" && file) {
+      let source;
+      try {
+        source = readFileSync(new URL(file, import.meta.url));
+      } catch {
+        return error(404, "not_found", `no module ${fullPath}`);
+      }
       res.writeHead(200, { "content-type": "application/javascript; charset=utf-8" });
-      res.end(readFileSync(new URL("../client.js", import.meta.url)));
+      res.end(source);
       return;
     }
     if (req.method === "POST" && path === "/rpc/run_flow") {

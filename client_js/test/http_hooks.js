@@ -5,6 +5,10 @@ const HTTP = /^https?:\/\//;
 
 export async function resolve(specifier, context, next) {
   if (HTTP.test(specifier)) return { url: specifier, shortCircuit: true };
+  // client.js's own imports (./client/run.js, …) resolve against its http:// URL.
+  if (HTTP.test(context.parentURL ?? "") && /^\.{1,2}\//.test(specifier)) {
+    return { url: new URL(specifier, context.parentURL).href, shortCircuit: true };
+  }
   return next(specifier, context);
 }
 

@@ -139,7 +139,7 @@ test("a failing flow ('doomed') rejects with FlowFailedError: run id, step launc
   const snap = await assertEveryEventOnce(runId, seen);
   assert.equal(snap.status, "failed");
   assert.equal(err.error, snap.error);
-  // protocol.md: step:started for each attempt (the first once dependencies are met, the
+  // docs/reference/events.md: step:started for each attempt (the first once dependencies are met, the
   // retry once a worker claims it), step:retrying between them, then the step and the run
   // fail on attempt 2.
   assert.deepEqual(
@@ -361,7 +361,7 @@ test("the gateway process restarts mid-run on the same port: every run ends, eac
     const stopping = gw;
     assert.equal(await stopping.stop(), 0, `the gateway exits 0 on SIGINT:\n${stopping.log()}`);
     const downAt = Date.now();
-    // protocol.md: a gateway shutting down closes its sockets with 1001 (reconnect, resume).
+    // docs/reference/websocket.md: a gateway shutting down closes its sockets with 1001 (reconnect, resume).
     assert.equal(sockets.closeCodes[0], 1001, `close codes seen: ${sockets.closeCodes}`);
     const unfinished = runs.filter(({ run }) => run.status === "started").length;
     assert.ok(unfinished >= 1, "some runs are still going while the gateway is down");

@@ -1,6 +1,7 @@
 // A development server for the live page without Python or PostgreSQL: the page and /client.js
-// from the repository, plus client_js/test/fake_gateway.js (in-memory runs, a real /realtime
-// socket) extended with the read routes the page uses and a simulated worker.
+// (with the client/ modules it imports) from the repository, plus client_js/test/fake_gateway.js
+// (in-memory runs, a real /realtime socket) extended with the read routes the page uses and a
+// simulated worker.
 //
 //   node e2e/dev/server.mjs [--port 8765] [--seed]
 //
@@ -207,6 +208,8 @@ export async function startDevServer({ seed = false } = {}) {
     };
     if (req.method === "GET" && path === "/") return file(join(STATIC, "index.html"));
     if (req.method === "GET" && path === "/client.js") return file(join(ROOT, "client_js", "client.js"));
+    const clientModule = /^\/client\/([a-z_]+\.js)$/.exec(path); // what client.js imports
+    if (req.method === "GET" && clientModule) return file(join(ROOT, "client_js", "client", clientModule[1]));
     const asset = /^\/static\/([A-Za-z0-9][A-Za-z0-9._-]*)$/.exec(path);
     if (req.method === "GET" && asset) return file(join(STATIC, asset[1]));
     if (req.method === "GET" && path === "/flows") return send(200, flowList());

@@ -1,4 +1,5 @@
-"""``pgflow db``: the embedded PostgreSQL of a data folder, by hand.
+"""The ``pgflow db`` command: starts, stops and opens the embedded PostgreSQL server of a data
+folder (``local_server.py``) by hand.
 
     pgflow db start    start it in the background (or find it running) and print its URL
     pgflow db url      print the URL of the running server

@@ -5,18 +5,21 @@
 It probes the link with ``select 1`` after a quiet period, and when the link is lost it
 reconnects with capped, jittered backoff, LISTENs again, then puts ``RESYNC`` on the queue:
 notifications sent while it was away are lost, the tables are not, so the consumer re-reads.
+
+The gateway's relay LISTENs on ``pgflow_events`` with it, each worker on ``pgflow_tasks``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 
 import asyncpg
 
-from pgflow.db.store import connect, translate_errors
-from pgflow.errors import DatabaseUnavailableError
+from pgflow.db.backoff import Retry, backoff_delay
+from pgflow.db.connection import connect
+from pgflow.db.translation import translate_errors
+from pgflow.errors import DatabaseError, DatabaseUnavailableError, PGFlowError
 
 logger = logging.getLogger(__name__)
 
@@ -24,19 +27,32 @@ RESYNC = None  # queue marker: (re)connected, every followed run must be read fr
 CONNECT_TIMEOUT = 10.0  # seconds
 HEALTH_INTERVAL = 10.0  # seconds without a notification before probing with `select 1`
 HEALTH_TIMEOUT = 5.0  # seconds the probe may take
-RECONNECT_MIN_DELAY = 0.1  # seconds
+RECONNECT_FIRST_DELAY = 0.2  # seconds: the first wait is 0.1 to 0.2 s
 RECONNECT_MAX_DELAY = 5.0  # seconds
 
 
-def backoff_delay(attempt: int, low: float = RECONNECT_MIN_DELAY,
-                  high: float = RECONNECT_MAX_DELAY) -> float:
-    """Full jitter between ``low`` and a cap that doubles per attempt up to ``high``."""
-    cap = min(high, low * 2 ** min(attempt, 30))
-    return random.uniform(low, cap)
+class _EachFailureLogged:
+    """The listener's own account of its failures: one warning each."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> float:
+        self.failures += 1
+        logger.warning("listener connection failed: %s", exc, extra={"action": "listener_error"})
+        return backoff_delay(self.failures, first=RECONNECT_FIRST_DELAY,
+                             longest=RECONNECT_MAX_DELAY)
+
+    def succeeded(self) -> None:
+        self.failures = 0
 
 
 class Listener:
-    """One LISTEN connection on ``channel``, kept alive for as long as ``run()`` runs."""
+    """One LISTEN connection on ``channel``, kept alive for as long as ``run()`` runs.
+
+    ``retry`` accounts for failed connection attempts and gives the wait before the next (the
+    worker's logs an outage at a bounded rate); by default each failure is a warning.
+    """
 
     def __init__(
         self,
@@ -48,6 +64,7 @@ class Listener:
         health_interval: float = HEALTH_INTERVAL,
         health_timeout: float = HEALTH_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
+        retry: Retry | None = None,
     ) -> None:
         self.url = url
         self.channel = channel
@@ -61,6 +78,7 @@ class Listener:
         self.reconnects = 0
         self.backend_pid: int | None = None
         self._received = 0
+        self._retry = retry or _EachFailureLogged()
 
     def _on_notification(
         self, connection: object, pid: int, channel: str, payload: str
@@ -71,22 +89,25 @@ class Listener:
 
     async def run(self) -> None:
         """Listens until cancelled, reconnecting as often as needed."""
-        attempt = 0
         while True:
-            was_connected = False
             try:
-                was_connected = await self._session()
-            except DatabaseUnavailableError as exc:
-                logger.warning("listener connection failed: %s", exc,
-                               extra={"action": "listener_error"})
-            if was_connected:
-                attempt = 0
+                await self._session()
+            except (DatabaseUnavailableError, DatabaseError) as exc:
+                delay = self._retry.failed(exc)
+            else:
                 self.reconnects += 1
-            attempt += 1
-            await asyncio.sleep(backoff_delay(attempt))
+                # as after a first failure: a server that cut every client is not stormed
+                delay = backoff_delay(1, first=RECONNECT_FIRST_DELAY,
+                                      longest=RECONNECT_MAX_DELAY)
+            await asyncio.sleep(delay)
 
-    async def _session(self) -> bool:
-        """One connection's life: connect, LISTEN, watch. Returns whether it got to LISTEN."""
+    async def _session(self) -> None:
+        """One connection's life: connect, LISTEN, watch; returns once an established LISTEN
+        connection is lost.
+
+        Raises:
+            DatabaseUnavailableError, DatabaseError: it could not connect or LISTEN.
+        """
         connection: asyncpg.Connection = await connect(
             self.url, timeout=self.connect_timeout,
             server_settings={"application_name": self.application_name},
@@ -99,11 +120,10 @@ class Listener:
                 lost.set_result(None)
 
         connection.add_termination_listener(on_lost)
-        listening = False
         try:
             with translate_errors():
                 await connection.add_listener(self.channel, self._on_notification)
-            listening = True
+            self._retry.succeeded()
             self.backend_pid = connection.get_server_pid()
             self.connected = True
             self.ever_connected.set()
@@ -117,7 +137,6 @@ class Listener:
         finally:
             self.connected = False
             connection.terminate()
-        return listening
 
     async def _watch(self, connection: asyncpg.Connection, lost: asyncio.Future[None]) -> None:
         """Returns when the connection is lost or fails its health probe."""
@@ -137,5 +156,5 @@ class Listener:
                 logger.warning("listener health probe timed out",
                                extra={"action": "listener_probe_timeout"})
                 return
-            except DatabaseUnavailableError:
+            except PGFlowError:  # whatever the reason, the link cannot be trusted
                 return

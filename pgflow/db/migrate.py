@@ -2,7 +2,9 @@
 
 Migrations are the files ``sql/migrations/NNNN_description.sql``. Each runs in its own
 transaction and is recorded in ``pgflow.schema_migrations``; a session advisory lock makes two
-processes that migrate at once take turns, the second finding nothing left to do.
+processes that migrate at once take turns, the second finding nothing left to do. A database
+whose record names other migrations than these files (a pre-release layout) is refused, except
+one that applied every pre-release migration: it has the baseline's schema and is recorded so.
 """
 
 from __future__ import annotations
@@ -17,13 +19,20 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
-from pgflow.db.store import CONNECTION_ERRORS
+from pgflow.db.translation import LOST_CONNECTION, translate_errors
 from pgflow.errors import ConfigurationError, DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = 0x7067666C6F77  # "pgflow"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# Folded into 0001_initial before the first release: a database that applied all of them has
+# exactly the baseline's schema (pg_dump-compared when they were folded).
+PRE_RELEASE_MIGRATIONS = (
+    "0001_tables", "0002_events", "0003_define_flow", "0004_runs",
+    "0005_report_steps", "0006_cheaper_hot_path", "0007_field_hardening",
+)
+BASELINE = "0001_initial"
 
 
 @dataclass(frozen=True)
@@ -72,12 +81,16 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
             );
             """
         )
-        done = {
-            r["version"]
-            for r in await connection.fetch("select version from pgflow.schema_migrations")
+        recorded = {
+            r["version"]: r["name"]
+            for r in await connection.fetch("select version, name from pgflow.schema_migrations")
         }
-        for migration in load_migrations():
-            if migration.version in done:
+        if sorted(recorded.values()) == list(PRE_RELEASE_MIGRATIONS):
+            recorded = await _record_as_baseline(connection)
+        migrations = load_migrations()
+        _check_history(recorded, migrations)
+        for migration in migrations:
+            if migration.version in recorded:
                 continue
             async with connection.transaction():
                 await connection.execute(migration.sql)
@@ -93,6 +106,35 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
     return applied_now
 
 
+async def _record_as_baseline(connection: asyncpg.Connection) -> dict[str, str]:
+    async with connection.transaction():
+        await connection.execute("delete from pgflow.schema_migrations")
+        await connection.execute(
+            "insert into pgflow.schema_migrations (version, name) values ($1, $2)",
+            BASELINE[:4],
+            BASELINE,
+        )
+    logger.info(
+        "recorded the pre-release migrations 0001-0007 as %s", BASELINE,
+        extra={"action": "migrate"},
+    )
+    return {BASELINE[:4]: BASELINE}
+
+
+def _check_history(recorded: dict[str, str], migrations: list[Migration]) -> None:
+    """Refuses a database whose recorded migrations are not these files': applying the rest
+    would build on a schema they do not describe."""
+    for migration in migrations:
+        name = recorded.get(migration.version)
+        if name is not None and name != migration.name:
+            raise ConfigurationError(
+                f"the database recorded migration {name} where this pgflow has "
+                f"{migration.name}, so its schema is not one these migrations build on (a "
+                "pre-release pgflow's 0001-0007 were folded into 0001_initial); recreate the "
+                "database (drop it, or delete the embedded server's data folder) and migrate"
+            )
+
+
 async def migrate_url(url: str) -> list[str]:
     """Connects to ``url`` and migrates.
 
@@ -100,12 +142,14 @@ async def migrate_url(url: str) -> list[str]:
         DatabaseUnavailableError: the server cannot be reached (a closed port, no route).
         ConfigurationError: it refused the connection (unknown database or role, password) or
             the URL is malformed.
+        DatabaseError: a migration failed (the database is left as its last migration left it).
     """
     connection = await connect_or_explain(url)
-    try:
-        return await migrate(connection)
-    finally:
-        await connection.close()
+    with translate_errors():
+        try:
+            return await migrate(connection)
+        finally:
+            await connection.close()
 
 
 async def connect_or_explain(url: str) -> asyncpg.Connection:
@@ -113,7 +157,7 @@ async def connect_or_explain(url: str) -> asyncpg.Connection:
     the password): a start-up with a wrong URL says what is wrong instead of a traceback."""
     try:
         return await asyncpg.connect(url)
-    except (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError) as exc:
+    except (*LOST_CONNECTION, asyncpg.PostgresConnectionError) as exc:
         # Unreachable, starting up, shutting down, too many clients: the server, not the URL.
         reason = os.strerror(exc.errno).lower() if isinstance(exc, OSError) and exc.errno \
             else str(exc)

@@ -1,59 +1,28 @@
-"""Every SQL call PGFlow makes, and the translation of SQLSTATEs into PGFlow's errors.
+"""Every SQL call PGFlow makes, over a connection pool.
 
-This is the one module that imports asyncpg for queries (``listener.py`` owns the LISTEN
-connection, ``migrate.py`` the schema). The engine's logic lives in the SQL functions; these
-methods only call them, batching where many calls share a transaction.
+The engine's logic lives in the SQL functions; these methods only call them, batching where
+many calls share a transaction. Whatever fails comes out as a PGFlow error
+(``translation.py``): the callers never see asyncpg.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
-from pgflow.errors import (
-    DatabaseUnavailableError,
-    FlowShapeConflictError,
-    InvalidFlowError,
-    PGFlowError,
-    UnknownFlowError,
-)
+from pgflow.db.connection import create_pool, dumps
+from pgflow.db.translation import translate_errors
 
 DEFAULT_LEASE = 30.0  # seconds
 MIN_LEASE, MAX_LEASE = 0.1, 86400.0  # seconds: the leases claim_tasks accepts
 MAX_CLAIM_TASKS = 1000  # claim_tasks' bound on max_tasks
 DEFAULT_POOL_SIZE = 10
-LISTEN_CLOSE_TIMEOUT = 5.0  # seconds
-
-# Errors that mean "the server went away", as opposed to "the query was wrong".
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    # A connection the server cut mid-protocol (a restart) can be left in a state where the
-    # next query fails before it is sent: "cannot switch to state 12; another operation (2) is
-    # in progress". Nothing ran; the caller may retry, as for any lost connection.
-    asyncpg.exceptions.InternalClientError,
-    TimeoutError,
-)
-
-_SQLSTATE_ERRORS: dict[str, type[PGFlowError]] = {
-    "PF400": InvalidFlowError,
-    "PF404": UnknownFlowError,
-    "PF409": FlowShapeConflictError,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,48 +79,6 @@ _EVENTS_WITHIN_BYTES = """
 """
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-async def init_connection(connection: asyncpg.Connection) -> None:
-    """Decodes json/jsonb with orjson on every connection we open."""
-    for type_name in ("json", "jsonb"):
-        await connection.set_type_codec(
-            type_name,
-            schema="pg_catalog",
-            encoder=_dumps,
-            decoder=orjson.loads,
-            format="text",
-        )
-
-
-async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
-    """One standalone connection with PGFlow's codecs (the listener's, the tests')."""
-    try:
-        connection = await asyncpg.connect(url, **kwargs)
-    except CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailableError(f"cannot connect to the database: {exc}") from exc
-    await init_connection(connection)
-    return connection
-
-
-@contextlib.contextmanager
-def translate_errors() -> Any:
-    """Maps the engine's SQLSTATEs (PF400, PF404, PF409) and lost connections to our errors."""
-    try:
-        yield
-    except asyncpg.PostgresError as exc:
-        error_class = _SQLSTATE_ERRORS.get(getattr(exc, "sqlstate", "") or "")
-        if error_class is not None:
-            raise error_class(getattr(exc, "message", str(exc))) from exc
-        if isinstance(exc, CONNECTION_ERRORS):
-            raise DatabaseUnavailableError(str(exc)) from exc
-        raise
-    except CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailableError(str(exc) or type(exc).__name__) from exc
-
-
 class Store:
     """The engine's SQL API over a connection pool."""
 
@@ -160,13 +87,8 @@ class Store:
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = DEFAULT_POOL_SIZE) -> Store:
-        try:
-            pool = await asyncpg.create_pool(
-                url, min_size=min_size, max_size=max_size, init=init_connection
-            )
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailableError(f"cannot connect to the database: {exc}") from exc
-        return cls(pool)
+        """Raises DatabaseUnavailableError or ConfigurationError (``connection.create_pool``)."""
+        return cls(await create_pool(url, min_size=min_size, max_size=max_size))
 
     async def close(self) -> None:
         await self.pool.close()
@@ -332,10 +254,35 @@ class Store:
                 [i.run_id for i in items],
                 [i.step_slug for i in items],
                 [i.attempt for i in items],
-                [_dumps(i.output) for i in done] + [None] * len(failed),
+                [dumps(i.output) for i in done] + [None] * len(failed),
                 [None] * len(done) + [i.error for i in failed],
             )
         return applied[: len(done)], applied[len(done) :]
+
+    async def retry_delays(self, failures: Sequence[Failure]) -> list[float | None]:
+        """Seconds until each reported failure's retry may be claimed, as the engine set it
+        (``_fail_attempt``); None where the step is not waiting for that retry (its last
+        attempt failed, or the retry was claimed already). The engine sends no NOTIFY when a
+        backoff ends: the worker sets itself a timer instead.
+        """
+        if not failures:
+            return []
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                """
+                select greatest(0, extract(epoch from s.available_at - clock_timestamp()))::float8
+                from unnest($1::uuid[], $2::text[], $3::int[]) with ordinality
+                  as t (run_id, step_slug, attempt, o)
+                left join pgflow.step_states as s
+                  on s.run_id = t.run_id and s.step_slug = t.step_slug
+                 and s.attempt = t.attempt and s.status = 'retrying'
+                 and s.lease_expires_at is null
+                order by t.o
+                """,
+                [f.run_id for f in failures], [f.step_slug for f in failures],
+                [f.attempt for f in failures],
+            )
+        return [row[0] for row in rows]
 
     async def extend_leases(
         self,
@@ -427,59 +374,3 @@ class Store:
             result.setdefault(run_id, []).append((seq, text))
         return result
 
-
-class ListenConnection:
-    """A dedicated connection LISTENing on one channel: the worker's wake-up for new tasks.
-
-    Never a pooled connection: a pool's reset sends ``UNLISTEN *``. ``lost`` is set when the
-    server or the network drops the connection; the owner then opens a new one.
-    """
-
-    def __init__(self, connection: asyncpg.Connection) -> None:
-        self._connection = connection
-        self.lost = asyncio.Event()
-        connection.add_termination_listener(self._on_terminated)
-
-    @classmethod
-    async def open(
-        cls, url: str, channel: str, on_payload: Callable[[str], None], *, name: str = "pgflow"
-    ) -> ListenConnection:
-        """Connects and LISTENs; ``on_payload`` runs in the event loop and must not block."""
-        try:
-            connection = await asyncpg.connect(url, server_settings={"application_name": name})
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailableError(f"cannot connect to the database: {exc}") from exc
-        listening = cls(connection)
-
-        def deliver(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
-            on_payload(payload)
-
-        try:
-            with translate_errors():
-                await connection.add_listener(channel, deliver)
-        except BaseException:
-            connection.terminate()
-            raise
-        return listening
-
-    def _on_terminated(self, _connection: Any) -> None:
-        self.lost.set()
-
-    async def ping(self) -> None:
-        """A round trip, to find a connection that died without the socket noticing."""
-        with translate_errors():
-            await self._connection.fetchval("select 1")
-
-    def terminate(self) -> None:
-        """Drops the connection without a goodbye to the server."""
-        if not self._connection.is_closed():
-            self._connection.terminate()
-
-    async def close(self) -> None:
-        if self._connection.is_closed():
-            return
-        try:
-            with translate_errors():
-                await asyncio.wait_for(self._connection.close(), LISTEN_CLOSE_TIMEOUT)
-        except (DatabaseUnavailableError, asyncpg.PostgresError):
-            self._connection.terminate()

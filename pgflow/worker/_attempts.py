@@ -37,18 +37,12 @@ def abandoned_threads() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Runner:
-    """A step's handler, resolved once: how to call it and how long its retries wait."""
+    """A step's handler, resolved once: how to call it. (Its retries' backoff is the engine's:
+    the flow's definition gave it to define_flow.)"""
 
     handler: Callable[..., Any]
     is_async: bool
     takes_context: bool
-    base_delay: float  # seconds
-
-    def retry_in(self, task: Task) -> float | None:
-        """Seconds until the engine retries this task if this attempt fails; None if final."""
-        if task.attempt >= task.max_attempts:
-            return None
-        return float(self.base_delay * 2 ** (task.attempt - 1))
 
 
 def runners(flows: list[Flow]) -> dict[tuple[str, str], Runner]:
@@ -58,8 +52,7 @@ def runners(flows: list[Flow]) -> dict[tuple[str, str], Runner]:
         flow.definition()  # an incomplete flow fails here, not at its first task
         for step in flow.steps.values():
             found[(flow.slug, step.slug)] = Runner(
-                step.handler, step.is_async, step.takes_context,
-                step.base_delay if step.base_delay is not None else flow.base_delay,
+                step.handler, step.is_async, step.takes_context
             )
     return found
 

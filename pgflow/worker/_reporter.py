@@ -2,13 +2,15 @@
 reported in batches by ``report_steps``, and split when PostgreSQL refuses a batch.
 
     handlers ──add()──▶ queue ──run(), REPORTERS of them──▶ report_steps: one transaction per batch
-                                  │ lost connection: the batch goes back, reported later
+                                  │ lost connection, deadlock: the batch goes back, reported later
                                   │ refused (anything else): split in halves, each reported
                                   ▼
         a lone completion refused becomes a failure carrying the database's message; a lone
         failure refused too is dropped, and its lease runs out (docs/worker.md)
 
-So one value PostgreSQL cannot store (or a bug) costs its own attempt, never the batch.
+So one value PostgreSQL cannot store (or a bug) costs its own attempt, never the batch. The
+engine sets each retry's backoff; after a report that applied failures the reporter reads when
+their retries come due (``Store.retry_delays``) and tells the worker, which sets a timer.
 """
 
 from __future__ import annotations
@@ -17,57 +19,39 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
+from pgflow.db.backoff import Retry
 from pgflow.db.store import Completion, Failure, Store
-from pgflow.errors import DatabaseUnavailableError
+from pgflow.errors import DatabaseError, DatabaseUnavailableError, TransientDatabaseError
 from pgflow.worker._attempts import clip, describe_error
-from pgflow.worker._retry import DB_CALL_TIMEOUT, UNREACHABLE
+from pgflow.worker._retry import DB_CALL_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
 REPORT_BATCH_MAX = 500  # results per report_steps call
 REPORTERS = 2  # report_steps calls in flight at once: the database works on both on two cores
-# SQLSTATE classes after which the same batch may well go through: transaction rollback
-# (serialization failure, deadlock). Lost connections are CONNECTION_ERRORS.
-TRANSIENT_SQLSTATE_CLASSES = ("40",)
-
-
-class Retry(Protocol):
-    def failed(self, exc: BaseException) -> float: ...
-
-    def succeeded(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """A finished attempt, and the seconds to its retry should it be (or become) a failure
-    the engine applies (None: no retry, the attempt was the step's last)."""
-
-    item: Completion | Failure
-    retry_in: float | None
+Result = Completion | Failure  # a finished attempt
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether reporting the same batch again later may work: the database or the link failed,
-    not the batch."""
-    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
-    if isinstance(cause, ValueError):
-        # asyncpg's client-side DataError (an argument it cannot encode) is an InterfaceError,
-        # which otherwise counts as a lost connection: it is the batch's fault.
-        return False
-    if isinstance(exc, UNREACHABLE):
-        return True
-    sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate.startswith(TRANSIENT_SQLSTATE_CLASSES)
+    """Whether reporting the same batch again later may work: the database or the link failed
+    (or a deadlock cut the transaction), not the batch."""
+    return isinstance(exc, DatabaseUnavailableError | TransientDatabaseError | TimeoutError)
+
+
+def describe_refusal(exc: BaseException) -> str:
+    """The database's own words for a refusal (``UntranslatableCharacterError: ...``)."""
+    if isinstance(exc, DatabaseError) and exc.__cause__ is not None:
+        return describe_error(exc.__cause__)
+    return describe_error(exc)
 
 
 class Reporter:
     """The queue of finished attempts and the loops reporting it (``REPORTERS`` of them).
 
-    ``on_retry(seconds)`` is called for each applied failure whose step is retried: the engine
-    sends no NOTIFY when a backoff ends, so the worker sets itself a timer.
+    ``on_retry(seconds)`` is called for each applied failure whose step is retried, with the
+    seconds the engine set for its backoff: it sends no NOTIFY when a backoff ends, so the
+    worker sets itself a timer.
     """
 
     def __init__(self, worker_id: str, on_retry: Callable[[float], None]) -> None:
@@ -151,17 +135,27 @@ class Reporter:
     async def _call(self, store: Store, part: list[Result]) -> None:
         done: list[Completion] = []
         failed: list[Failure] = []
-        retry_in: list[float | None] = []
         for result in part:
-            if isinstance(result.item, Completion):
-                done.append(result.item)
+            if isinstance(result, Completion):
+                done.append(result)
             else:
-                failed.append(result.item)
-                retry_in.append(result.retry_in)
+                failed.append(result)
         async with asyncio.timeout(DB_CALL_TIMEOUT):
             _, applied = await store.report(self.worker_id, done, failed)
-        for was_applied, delay in zip(applied, retry_in, strict=True):
-            if was_applied and delay is not None:
+        retried = [f for f, was_applied in zip(failed, applied, strict=True) if was_applied]
+        if retried:
+            await self._wake_for_retries(store, retried)
+
+    async def _wake_for_retries(self, store: Store, failures: list[Failure]) -> None:
+        try:
+            async with asyncio.timeout(DB_CALL_TIMEOUT):
+                delays = await store.retry_delays(failures)
+        except Exception as exc:  # reported already: the worker's poll finds the retries
+            logger.debug("could not read when retries come due: %s", describe_error(exc),
+                         extra={"action": "retry_delays_failed"})
+            return
+        for delay in delays:
+            if delay is not None:
                 self._on_retry(delay)
 
     def _split(self, part: list[Result], exc: Exception, *, whole: bool) -> list[list[Result]]:
@@ -170,27 +164,26 @@ class Reporter:
             logger.log(
                 logging.WARNING if whole else logging.DEBUG,
                 "the database refused a report of %d results, splitting it: %s", len(part),
-                describe_error(exc), extra={"action": "report_split", "count": len(part)},
+                describe_refusal(exc), extra={"action": "report_split", "count": len(part)},
             )
             half = len(part) // 2
             return [part[half:], part[:half]]  # the first half is reported first
         self.refused += 1
-        item = part[0].item
+        item = part[0]
         if isinstance(item, Completion):
             error = clip(
                 f"PostgreSQL refused the output of step {item.step_slug!r}: "
-                f"{describe_error(exc)}"
+                f"{describe_refusal(exc)}"
             )
             logger.warning(
                 "step %s: %s", item.step_slug, error,
                 extra={"action": "output_refused", "run_id": str(item.run_id),
                        "step": item.step_slug, "attempt": item.attempt},
             )
-            failure = Failure(item.run_id, item.step_slug, item.attempt, error)
-            return [[Result(failure, part[0].retry_in)]]
+            return [[Failure(item.run_id, item.step_slug, item.attempt, error)]]
         logger.error(
             "the database refused the failure of step %s (run %s), dropping it; the step runs "
-            "again when its lease ends: %s", item.step_slug, item.run_id, describe_error(exc),
+            "again when its lease ends: %s", item.step_slug, item.run_id, describe_refusal(exc),
             exc_info=exc,
             extra={"action": "failure_refused", "run_id": str(item.run_id),
                    "step": item.step_slug, "attempt": item.attempt},

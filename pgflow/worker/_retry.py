@@ -4,11 +4,10 @@ keeps saying it is retrying without a line per attempt."""
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 
-from pgflow.db.store import CONNECTION_ERRORS
+from pgflow.db.backoff import backoff_delay
 from pgflow.errors import DatabaseUnavailableError
 from pgflow.worker._attempts import describe_error
 
@@ -20,17 +19,14 @@ RETRY_MAX_DELAY = 5.0  # seconds: where the exponential backoff stops growing
 RETRY_LOG_FIRST = 3  # failures of an outage logged as warnings, each
 RETRY_LOG_INTERVAL = 30.0  # seconds between warnings of an outage after those
 
-UNREACHABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, DatabaseUnavailableError)
-# Jitter from a generator of our own: the global one belongs to the application (and tests
-# seed it, or watch it).
-jitter = random.Random()
+# The database or the link to it is away (a call cut by DB_CALL_TIMEOUT too): an outage, logged
+# without a traceback.
+OUTAGE: tuple[type[BaseException], ...] = (DatabaseUnavailableError, TimeoutError)
 
 
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait after ``failures`` consecutive database errors: exponential, capped,
-    jittered so that workers cut off together do not reconnect together."""
-    ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2.0 ** min(failures - 1, 30))
-    return ceiling * jitter.uniform(0.5, 1.0)
+def retry_delay(failures: int) -> float:
+    """Seconds a worker loop waits after ``failures`` consecutive database errors."""
+    return backoff_delay(failures, first=RETRY_BASE_DELAY, longest=RETRY_MAX_DELAY)
 
 
 class Retry:
@@ -49,13 +45,13 @@ class Retry:
 
     def failed(self, exc: BaseException) -> float:
         self.failures += 1
-        delay = backoff_delay(self.failures)
+        delay = retry_delay(self.failures)
         now = self._clock()
         loud = (self.failures <= RETRY_LOG_FIRST or self._warned_at is None
                 or now - self._warned_at >= RETRY_LOG_INTERVAL)
         if loud:
             self._warned_at = now
-        expected = isinstance(exc, UNREACHABLE)  # no traceback for an outage
+        expected = isinstance(exc, OUTAGE)  # no traceback for an outage
         logger.log(
             logging.WARNING if loud else logging.DEBUG,
             "%s failed (%d in a row), retrying in %.2f s: %s", self.what, self.failures, delay,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pgflow.errors import ConfigurationError
 from pgflow.flows import Flow, load_flows
 from pgflow.worker._attempts import abandoned_threads, describe_error
-from pgflow.worker._retry import UNREACHABLE, Retry
+from pgflow.worker._retry import OUTAGE, Retry
 from pgflow.worker.worker import STUCK_EXIT_STATUS, StuckThreadsError, Worker
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ async def _migrate(url: str, worker: Worker) -> bool:
     while not worker._stopping.is_set():
         try:
             await migrate_url(url)
-        except UNREACHABLE as exc:
+        except OUTAGE as exc:
             await worker._wait(worker._stopping, retry.failed(exc))
             continue
         except ConfigurationError:  # already says what is wrong (migrate.connect_or_explain)

@@ -2,9 +2,9 @@
 
     claim loop ──claim_tasks(n = free slots)──▶ handlers (at most `concurrency` at once)
         ▲  woken by NOTIFY pgflow_tasks, a freed slot, a retry coming due, or poll_interval
-        │                                           │ results queue up in memory
+        │  (``_wakeup.py``)                         │ results queue up in memory (``_attempts.py``)
     listener (its own connection)            reporter ──report_steps──▶ one transaction per round
-    heartbeat: one extend_leases call for every running handler, every lease/3
+    heartbeat: one extend_leases call for every running handler, every lease/3 (``_heartbeat.py``)
 
 Shutdown (``stop()``, SIGTERM): stop claiming, give running handlers ``shutdown_grace`` to
 finish, report their results, then release whatever is still leased so another worker takes it
@@ -23,80 +23,44 @@ A plain handler stuck in its thread past its timeout gives its slot back; when
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
-import secrets
-import socket
 import threading
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from pgflow.db.store import (
-    MAX_LEASE,
-    MIN_LEASE,
-    Completion,
-    Failure,
-    ListenConnection,
-    Store,
-    Task,
-)
-from pgflow.errors import (
-    ConfigurationError,
-    DatabaseUnavailableError,
-    FlowShapeConflictError,
-    PGFlowError,
-)
+from pgflow.db.definitions import sync_flows
+from pgflow.db.store import Completion, Failure, Store, Task
+from pgflow.errors import DatabaseUnavailableError, PGFlowError
 from pgflow.flows import Flow
 from pgflow.worker._attempts import Attempts, Runner, describe_error, runners
-from pgflow.worker._reporter import REPORTERS, Reporter, Result
-from pgflow.worker._retry import DB_CALL_TIMEOUT, Retry, jitter
+from pgflow.worker._heartbeat import heartbeat
+from pgflow.worker._options import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LEASE,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_SHUTDOWN_GRACE,
+    check_options,
+    default_worker_id,
+)
+from pgflow.worker._reporter import REPORTERS, Reporter
+from pgflow.worker._retry import DB_CALL_TIMEOUT, Retry
+from pgflow.worker._wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
-TASKS_CHANNEL = "pgflow_tasks"
-DEFAULT_CONCURRENCY = 10
-DEFAULT_LEASE = 30.0  # seconds
-DEFAULT_POLL_INTERVAL = 1.0  # seconds
-DEFAULT_SHUTDOWN_GRACE = 30.0  # seconds
 POOL_SIZE = 4  # claim, report, heartbeat, and one for shutdown
-LISTEN_HEALTH_INTERVAL = 10.0  # seconds of silence before the listener pings its connection
 FLUSH_TIMEOUT = 10.0  # seconds, on shutdown, to report the last results and release the rest
 ABORT_TIMEOUT = 2.0  # seconds for the same when aborting
-RETRY_WAKE_MARGIN = 0.01  # seconds after a retry's backoff before claiming it
 STUCK_EXIT_STATUS = 3  # `pgflow worker`'s exit status after too many stuck handler threads
 
 _Key = tuple[uuid.UUID, str, int]  # run_id, step_slug, attempt
 
 
-async def sync_flows(store: Store, flows: Sequence[Flow]) -> None:
-    """Defines each flow's shape in the database, or checks that it has not changed.
-
-    Raises:
-        FlowShapeConflictError: a slug already exists with another shape; the message says
-            what differs and to give the new shape a new slug (``name_v2``).
-        InvalidFlowError: the database refused a shape.
-    """
-    for flow in flows:
-        try:
-            await store.define_flow(flow.definition())
-        except FlowShapeConflictError as exc:
-            message = str(exc)
-            if "new slug" not in message:
-                message += f"; give the new shape a new slug, e.g. '{flow.slug}_v2'"
-            raise FlowShapeConflictError(message) from exc
-        logger.debug("flow %s defined", flow.slug, extra={"action": "flow_sync"})
-
-
 class StuckThreadsError(PGFlowError):
     """Too many plain handlers are stuck in their threads past their timeout: the worker
     drained and stopped, so that its supervisor can start a fresh process."""
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class Worker:
@@ -119,31 +83,11 @@ class Worker:
         worker_id: str | None = None,
         max_stuck_threads: int | None = None,
     ) -> None:
-        if not flows:
-            raise ConfigurationError("a worker needs at least one flow")
-        if len({f.slug for f in flows}) != len(flows):
-            raise ConfigurationError("two of the worker's flows share a slug")
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be at least 1, not {concurrency!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ConfigurationError(f"batch size must be at least 1, not {batch_size!r}")
-        if not MIN_LEASE <= lease_seconds <= MAX_LEASE:
-            raise ConfigurationError(f"the lease must be from {MIN_LEASE:g} to {MAX_LEASE:g} "
-                                     f"seconds, not {lease_seconds!r}")
-        if not poll_interval > 0:
-            raise ConfigurationError(
-                f"the poll interval must be positive seconds, not {poll_interval!r}"
-            )
-        if not shutdown_grace >= 0:
-            raise ConfigurationError(
-                f"the shutdown grace must be seconds >= 0, not {shutdown_grace!r}"
-            )
-        if max_stuck_threads is not None and (
-            not isinstance(max_stuck_threads, int) or max_stuck_threads < 1
-        ):
-            raise ConfigurationError(
-                f"max stuck threads must be at least 1, not {max_stuck_threads!r}"
-            )
+        check_options(
+            flows, concurrency=concurrency, batch_size=batch_size, lease_seconds=lease_seconds,
+            poll_interval=poll_interval, shutdown_grace=shutdown_grace,
+            max_stuck_threads=max_stuck_threads,
+        )
         self.database_url = database_url
         self.flows = list(flows)
         self.concurrency = concurrency
@@ -162,12 +106,12 @@ class Worker:
             self.worker_id, concurrency, self._slot_freed_by_thread,
             max_stuck=self.max_stuck_threads, on_stuck=self._on_stuck,
         )
-        self._reporter = Reporter(self.worker_id, self._wake_for_retry)
+        self._wakeup = Wakeup(self._slugs)  # a task may be ready: claim now
+        self._reporter = Reporter(self.worker_id, self._wakeup.after)
         self._too_many_stuck = False
 
         self._stopping = asyncio.Event()
         self._aborting = asyncio.Event()
-        self._wakeup = asyncio.Event()  # a task may be ready: claim now
         self._slot_freed = asyncio.Event()
         self._running: dict[_Key, tuple[Task, asyncio.Task[None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -278,12 +222,6 @@ class Worker:
             except DatabaseUnavailableError as exc:
                 await self._wait(self._stopping, retry.failed(exc))
                 continue
-            except (OSError, ValueError) as exc:
-                raise ConfigurationError(f"cannot use the database: {exc}") from exc
-            except Exception as exc:  # asyncpg refusals: bad credentials, unknown database
-                raise ConfigurationError(
-                    f"the database refused the connection: {describe_error(exc)}"
-                ) from exc
             retry.succeeded()
             return store
         return None
@@ -310,9 +248,14 @@ class Worker:
 
     async def _work(self, store: Store) -> None:
         async with asyncio.TaskGroup() as group:
-            listener = group.create_task(self._listen_loop(), name="pgflow-worker-listen")
-            heartbeat = group.create_task(
-                self._heartbeat_loop(store), name="pgflow-worker-heartbeat"
+            listener = group.create_task(
+                self._wakeup.listen(self.database_url, f"pgflow worker {self.worker_id}"[:63],
+                                    Retry("listening for tasks")),
+                name="pgflow-worker-listen",
+            )
+            beat = group.create_task(
+                heartbeat(store, self.worker_id, self.lease_seconds, self._held),
+                name="pgflow-worker-heartbeat",
             )
             reporters = [
                 group.create_task(self._reporter.run(store, Retry("reporting results")),
@@ -340,7 +283,7 @@ class Worker:
                 await self._release(store, final_report=True)
                 raise
             finally:
-                for side in (listener, heartbeat, *reporters):
+                for side in (listener, beat, *reporters):
                     side.cancel()
 
     async def _drain(self) -> None:
@@ -435,8 +378,7 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             if not claim_now:
-                # jittered, so that workers started together do not poll together
-                await self._wait(self._wakeup, self.poll_interval * jitter.uniform(0.9, 1.1))
+                await self._wakeup.wait(self.poll_interval)
                 if self._stopping.is_set():
                     return
             self._wakeup.clear()  # before the claim: a hint arriving during it is kept
@@ -468,40 +410,6 @@ class Worker:
         except TimeoutError:
             pass
 
-    def _on_notify(self, payload: str) -> None:
-        if payload in self._slugs:
-            self._wakeup.set()
-
-    async def _listen_loop(self) -> None:
-        retry = Retry("listening for tasks")
-        while True:
-            try:
-                listening = await ListenConnection.open(
-                    self.database_url, TASKS_CHANNEL, self._on_notify,
-                    name=f"pgflow worker {self.worker_id}"[:63],
-                )
-            except Exception as exc:
-                await asyncio.sleep(retry.failed(exc))
-                continue
-            retry.succeeded()
-            self._wakeup.set()  # tasks queued while we were not listening sent no hint to us
-            try:
-                while not listening.lost.is_set():
-                    try:
-                        async with asyncio.timeout(LISTEN_HEALTH_INTERVAL):
-                            await listening.lost.wait()
-                    except TimeoutError:
-                        try:
-                            async with asyncio.timeout(DB_CALL_TIMEOUT):
-                                await listening.ping()
-                        except Exception as exc:
-                            logger.debug("listen connection ping failed: %s", exc)
-                            break
-                logger.warning("listen connection lost, reconnecting",
-                               extra={"action": "listen_lost"})
-            finally:
-                listening.terminate()
-
     # -- running handlers ----------------------------------------------------------------------
 
     async def _execute(self, task: Task, runner: Runner | None, key: _Key) -> None:
@@ -510,14 +418,10 @@ class Worker:
         finally:
             self._running.pop(key, None)
             self._slot_freed.set()
-        retry_in = runner.retry_in(task) if runner is not None else None
         if error is None:
-            completion = Completion(task.run_id, task.step_slug, task.attempt, output)
-            self._reporter.add(Result(completion, retry_in))
+            self._reporter.add(Completion(task.run_id, task.step_slug, task.attempt, output))
             return
-        self._reporter.add(
-            Result(Failure(task.run_id, task.step_slug, task.attempt, error), retry_in)
-        )
+        self._reporter.add(Failure(task.run_id, task.step_slug, task.attempt, error))
         logger.warning(
             "step %s failed (attempt %d of %d): %s", task.step_slug, task.attempt,
             task.max_attempts, error,
@@ -541,42 +445,9 @@ class Worker:
         )
         self.stop()
 
-    # -- leases --------------------------------------------------------------------------------
-
-    def _wake_for_retry(self, delay: float) -> None:
-        """A retry becomes claimable after its backoff with no NOTIFY: wake up for it."""
-        asyncio.get_running_loop().call_later(delay + RETRY_WAKE_MARGIN, self._wakeup.set)
+    # -- leases (``_heartbeat.py``) -------------------------------------------------------------
 
     def _held(self) -> list[tuple[uuid.UUID, str]]:
         # Only running handlers: a finished result keeps the lease it has. One that cannot be
         # reported in time is stale, and its step runs again, within one lease (guarantee 3).
         return list({(task.run_id, task.step_slug) for task, _ in self._running.values()})
-
-    async def _heartbeat_loop(self, store: Store) -> None:
-        retry = Retry("extending leases")
-        interval = self.lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
-            held = self._held()
-            if not held:
-                continue
-            try:
-                async with asyncio.timeout(min(DB_CALL_TIMEOUT, self.lease_seconds)):
-                    kept = await store.extend_leases(self.worker_id, held, self.lease_seconds)
-            except Exception as exc:
-                retry.failed(exc)
-                continue
-            retry.succeeded()
-            if kept < len(held):
-                # Also counts results reported during the call: no warning for that.
-                logger.debug("extended %d of %d leases", kept, len(held),
-                             extra={"action": "lease_extend"})
-
-
-# -- pgflow worker ---------------------------------------------------------------------------
-
-def worker_command(args: argparse.Namespace) -> int:
-    """``pgflow worker``: see ``pgflow.worker.cli``."""
-    from pgflow.worker.cli import worker_command as command
-
-    return command(args)

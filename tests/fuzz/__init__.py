@@ -1,4 +1,4 @@
-"""Fuzzing the gateway with hypothesis (docs/protocol.md is the oracle).
+"""Fuzzing the gateway with hypothesis (docs/reference/ is the oracle).
 
 Hypothesis drives plain (synchronous) test functions, so each fuzz module runs ONE real gateway
 (uvicorn on 127.0.0.1, port 0, through ``tests.integration.gateway_harness``) on an event loop
@@ -35,7 +35,7 @@ from tests.integration.gateway_harness import (
 )
 from tests.threaded import on_a_thread
 
-# Every error code of docs/protocol.md, with its HTTP status.
+# Every error code of docs/reference/http.md, with its HTTP status.
 ERROR_STATUS = {
     "bad_json": 400,
     "bad_request": 400,
@@ -117,7 +117,7 @@ def threaded_gateway(
         try:
             async with running_gateway(url, flows=flows, config=config) as running:
                 for shape in shapes:
-                    await running.gateway.require_store().define_flow(shape)
+                    await running.runtime.require_store().define_flow(shape)
                 ready(ThreadedGateway(running, loop))
                 await stop.wait()
         finally:

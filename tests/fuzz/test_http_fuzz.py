@@ -2,7 +2,7 @@
 query strings), headers (Content-Type, Authorization, Origin) and bodies (bytes, JSON of any
 shape, deep, huge, unicode, NUL, wrong types), plus raw-socket Content-Length lies.
 
-The oracle is docs/protocol.md: never a 5xx; every refusal is ``{"error": {"code", "message"}}``
+The oracle is docs/reference/http.md: no 5xx; every refusal is ``{"error": {"code", "message"}}``
 as ``application/json`` with a documented code and its status; after the fuzzing the gateway
 still serves (``/healthz`` 200, a normal run starts and its events arrive on the socket).
 
@@ -351,7 +351,7 @@ def test_after_the_fuzzing_the_gateway_still_serves(gw: ThreadedGateway,
     with connect(gw.ws_url, proxy=None, max_size=2**24, open_timeout=20) as ws:
         ws.send(orjson.dumps({"type": "subscribe", "run_id": run_id}).decode())
         assert orjson.loads(ws.recv(timeout=20))["type"] == "subscribed"
-        gw.call(Driver(gw.running.gateway.require_store()).finish([run_id]))
+        gw.call(Driver(gw.running.runtime.require_store()).finish([run_id]))
         events = []
         while not events or events[-1]["event"] not in TERMINAL:
             events.append(orjson.loads(ws.recv(timeout=20)))

@@ -3,7 +3,7 @@ random shapes, protocol-like messages with wrong types, random text, binary fram
 frames, rapid subscribe/unsubscribe of real runs), and upgrade requests with junk tokens and
 Origins.
 
-The oracle is docs/protocol.md: every client frame is answered exactly once (``subscribed``,
+Oracle, docs/reference/websocket.md: every client frame is answered exactly once (``subscribed``,
 ``unsubscribed``, ``pong`` or an ``error`` with a documented code and a message), events only
 for runs the socket follows, in seq order without repeats; an oversized frame gets
 ``too_large`` then close 1009; nothing else closes the socket. Afterwards the gateway still
@@ -83,7 +83,7 @@ def runs(gw: ThreadedGateway, http: httpx.Client) -> list[str]:
     """Real runs to subscribe to: finished, started (anonymous), owned by bob and by alice;
     more than --max-subscriptions of them."""
     finished = start_run(http)
-    gw.call(Driver(gw.running.gateway.require_store()).finish([finished]))
+    gw.call(Driver(gw.running.runtime.require_store()).finish([finished]))
     owned = [start_run(http, {"Authorization": f"Bearer {good_token(who)}"})
              for who in ("bob", "alice")]
     return [finished, *owned, *(start_run(http) for _ in range(MAX_SUBSCRIPTIONS))]
@@ -188,7 +188,7 @@ def check_reply(frame: str | bytes, reply: dict[str, Any]) -> None:
         assert reply["run_id"] == str(uuid.UUID(data["run_id"])), (frame[:80], reply)
     elif (data.get("type") in ("subscribe", "unsubscribe") and reply["code"] != "bad_json"
           and isinstance(data.get("run_id"), str) and len(data["run_id"]) <= 64):
-        # An error names the run_id the frame named, UUID or not (docs/protocol.md).
+        # An error names the run_id the frame named, UUID or not (docs/reference/websocket.md).
         assert reply.get("run_id") == data["run_id"], (frame[:80], reply)
 
 
@@ -332,7 +332,7 @@ def test_after_the_fuzzing_the_gateway_still_serves(gw: ThreadedGateway, http: h
     with open_ws(gw) as ws:
         ws.send(orjson.dumps({"type": "subscribe", "run_id": run_id}).decode())
         assert orjson.loads(ws.recv(timeout=20))["type"] == "subscribed"
-        gw.call(Driver(gw.running.gateway.require_store()).finish([run_id]))
+        gw.call(Driver(gw.running.runtime.require_store()).finish([run_id]))
         events: list[dict[str, Any]] = []
         while not events or events[-1]["event"] not in TERMINAL:
             events.append(orjson.loads(ws.recv(timeout=20)))

@@ -1,5 +1,5 @@
 """Helpers of the gateway tests: a gateway under uvicorn on 127.0.0.1, flows, a step driver and
-websocket clients that follow docs/protocol.md (the ``websockets`` library, no project code).
+websocket clients that follow docs/reference/websocket.md (``websockets`` only, no project code).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from websockets.extensions import ClientExtensionFactory
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from gateway.app import Gateway, GatewayServer, create_app, gateway_of
+from gateway.app import GatewayRuntime, create_app, runtime_of
 from gateway.config import GatewayConfig
+from gateway.server import GatewayServer
 from pgflow.db.store import Completion, Store
 from pgflow.flows import Flow
+from pgflow.serve import create_app_with_worker
 
 TIMEOUT = 20.0  # seconds any single wait in these tests may take
 TERMINAL = {"run:completed", "run:failed"}
@@ -45,7 +47,7 @@ WIDE = {"slug": "wide", "steps": [
 @dataclass
 class RunningGateway:
     app: Starlette
-    gateway: Gateway
+    runtime: GatewayRuntime
     server: GatewayServer
     url: str
     http: httpx.AsyncClient
@@ -78,12 +80,15 @@ async def running_gateway(
     database_url: str, *, flows: Iterable[Flow] = (), config: GatewayConfig | None = None,
     with_worker: bool = False,
 ) -> AsyncIterator[RunningGateway]:
-    app = create_app(database_url, flows=flows, config=config, with_worker=with_worker)
+    if with_worker:
+        app = create_app_with_worker(database_url, flows=list(flows), config=config)
+    else:
+        app = create_app(database_url, flows=flows, config=config)
     server = GatewayServer(app)
     url = await server.start()
     try:
         async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=TIMEOUT) as http:
-            yield RunningGateway(app, gateway_of(app), server, url, http)
+            yield RunningGateway(app, runtime_of(app), server, url, http)
     finally:
         await server.stop()
 

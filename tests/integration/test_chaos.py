@@ -1,6 +1,6 @@
 """The chaos soak of bench/chaos.py, short: real worker and gateway processes, every fault kind
 injected (worker SIGKILL, gateway LISTEN backends terminated, PostgreSQL restarted, client
-sockets aborted), then every guarantee checked end to end (DESIGN.md guarantees 1 and 3).
+sockets aborted), then every guarantee checked end to end (docs/guarantees.md, 1 and 3).
 
 Below it, the regression tests of what the soak found (gateway/store.py: a PostgreSQL restart
 made POST /rpc/run_flow answer 500).
@@ -76,7 +76,8 @@ async def test_a_connection_lost_after_the_query_committed_does_not_fail_the_cal
     import asyncpg
     from asyncpg.exceptions import _base
 
-    from pgflow.db.store import Store, init_connection
+    from pgflow.db.connection import init_connection
+    from pgflow.db.store import Store
 
     failures = []
 
@@ -109,8 +110,8 @@ def test_a_connection_left_mid_operation_by_a_restart_is_unavailable_not_a_crash
     """
     from asyncpg.exceptions import InternalClientError
 
-    from gateway.endpoints import error_status
-    from pgflow.db.store import translate_errors
+    from gateway.wire import error_status
+    from pgflow.db.translation import translate_errors
     from pgflow.errors import DatabaseUnavailableError
 
     with pytest.raises(DatabaseUnavailableError) as raised, translate_errors():

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import ConnectionClosed
 
-from gateway.app import GatewayServer, create_app, gateway_of
+from gateway.app import create_app, runtime_of
 from gateway.config import GatewayConfig
+from gateway.server import GatewayServer
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import (
     CHAIN,
@@ -88,7 +89,7 @@ async def gw(pg_server: Server, template_url: str) -> AsyncIterator[RunningGatew
                            allowed_origins=(ALLOWED_ORIGIN,))
     try:
         async with running_gateway(url, config=config) as running:
-            store = running.gateway.require_store()
+            store = running.runtime.require_store()
             await store.define_flow(CHAIN)
             await store.define_flow(PRIVATE)
             yield running
@@ -124,7 +125,7 @@ async def test_rs_hs_confusion_is_refused(pg_server: Server, template_url: str) 
     url = await fresh_database(pg_server.url, TEMPLATE_DB, name)
     try:
         async with running_gateway(url, config=GatewayConfig(jwt_public_key=RSA_PUBLIC_PEM)) as gw:
-            await gw.gateway.require_store().define_flow(CHAIN)
+            await gw.runtime.require_store().define_flow(CHAIN)
             good = jwt.encode({"sub": "alice"}, _RSA, algorithm="RS256")
             started = await gw.http.post("/rpc/run_flow", json={"flow_slug": "chain"},
                                          headers=bearer(good))
@@ -348,7 +349,7 @@ async def test_configured_public_origins_replace_the_loopback_ones(
     try:
         bound = await server.start()
         async with httpx.AsyncClient(base_url=bound) as http:
-            gw = RunningGateway(app, gateway_of(app), server, bound, http)
+            gw = RunningGateway(app, runtime_of(app), server, bound, http)
             host = bound.removeprefix("http://")
             for origin in (public, public + ":443"):
                 assert await works_as(gw, host, origin), origin

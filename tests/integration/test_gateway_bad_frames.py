@@ -33,7 +33,7 @@ async def gw(pg_server: Server, template_url: str) -> AsyncIterator[RunningGatew
     url = await fresh_database(pg_server.url, TEMPLATE_DB, name)
     try:
         async with running_gateway(url, config=GatewayConfig(max_subscriptions=3)) as running:
-            await running.gateway.require_store().define_flow(CHAIN)
+            await running.runtime.require_store().define_flow(CHAIN)
             yield running
     finally:
         await drop_database(pg_server.url, name)
@@ -145,7 +145,7 @@ async def test_a_database_away_during_subscribe_is_unavailable(db_url: str, stor
     async with running_gateway(db_url) as gw:
         run_id = await gw.start_run("chain")
         async with await open_socket(gw.ws_url) as ws:
-            await gw.gateway.require_store().pool.close()
+            await gw.runtime.require_store().pool.close()
             await ws.send(frame({"type": "subscribe", "run_id": run_id}))
             error = orjson.loads(await ws.recv())
             assert (error["code"], error["run_id"]) == ("unavailable", run_id)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.endpoints import STATIC_DIR
+from gateway.http import STATIC_DIR
 from pgflow.db.store import Store
 from pgflow.flows import Flow
 from tests.conftest import TEMPLATE_DB, Server
@@ -25,6 +26,8 @@ from tests.integration.gateway_harness import (
 )
 
 PAGE_ORIGIN = "http://page.example:3000"
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_flows() -> list[Flow]:
@@ -49,7 +52,7 @@ async def gw(pg_server: Server, template_url: str) -> AsyncIterator[RunningGatew
     config = GatewayConfig(cors_origins=(PAGE_ORIGIN,))
     try:
         async with running_gateway(url, flows=make_flows(), config=config) as running:
-            store = running.gateway.require_store()
+            store = running.runtime.require_store()
             await store.define_flow(CHAIN)
             yield running
     finally:
@@ -68,7 +71,7 @@ async def test_run_flow_starts_a_run_and_the_snapshot_follows_it(gw: RunningGate
     assert snapshot["input"] == {"name": "Ada"}
     assert snapshot["status"] == "started"
     assert [s["step_slug"] for s in snapshot["steps"]] == ["hello", "shout"]
-    await Driver(gw.gateway.require_store()).finish([body["run_id"]])
+    await Driver(gw.runtime.require_store()).finish([body["run_id"]])
     done = (await gw.http.get(f"/runs/{body['run_id']}")).json()
     assert done["status"] == "completed"
     assert done["seq"] == 6
@@ -123,6 +126,25 @@ async def test_the_js_client_is_served_as_a_revalidated_module(gw: RunningGatewa
     assert "export" in response.text
     cached = await gw.http.get("/client.js", headers={"If-None-Match": response.headers["etag"]})
     assert cached.status_code == 304
+
+
+async def test_the_js_client_modules_are_served_beside_it(gw: RunningGateway) -> None:
+    """client.js imports its sibling modules from client/*.js (the repo's client_js/client/, or
+    the wheel's static/client/): served like it, and nothing else under that path."""
+    modules = sorted(p.stem for p in (REPO / "client_js" / "client").glob("*.js"))
+    assert modules, "client_js/client/ holds the JS client's modules"
+    for name in modules:
+        response = await gw.http.get(f"/client/{name}.js")
+        assert response.status_code == 200, name
+        assert response.headers["content-type"].startswith("application/javascript")
+        assert "no-cache" in response.headers["cache-control"]
+        cached = await gw.http.get(f"/client/{name}.js",
+                                   headers={"If-None-Match": response.headers["etag"]})
+        assert cached.status_code == 304
+    for path in ("/client/nope.js", "/client/..%2Fclient.js",
+                 "/client/%2E%2E.js", "/client/.hidden.js", "/client/run.ts",
+                 "/client/sub/run.js", "/client/..%2F..%2Fpyproject.toml.js"):
+        assert (await gw.http.get(path)).status_code == 404, path
 
 
 async def test_the_page_and_its_files(gw: RunningGateway) -> None:
@@ -241,8 +263,8 @@ async def test_a_store_refusal_is_a_bad_request_not_a_500(gw: RunningGateway) ->
 async def test_the_database_going_away_is_a_503(db_url: str, store: Store) -> None:
     await store.define_flow(CHAIN)
     async with running_gateway(db_url) as gw:
-        await gw.gateway.require_store().close()
+        await gw.runtime.require_store().close()
         response = await gw.http.post("/rpc/run_flow", json={"flow_slug": "chain"})
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "unavailable"
-        gw.gateway.store = None  # already closed
+        gw.runtime.store = None  # already closed

@@ -143,7 +143,7 @@ async def test_an_event_over_8000_bytes_arrives_whole(db_url: str, store: Store)
 async def test_a_plain_client_following_the_design_gets_every_event(
     db_url: str, store: Store
 ) -> None:
-    """Only httpx and websockets on the client side, as DESIGN.md describes the wire."""
+    """Only httpx and websockets on the client side, as docs/reference/ describes the wire."""
     await store.define_flow(CHAIN)
     async with running_gateway(db_url) as gw:
         async with httpx.AsyncClient(trust_env=False) as http:
@@ -263,7 +263,7 @@ async def test_a_hole_in_the_log_ends_the_subscription_with_a_gap_error(
         # Backed off, then gave up: a handful of reads, not thousands a second.
         assert await gw.metric("pgflow_log_reads_total") - reads <= 6
         assert await gw.metric("pgflow_log_gaps_total") == 1
-        assert gw.gateway.fanout.subscription_count == 0
+        assert gw.runtime.fanout.subscription_count == 0
         # Past the hole, the rest of the run is there.
         await follower.subscribe(run_id, since=3)
         events = await follower.wait_done(run_id)
@@ -297,7 +297,7 @@ async def test_a_live_subscription_whose_events_or_run_vanish_ends_with_an_error
             errors[error["run_id"]] = error["code"]
         assert errors == {gapped: "gap", deleted: "not_found"}
         assert await gw.metric("pgflow_log_reads_total") - reads <= 10
-        assert gw.gateway.fanout.subscription_count == 0
+        assert gw.runtime.fanout.subscription_count == 0
         await follower.close()
 
 

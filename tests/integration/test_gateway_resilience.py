@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from gateway.config import GatewayConfig
-from gateway.listener import APPLICATION_NAME
+from gateway.relay import APPLICATION_NAME
 from pgflow.db.store import Store
 from pgflow.errors import DatabaseUnavailableError
 from tests.conftest import Server

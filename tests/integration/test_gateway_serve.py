@@ -16,7 +16,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from gateway.app import GatewayServer, create_app, lifespan
+from gateway.app import create_app, lifespan
+from gateway.server import GatewayServer
 from pgflow.db.store import Store
 from pgflow.flows import load_flows
 from tests.integration.gateway_harness import (
@@ -123,19 +124,19 @@ async def test_a_side_task_that_dies_stops_the_gateway(db_url: str, store: Store
     app = create_app(db_url)
     server = GatewayServer(app)
     url = await server.start()
-    gateway = server.gateway
-    assert gateway is not None
-    assert gateway.relay is not None
+    runtime = server.runtime
+    assert runtime is not None
+    assert runtime.relay is not None
 
     def broken(payload: object) -> None:
         raise RuntimeError("relay bug")
 
-    gateway.relay.handle = broken  # type: ignore[method-assign]
+    runtime.relay.handle = broken  # type: ignore[method-assign]
     async with httpx.AsyncClient(base_url=url, trust_env=False) as http:
         # Two notifications: the consumer already holds the old method for the first.
         for _ in range(2):
             await http.post("/rpc/run_flow", json={"flow_slug": "chain"})
     async with asyncio.timeout(TIMEOUT):
         await server.wait()
-    assert isinstance(gateway.failed, RuntimeError)
-    assert str(gateway.failed) == "relay bug"
+    assert isinstance(runtime.failed, RuntimeError)
+    assert str(runtime.failed) == "relay bug"

@@ -1,4 +1,4 @@
-"""The gateway's own websocket protocol (gateway/websocket.py) on the wire: compression,
+"""The gateway's own websocket protocol (gateway/native_socket.py) on the wire: compression,
 fragments, message order behind a replay, keepalive, and handshakes it must refuse."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from websockets.frames import Frame, Opcode
 
 from gateway.config import GatewayConfig
 from gateway.fanout import Client
-from gateway.websocket import DirectConnection, RealtimeProtocol
+from gateway.native_socket import NativeSocket
+from gateway.session import Session
 from pgflow.db.store import Store
 from tests.integration.gateway_harness import (
     CHAIN,
@@ -219,8 +220,8 @@ async def test_closed_sockets_leave_nothing_behind(db_url: str, store: Store) ->
 
         def alive() -> int:
             gc.collect()
-            return sum(isinstance(o, RealtimeProtocol | DirectConnection | Client)
+            return sum(isinstance(o, NativeSocket | Session | Client)
                        for o in gc.get_objects())
 
         await wait_until(lambda: alive() == 0)
-        assert not gw.gateway.connections
+        assert not gw.runtime.sockets.open

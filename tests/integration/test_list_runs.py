@@ -13,9 +13,9 @@ from urllib.parse import quote
 import jwt
 import pytest
 
-from gateway._runs_query import decode_cursor, encode_cursor
 from gateway.config import GatewayConfig
 from gateway.errors import BadRequestError
+from gateway.runs_query import decode_cursor, encode_cursor
 from pgflow.db.store import Completion, Failure, Store
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import (
@@ -68,7 +68,7 @@ async def gw(pg_server: Server, template_url: str) -> AsyncIterator[RunningGatew
 
 
 async def test_status_filters_by_one_or_several_run_statuses(gw: RunningGateway) -> None:
-    store = gw.gateway.require_store()
+    store = gw.runtime.require_store()
     done, failed, going, failed_too = await runs_ending(
         store, "by_status", ["completed", "failed", "started", "failed"])
     assert await ids(gw, "flow_slug=by_status&status=failed") == [failed_too, failed]
@@ -83,7 +83,7 @@ async def test_status_filters_by_one_or_several_run_statuses(gw: RunningGateway)
 async def test_started_after_and_before_bound_the_runs_by_their_start(
     gw: RunningGateway,
 ) -> None:
-    store = gw.gateway.require_store()
+    store = gw.runtime.require_store()
     first, middle, last = await runs_ending(store, "by_time", ["started"] * 3)
     listed = (await gw.http.get("/runs?flow_slug=by_time")).json()["runs"]
     at = {r["run_id"]: datetime.fromisoformat(r["started_at"]) for r in listed}
@@ -100,7 +100,7 @@ async def test_started_after_and_before_bound_the_runs_by_their_start(
 async def test_paging_by_next_cursor_lists_every_run_once_newest_first(
     gw: RunningGateway,
 ) -> None:
-    store = gw.gateway.require_store()
+    store = gw.runtime.require_store()
     created = await runs_ending(store, "paged", ["started"] * 7)
     async with store.pool.acquire() as connection, connection.transaction():
         # runs started in one transaction share their started_at: the run id breaks the tie
@@ -125,7 +125,7 @@ async def test_paging_by_next_cursor_lists_every_run_once_newest_first(
 
 
 async def test_a_last_page_that_is_full_has_no_next_cursor(gw: RunningGateway) -> None:
-    await runs_ending(gw.gateway.require_store(), "exact", ["started"] * 2)
+    await runs_ending(gw.runtime.require_store(), "exact", ["started"] * 2)
     body = (await gw.http.get("/runs?flow_slug=exact&limit=2")).json()
     assert len(body["runs"]) == 2
     assert body["next_cursor"] is None
@@ -204,7 +204,7 @@ async def auth_gw(pg_server: Server, template_url: str) -> AsyncIterator[Running
 
 
 async def test_filters_and_cursors_never_show_another_users_runs(auth_gw: RunningGateway) -> None:
-    store = auth_gw.gateway.require_store()
+    store = auth_gw.runtime.require_store()
     mine = await runs_ending(store, "owned", ["failed", "completed", "failed"], owner="dora")
     await runs_ending(store, "owned", ["failed", "failed"], owner="erin")
     assert (await auth_gw.http.get("/runs?status=failed")).status_code == 401

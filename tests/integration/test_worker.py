@@ -17,11 +17,11 @@ import pytest
 
 from examples import flows as examples
 from pgflow import Flow, FlowShapeConflictError, StepContext
-from pgflow.db.store import Store, connect
+from pgflow.db.connection import connect
+from pgflow.db.store import Store
 from pgflow.errors import DatabaseUnavailableError
-from pgflow.worker import _attempts
-from pgflow.worker._retry import RETRY_MAX_DELAY, backoff_delay
-from pgflow.worker.worker import StuckThreadsError, Worker, sync_flows
+from pgflow.worker import StuckThreadsError, Worker, _attempts, sync_flows
+from pgflow.worker._retry import RETRY_MAX_DELAY, retry_delay
 from tests.integration.gateway_harness import running_gateway
 from tests.integration.worker_helpers import step_of, wait_for_run, wait_until
 
@@ -62,11 +62,11 @@ def at(event: dict[str, Any]) -> datetime:
 
 
 def test_the_reconnect_backoff_grows_is_capped_and_jittered() -> None:
-    delays = [backoff_delay(n) for n in range(1, 40)]
+    delays = [retry_delay(n) for n in range(1, 40)]
     assert delays[0] <= 0.1
     assert all(d <= RETRY_MAX_DELAY for d in delays)
     assert max(delays[-10:]) >= RETRY_MAX_DELAY / 2
-    assert len({backoff_delay(10) for _ in range(20)}) > 1
+    assert len({retry_delay(10) for _ in range(20)}) > 1
 
 
 # -- shapes ------------------------------------------------------------------------------------

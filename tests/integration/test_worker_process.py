@@ -11,7 +11,7 @@ import uuid
 from examples import flows as examples
 from pgflow.db.store import Store
 from pgflow.flows import load_flows
-from pgflow.worker.worker import sync_flows
+from pgflow.worker import sync_flows
 from tests.conftest import Server
 from tests.integration.worker_helpers import (
     REPO_ROOT,

@@ -8,21 +8,14 @@ import zipfile
 from pathlib import Path
 
 import asyncpg
+import pytest
 
-from pgflow.db.migrate import load_migrations, migrate
+from pgflow.db.migrate import PRE_RELEASE_MIGRATIONS, load_migrations, migrate, sql_dir
+from pgflow.errors import ConfigurationError
 from tests.conftest import Server
+from tests.migration._helpers import fresh_database
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def fresh_database(pg_server: Server, name: str) -> str:
-    admin = await asyncpg.connect(pg_server.url)
-    try:
-        await admin.execute(f"drop database if exists {name} with (force)")
-        await admin.execute(f"create database {name}")
-    finally:
-        await admin.close()
-    return pg_server.url_for(name)
 
 
 async def test_migrate_applies_each_migration_once_and_records_it(pg_server: Server) -> None:
@@ -117,3 +110,66 @@ def test_the_built_wheel_ships_the_sql(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for migration in load_migrations():
         assert f"pgflow/sql/migrations/{migration.name}.sql" in names
+    for path in (sql_dir() / "schema").glob("*.sql"):
+        assert f"pgflow/sql/schema/{path.name}" in names
+
+
+async def record_history(url: str, names: tuple[str, ...]) -> None:
+    """Rewrites a migrated database's record as if ``names`` had been applied."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("delete from pgflow.schema_migrations")
+        await conn.executemany(
+            "insert into pgflow.schema_migrations (version, name) values ($1, $2)",
+            [(name[:4], name) for name in names],
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_database_of_every_pre_release_migration_is_recorded_as_the_baseline(
+    pg_server: Server,
+) -> None:
+    # 0001-0007 built exactly the baseline's schema (compared with pg_dump when they were folded)
+    url = await fresh_database(pg_server, "migrate_pre_release")
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        await record_history(url, PRE_RELEASE_MIGRATIONS)
+        assert await migrate(conn) == []
+        rows = await conn.fetch("select version, name from pgflow.schema_migrations")
+        assert [tuple(r) for r in rows] == [("0001", "0001_initial")]
+    finally:
+        await conn.close()
+
+
+async def test_a_database_of_some_pre_release_migrations_is_refused(pg_server: Server) -> None:
+    url = await fresh_database(pg_server, "migrate_partial")
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        await record_history(url, PRE_RELEASE_MIGRATIONS[:5])
+        with pytest.raises(ConfigurationError, match=r"recorded migration 0001_tables .* recreate"):
+            await migrate(conn)
+        # nothing was rewritten, and the advisory lock was let go
+        assert await conn.fetchval("select count(*) from pgflow.schema_migrations") == 5
+        held = (
+            "select count(*) from pg_locks"
+            " where locktype = 'advisory' and pid = pg_backend_pid()"
+        )
+        assert await conn.fetchval(held) == 0
+    finally:
+        await conn.close()
+
+
+def test_pgflow_migrate_says_to_recreate_a_pre_release_database(pg_server: Server) -> None:
+    url = asyncio.run(fresh_database(pg_server, "migrate_partial_cli"))
+    pgflow_migrate("--database-url", url)
+    asyncio.run(record_history(url, PRE_RELEASE_MIGRATIONS[:3]))
+    result = subprocess.run(
+        [sys.executable, "-m", "pgflow", "migrate", "--database-url", url],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("pgflow migrate: the database recorded migration 0001_tables")
+    assert "recreate the database" in result.stderr

@@ -24,7 +24,8 @@ import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from gateway._connections import (
+from gateway.config import GatewayConfig
+from gateway.connections import (
     BURSTS_IN_FLIGHT,
     FILE_HEADROOM,
     MIN_ACCEPT_BURST,
@@ -32,7 +33,6 @@ from gateway._connections import (
     connection_budget,
     sockets_within,
 )
-from gateway.config import GatewayConfig
 from pgflow.db.store import Store
 from pgflow.errors import ConfigurationError
 from tests.integration.gateway_harness import (
@@ -187,7 +187,7 @@ async def test_idle_connections_past_the_cap_are_evicted_and_the_gateway_keeps_s
         assert await count_closed(idle, 40, PROMPT) == [b""] * 40
         for sock in idle:
             sock.close()
-        page = gw.gateway.metrics.render()
+        page = gw.runtime.metrics.render()
         assert metric(page, "pgflow_connections_evicted_total") == admission.evicted
         assert metric(page, "pgflow_connections_limit") == 20
         assert metric(page, "pgflow_connections_open") <= 20 + 1
@@ -205,7 +205,7 @@ async def test_with_nothing_to_evict_a_new_connection_gets_a_503(db_url: str) ->
             assert b"retry-after: 1" in answer
             assert b'"code":"unavailable"' in answer
             assert gw.server.admission.refused == 1
-            assert metric(gw.gateway.metrics.render(), "pgflow_connections_refused_total") == 1
+            assert metric(gw.runtime.metrics.render(), "pgflow_connections_refused_total") == 1
         finally:
             await sockets.pop().close()
         # A slot is free again (once the server saw the close): served.
@@ -221,7 +221,7 @@ async def test_sockets_leave_http_a_tenth_of_the_connections(db_url: str) -> Non
     # would keep /healthz and run_flow out.
     config = GatewayConfig(max_connections=20, request_timeout=60)
     async with running_gateway(db_url, config=config) as gw:
-        assert gw.gateway.socket_limit == 18
+        assert gw.runtime.sockets.limit == 18
         sockets = [await open_socket(gw.ws_url) for _ in range(18)]
         try:
             with pytest.raises(InvalidStatus) as refused:
@@ -280,7 +280,7 @@ async def test_unfinished_requests_and_handshakes_are_timed_out(db_url: str) -> 
             await sender
         trickle.close()
         assert gw.server.admission.timed_out >= 5
-        assert metric(gw.gateway.metrics.render(), "pgflow_connections_timed_out_total") >= 5
+        assert metric(gw.runtime.metrics.render(), "pgflow_connections_timed_out_total") >= 5
         # An open websocket is past its handshake: the deadline does not apply to it.
         await established.send(orjson.dumps({"type": "ping", "id": 1}).decode())
         async with asyncio.timeout(PROMPT):
@@ -317,7 +317,7 @@ def test_the_limit_is_logged_once_per_interval(caplog: pytest.LogCaptureFixture)
     admission = ConnectionAdmission(budget, request_timeout=60, log_interval=10)
     loop = Loop()
     admission.install(loop)  # type: ignore[arg-type]
-    caplog.set_level("WARNING", logger="gateway._connections")
+    caplog.set_level("WARNING", logger="gateway.connections")
     for _ in range(10_000):
         assert not admission.admit(open_now=2)  # nothing waits: refused
     assert len(caplog.records) == 1

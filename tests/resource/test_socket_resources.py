@@ -14,7 +14,8 @@ import orjson
 from websockets.frames import Frame, Opcode
 
 from gateway.config import DEFAULT_MAX_FRAME_BYTES, GatewayConfig
-from gateway.socket_connection import WRITE_PIECE, DirectConnection
+from gateway.native_outbox import WRITE_PIECE
+from gateway.native_socket import NativeSocket
 from pgflow.db.store import Store
 from tests.integration.gateway_harness import (
     Driver,
@@ -44,8 +45,8 @@ async def still_serving(gw: RunningGateway) -> None:
     assert await gw.healthy()
 
 
-def direct_connections(gw: RunningGateway) -> list[DirectConnection]:
-    return [c for c in gw.gateway.connections if isinstance(c, DirectConnection)]
+def direct_connections(gw: RunningGateway) -> list[NativeSocket]:
+    return [c for c in gw.runtime.sockets.open if isinstance(c, NativeSocket)]
 
 
 async def test_a_ping_flood_from_a_peer_that_never_reads_stays_within_the_bound(
@@ -96,10 +97,10 @@ async def test_a_fragmented_message_over_the_limit_is_refused_as_a_whole(db_url:
             for _ in range(100):  # empty fragments cost nothing
                 client.protocol.send_continuation(b"", fin=False)
             await client.flush()
-        await wait_until(lambda: sum(c.protocol._fragments is not None
+        await wait_until(lambda: sum(c._fragments is not None
                                      for c in direct_connections(gw)) == 40)
         for connection in direct_connections(gw):
-            fragments = connection.protocol._fragments
+            fragments = connection._fragments
             assert fragments is not None
             assert len(fragments[1]) <= limit
         assert rss_bytes() - before < 40 * limit + 32 * MiB
@@ -121,7 +122,7 @@ async def test_subscriptions_past_the_bound_are_refused_and_hold_nothing(
             await follower.subscribe(run_id)
         await wait_until(lambda: len([m for m in follower.others if m["type"] == "error"])
                          >= 200 + 2)
-        assert gw.gateway.fanout.subscription_count == 5
+        assert gw.runtime.fanout.subscription_count == 5
         codes = {m["code"] for m in follower.others if m["type"] == "error"}
         assert codes == {"too_many_subscriptions"}  # refused before any read
         await still_serving(gw)
@@ -144,13 +145,13 @@ async def test_a_large_event_replayed_to_sockets_that_never_read_is_shared_and_p
             await client.send(orjson.dumps({"type": "subscribe", "run_id": run_id}).decode())
         # Each has its first large event in flight, its transport full.
         await wait_until(lambda: len(direct_connections(gw)) == readers and all(
-            c.protocol.write_paused for c in direct_connections(gw)))
+            c.write_paused for c in direct_connections(gw)))
         buffered = await gw.metric("pgflow_socket_buffered_bytes")
         # Outboxes count the frames they share (until the last byte is handed over) against
         # each socket's bound; the transports hold pieces.
-        bound = gw.gateway.config.socket_buffer_bytes + TRANSPORT_BOUND
+        bound = gw.runtime.config.socket_buffer_bytes + TRANSPORT_BOUND
         assert buffered <= readers * bound, buffered
-        transports = sum(c.protocol.buffered_bytes() for c in direct_connections(gw))
+        transports = sum(c.buffered_bytes() for c in direct_connections(gw))
         assert transports <= readers * TRANSPORT_BOUND, transports
         grown = rss_bytes() - before
         # One copy of each event's frame (text and bytes), not one per socket (~35 MiB alone;
@@ -167,10 +168,10 @@ async def test_a_large_event_replayed_to_sockets_that_never_read_is_shared_and_p
         follower.messages.clear()
         for client in stalled:
             client.reset()
-        await wait_until(lambda: not gw.gateway.connections)
+        await wait_until(lambda: not gw.runtime.sockets.open)
         gc.collect()
-        assert gw.gateway.relay is not None
-        assert len(gw.gateway.relay.frames) == 0
+        assert gw.runtime.relay is not None
+        assert len(gw.runtime.relay.frames) == 0
         # The heap the frames used goes back to the system (socket_connection.py trims it).
         await wait_until(lambda: rss_bytes() - before < 16 * MiB, timeout=5)
 
@@ -187,7 +188,7 @@ async def test_a_replay_of_many_large_events_reads_about_one_outbox_at_a_time(
         run_id = await gw.start_run("wide")
         await Driver(store).finish([run_id], output="x" * 300_000)
         reads: list[list[int]] = []
-        gateway_store = gw.gateway.require_store()
+        gateway_store = gw.runtime.require_store()
         replay, page = gateway_store.get_run_replay, gateway_store.get_run_events_json
 
         async def recorded_replay(*args: Any, **kwargs: Any) -> Any:
@@ -208,7 +209,7 @@ async def test_a_replay_of_many_large_events_reads_about_one_outbox_at_a_time(
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         assert events[-1]["event"] == "run:completed"
         assert events[-1]["output"] == {f"s{i}": "x" * 300_000 for i in range(12)}
-        soft = gw.gateway.fanout.soft_bytes
+        soft = gw.runtime.fanout.soft_bytes
         assert len(reads) > 2, reads
         for sizes in reads:
             # Every read stops once it holds the outbox's soft limit: all but its last event

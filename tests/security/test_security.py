@@ -55,8 +55,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from gateway.asgi_socket import AsgiSocketEndpoint
 from gateway.config import GatewayConfig
-from gateway.realtime import RealtimeEndpoint
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import (
     CHAIN,
@@ -121,7 +121,7 @@ async def gw(pg_server: Server, template_url: str) -> AsyncIterator[RunningGatew
                            max_sockets=MAX_SOCKETS)
     try:
         async with running_gateway(url, config=config) as running:
-            await running.gateway.require_store().define_flow(CHAIN)
+            await running.runtime.require_store().define_flow(CHAIN)
             yield running
     finally:
         await drop_database(pg_server.url, name)
@@ -265,7 +265,7 @@ async def test_tokens_on_an_rs256_gateway(pg_server: Server, template_url: str) 
     try:
         config = GatewayConfig(jwt_public_key=RSA_PUBLIC_PEM, admin_role="admin")
         async with running_gateway(url, config=config) as rgw:
-            await rgw.gateway.require_store().define_flow(CHAIN)
+            await rgw.runtime.require_store().define_flow(CHAIN)
             good = token(key=_RSA, algorithm="RS256")
             run_id = await rgw.start_run("chain", headers=bearer(good))
             assert (await rgw.http.get(f"/runs/{run_id}", headers=bearer(good))).status_code == 200
@@ -291,7 +291,7 @@ async def test_audience_and_a_custom_role_claim(pg_server: Server, template_url:
         config = GatewayConfig(jwt_secret=SECRET, jwt_audience="pgflow", role_claim=claim,
                                admin_role="admin")
         async with running_gateway(url, config=config) as agw:
-            await agw.gateway.require_store().define_flow(CHAIN)
+            await agw.runtime.require_store().define_flow(CHAIN)
             run_id = await agw.start_run("chain", headers=bearer(token("alice", aud="pgflow")))
             for what, value in {
                 "another audience": token("alice", aud="other"),
@@ -363,7 +363,7 @@ async def test_a_token_without_sub_owns_nothing_and_lists_nothing(gw: RunningGat
     nobody = token(None)
     assert_error(await gw.http.get(f"/runs/{run_id}", headers=bearer(nobody)), 403, "forbidden")
     # Regression: this was 401 "listing runs needs a token" although a valid token was sent;
-    # docs/protocol.md: a token that is not allowed is forbidden (403), 401 is for no token.
+    # docs/reference/http.md: a token that is not allowed is forbidden (403), 401 is for no token.
     assert_error(await gw.http.get("/runs", headers=bearer(nobody)), 403, "forbidden")
     assert_error(await gw.http.get("/runs"), 401, "unauthorized")
 
@@ -388,7 +388,7 @@ async def test_origin_look_alikes_are_refused(gw: RunningGateway, origin: str) -
 
 
 async def tables_intact(gw: RunningGateway) -> None:
-    pool = gw.gateway.require_store().pool
+    pool = gw.runtime.require_store().pool
     for table in ("pgflow.runs", "pgflow.flows"):
         assert await pool.fetchval("select to_regclass($1)::text", table) == table
     assert await pool.fetchval("select count(*) from pgflow.runs") > 0
@@ -415,7 +415,7 @@ async def test_sql_metacharacters_in_slugs_and_run_ids_are_refused(gw: RunningGa
             answer = orjson.loads(await ws.recv())
             assert answer["code"] == "bad_request", answer
             # Echoed so the client can match it -- except over 64 characters, where the gateway
-            # leaves it out (pinned by tests/unit/test_protocol.py; docs/protocol.md says
+            # leaves it out (pinned by tests/unit/test_protocol.py; docs/reference/websocket.md says
             # "even one that is not a UUID": see the report).
             assert answer.get("run_id") == (run_id if len(run_id) <= 64 else None), answer
     await tables_intact(gw)
@@ -439,7 +439,7 @@ async def test_sql_metacharacters_in_inputs_and_subjects_round_trip_exactly(
     async with await open_socket(f"{gw.ws_url}?token={quote(token(subject))}") as ws:
         await ws.send(orjson.dumps({"type": "subscribe", "run_id": run_id}).decode())
         assert orjson.loads(await ws.recv())["type"] == "subscribed"
-        await Driver(gw.gateway.require_store()).finish([run_id], output=value)
+        await Driver(gw.runtime.require_store()).finish([run_id], output=value)
         outputs = []
         while True:
             message = orjson.loads(await ws.recv())
@@ -539,7 +539,7 @@ async def test_a_connection_flood_is_refused_with_429_and_the_gateway_recovers(
 
         scope = {"type": "websocket", "path": "/realtime", "headers": [], "query_string": b"",
                  "extensions": {}}
-        await RealtimeEndpoint(gw.gateway)(scope, receive, send)
+        await AsgiSocketEndpoint(gw.runtime.sockets)(scope, receive, send)
         assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
         assert sent[1]["code"] == 1013
         # HTTP keeps serving while the sockets are full.

@@ -5,12 +5,12 @@ from typing import Any
 
 import pytest
 
-from pgflow.db import store as store_module
+from pgflow.db.connection import connect
 
 
 @pytest.fixture
 async def listen_conn(db_url: str) -> AsyncIterator[Any]:
     """A second connection, for LISTEN (a connection's own NOTIFYs reach it only after commit)."""
-    connection = await store_module.connect(db_url)
+    connection = await connect(db_url)
     yield connection
     await connection.close()

@@ -5,7 +5,7 @@ from typing import Any
 
 import orjson
 
-from pgflow.db.store import connect
+from pgflow.db.connection import connect
 from tests.sql._helpers import (
     DIAMOND,
     Notifications,

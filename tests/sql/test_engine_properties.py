@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgflow.db.store import connect
+from pgflow.db.connection import connect
 
 _slugs = itertools.count()
 

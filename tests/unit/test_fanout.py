@@ -10,14 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.fanout import (
-    CLOSE_GOING_AWAY,
-    CLOSE_TRY_AGAIN,
     Client,
     Fanout,
     Item,
     Message,
 )
-from gateway.wire import TextFrame
+from gateway.wire import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, TextFrame
 
 RUN_A = "00000000-0000-0000-0000-00000000000a"
 RUN_B = "00000000-0000-0000-0000-00000000000b"

@@ -115,7 +115,7 @@ def test_public_origins_are_read_and_normalised() -> None:
 
 @pytest.mark.parametrize("port", [99999, 65536, -1])
 def test_the_server_refuses_a_port_out_of_range(port: int) -> None:
-    from gateway.app import _bind_socket
+    from gateway.server import _bind_socket
 
     with pytest.raises(ConfigurationError, match=f"port {port}"):
         _bind_socket("127.0.0.1", port).close()

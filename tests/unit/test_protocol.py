@@ -1,4 +1,4 @@
-"""Frame validation and the wire formats of docs/protocol.md."""
+"""Frame validation and the wire formats of docs/reference/websocket.md."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import orjson
 import pytest
 
 from gateway.errors import BadJsonError, BadRequestError
-from gateway.protocol import (
+from gateway.notifications import NotificationError, parse_notification
+from gateway.wire import (
     MAX_JSON_DEPTH,
-    NotificationError,
     canonical_run_id,
     error_body,
     error_frame,
     event_frame,
     event_frame_from_json,
     parse_client_frame,
-    parse_notification,
     pong_frame,
     subscribed_frame,
 )

@@ -1,0 +1,111 @@
+// The live page's state (gateway/static/state.js, pure): entries fed by a run's events, the
+// recent runs list merged from GET /runs and this tab's runs, and the texts derived from them.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  announcement, documentTitle, eventCount, failureTail, PageState, parseInput, problemText,
+} from "../../gateway/static/state.js";
+
+const T0 = Date.parse("2026-01-01T00:00:00Z");
+const at = (ms) => new Date(T0 + ms).toISOString();
+
+/** A stand-in for the client's FlowRun: only what the page state reads. */
+function fakeRun(runId, { flowSlug = "checkout", events = [], status = "started", startedAt = null } = {}) {
+  return { runId, flowSlug, events, status, startedAt, graph: null };
+}
+
+const FAILED = [
+  { seq: 1, event: "run:started", step_slug: null, at: at(0) },
+  { seq: 2, event: "step:started", step_slug: "charge", attempt: 1, at: at(10) },
+  { seq: 3, event: "step:failed", step_slug: "charge", attempt: 1, error: "declined", at: at(500) },
+  { seq: 4, event: "run:failed", step_slug: "charge", attempt: 1, error: "declined", at: at(500) },
+];
+
+test("an entry takes in the events its run applied before it was tracked", () => {
+  const state = new PageState();
+  const entry = state.track(fakeRun("r1", { events: FAILED, status: "failed" }), { local: true });
+  assert.equal(state.tracked.get("r1"), entry);
+  assert.equal(entry.failedStep, "charge");
+  assert.equal(entry.timing.runStart, T0);
+  assert.equal(entry.timing.runEnd, T0 + 500);
+  assert.equal(entry.timing.steps.get("charge").end, T0 + 500);
+  assert.equal(entry.local, true);
+  assert.equal(entry.problem, null);
+});
+
+test("a live event updates the timing, the failing step and the gateway's clock skew", () => {
+  const state = new PageState();
+  const entry = state.track(fakeRun("r1"), { flowSlug: "checkout" });
+  for (const e of FAILED) state.apply(entry, e, T0 - 2_000); // our clock is 2 s behind
+  assert.equal(entry.failedStep, "charge");
+  assert.equal(state.skew, 2_500, "the latest event's time, ahead of ours");
+  assert.equal(state.serverNow(T0), T0 + 2_500);
+  state.apply(entry, { seq: 5, event: "x:new", at: "not a time" }, T0);
+  assert.equal(state.skew, 2_500, "an event without a time does not move the clock");
+});
+
+test("recent runs: GET /runs merged with this tab's runs, whose live status wins, newest first", () => {
+  const state = new PageState();
+  state.setListed({
+    runs: [
+      { run_id: "old", flow_slug: "etl", status: "completed", started_at: at(-60_000) },
+      { run_id: "live", flow_slug: "diamond", status: "started", started_at: at(-1_000) },
+      { bogus: true },
+    ],
+  });
+  const live = state.track(fakeRun("live", { flowSlug: "diamond", events: FAILED, status: "failed", startedAt: at(-1_000) }));
+  state.track(fakeRun("mine", { startedAt: at(5_000) }), { local: true });
+  state.track(fakeRun("typo", { flowSlug: null }), { openedAt: at(9_000) }); // a bad id from the URL
+  assert.deepEqual(state.recentRows().map((r) => [r.runId, r.status]), [
+    ["mine", "started"], ["live", "failed"], ["old", "completed"],
+  ]);
+  state.current = state.tracked.get("typo");
+  state.current.problem = { code: "not_found" };
+  assert.deepEqual(state.recentRows()[0], { runId: "typo", flow: "…", status: "unknown", startedAt: at(9_000) });
+  assert.equal(state.recentRows(2).length, 2);
+  assert.equal(live.flowSlug, "diamond");
+});
+
+test("a followed run with no events yet shows GET /runs's status", () => {
+  const state = new PageState();
+  state.setListed([{ run_id: "r", flow_slug: "etl", status: "completed", started_at: at(0) }]);
+  state.track(fakeRun("r", { flowSlug: null }), { flowSlug: "etl" });
+  assert.deepEqual(state.recentRows(), [{ runId: "r", flow: "etl", status: "completed", startedAt: at(0) }]);
+});
+
+test("step options come from the open run's graph, else from the previewed flow", () => {
+  const state = new PageState();
+  state.setFlows([{ slug: "etl", steps: [{ slug: "extract", max_attempts: 2 }] }, null]);
+  assert.deepEqual([...state.flows.keys()], ["etl"]);
+  assert.equal(state.stepOptions("extract", "etl").max_attempts, 2);
+  assert.equal(state.stepOptions("nope", "etl"), null);
+  const run = fakeRun("r");
+  run.graph = { slug: "x", steps: [{ slug: "extract", max_attempts: 5 }] };
+  state.current = state.track(run);
+  assert.equal(state.stepOptions("extract", "etl").max_attempts, 5);
+});
+
+test("input parsing: empty is {}, bad JSON says why", () => {
+  assert.deepEqual(parseInput("  "), { ok: true, value: {} });
+  assert.deepEqual(parseInput('{"n": 1}'), { ok: true, value: { n: 1 } });
+  const bad = parseInput("{n: 1}");
+  assert.equal(bad.ok, false);
+  assert.match(bad.message, /^Not valid JSON: /);
+});
+
+test("texts: announcements, problems, titles, counts", () => {
+  const entry = { flowSlug: "checkout" };
+  assert.equal(announcement(entry, { event: "run:completed" }), "Run of checkout completed.");
+  assert.equal(announcement(entry, FAILED[3]), "Run of checkout failed at step charge: declined");
+  assert.equal(announcement(entry, { event: "step:started", step_slug: "a", attempt: 2 }), "Step a is running attempt 2.");
+  assert.equal(announcement(entry, FAILED[1]), null, "a first attempt is not announced");
+  assert.equal(problemText({ code: "not_found" }), "No run has this id (or it is not visible to you).");
+  assert.equal(problemText({ code: "stalled", message: "lost" }), "The run could not be followed: lost");
+  assert.equal(documentTitle(null), "PGFlow — live runs");
+  assert.equal(documentTitle({ flowSlug: null, run: { status: "failed" } }), "Run · failed — PGFlow");
+  assert.equal(eventCount(0), "");
+  assert.equal(eventCount(1), "1 event");
+  assert.equal(failureTail(2), " failed after 2 attempts; the steps after it were cancelled.");
+  assert.equal(failureTail(null), " failed; the steps after it were cancelled.");
+});

@@ -1,0 +1,197 @@
+"""The OpenAPI 3.1 document of the HTTP API (``GET /openapi.json``), written as data.
+
+Kept by hand with docs/reference/http.md; tests/integration/test_gateway_http.py checks that every
+route it names answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pgflow
+
+_ERROR_CODES = [
+    "bad_json", "bad_request", "invalid_flow", "unauthorized", "forbidden", "not_found",
+    "method_not_allowed", "too_large", "too_many_subscriptions", "too_many_connections",
+    "unavailable", "internal",
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "bad JSON or shape (bad_json, bad_request)",
+        401: "token missing or invalid (unauthorized)",
+        403: "the token may not do this (forbidden)",
+        404: "unknown flow or run (not_found)",
+        413: "body over the limit (too_large)",
+        503: "the database cannot be reached (unavailable)",
+    }
+    return {str(s): {"$ref": f"#/components/responses/E{s}"} for s in statuses if s in text}
+
+
+def openapi_document() -> dict[str, Any]:
+    run_id = {"name": "run_id", "in": "path", "required": True,
+              "schema": {"type": "string", "format": "uuid"}}
+    slug = {"name": "slug", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_-]{0,127}$"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "PGFlow gateway",
+            "version": pgflow.__version__,
+            "description": "Start flows and read runs. Live events: websocket /realtime "
+                           "(docs/reference/websocket.md).",
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/rpc/run_flow": {"post": {
+                "summary": "Start a run of a flow",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("RunFlowRequest")}}},
+                "responses": {
+                    "201": _json(_ref("RunStarted"), "the run started"),
+                    **_errors(400, 401, 403, 404, 413, 503),
+                },
+            }},
+            "/flows": {"get": {
+                "summary": "The flows this gateway loaded (those the caller may see)",
+                "responses": {"200": _json({"type": "object", "required": ["flows"],
+                                            "properties": {"flows": {"type": "array",
+                                                                     "items": _ref("FlowInfo")}}},
+                                           "the flows"), **_errors(401)},
+            }},
+            "/flows/{slug}": {"get": {
+                "summary": "A flow's graph shape (cacheable: ETag, If-None-Match -> 304)",
+                "parameters": [slug],
+                "responses": {"200": _json(_ref("Flow"), "the shape"),
+                              "304": {"description": "not modified"},
+                              **_errors(401, 404, 503)},
+            }},
+            "/runs": {"get": {
+                "summary": "Runs newest first, filtered, paged by cursor (with tokens: the "
+                           "caller's own); an unknown parameter or a bad value is a 400",
+                "parameters": [
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}},
+                    {"name": "flow_slug", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "style": "form", "explode": True,
+                     "description": "one or several run statuses (repeated or comma-separated)",
+                     "schema": {"type": "array", "items": {
+                         "enum": ["started", "completed", "failed"]}}},
+                    {"name": "started_after", "in": "query",
+                     "description": "ISO 8601 with a time zone; exclusive",
+                     "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "started_before", "in": "query",
+                     "description": "ISO 8601 with a time zone; exclusive",
+                     "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "cursor", "in": "query",
+                     "description": "the next_cursor of the previous page, as is",
+                     "schema": {"type": "string"}},
+                ],
+                "responses": {"200": _json({"type": "object", "required": ["runs", "next_cursor"],
+                                            "properties": {
+                                                "runs": {"type": "array",
+                                                         "items": _ref("RunSummary")},
+                                                "next_cursor": {"type": ["string", "null"]}}},
+                                           "the runs"), **_errors(400, 401, 403, 503)},
+            }},
+            "/runs/{run_id}": {"get": {
+                "summary": "A run now, with every step",
+                "parameters": [run_id],
+                "responses": {"200": _json(_ref("Run"), "the run"),
+                              **_errors(400, 401, 403, 404, 503)},
+            }},
+            "/healthz": {"get": {
+                "summary": "Liveness: 200 while the LISTEN connection is up",
+                "security": [{}],
+                "responses": {"200": _json({"type": "object"}, "healthy"),
+                              "503": {"$ref": "#/components/responses/E503"}},
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus text", "security": [{}],
+                "responses": {"200": {"description": "metrics", "content": {
+                    "text/plain": {"schema": {"type": "string"}}}}},
+            }},
+            "/client.js": {"get": {
+                "summary": "The JS client, an ES module", "security": [{}],
+                "responses": {"200": {"description": "the module", "content": {
+                    "application/javascript": {"schema": {"type": "string"}}}},
+                    "304": {"description": "not modified"}},
+            }},
+            "/openapi.json": {"get": {
+                "summary": "This document", "security": [{}],
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "bearerFormat": "JWT"}},
+            "responses": {
+                f"E{status}": _json(_ref("Error"), description)
+                for status, description in [
+                    (400, "bad request"), (401, "unauthorized"), (403, "forbidden"),
+                    (404, "not found"), (413, "too large"), (503, "unavailable"),
+                ]
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["code", "message"], "properties": {
+                        "code": {"type": "string", "enum": _ERROR_CODES},
+                        "message": {"type": "string"}}}}},
+                "RunFlowRequest": {"type": "object", "required": ["flow_slug"],
+                                   "additionalProperties": False, "properties": {
+                                       "flow_slug": {"type": "string"},
+                                       "input": {"description": "any JSON (default null)"}}},
+                "RunStarted": {"type": "object", "required": ["run_id", "flow_slug", "status"],
+                               "properties": {"run_id": {"type": "string", "format": "uuid"},
+                                              "flow_slug": {"type": "string"},
+                                              "status": {"const": "started"}}},
+                "FlowInfo": {"type": "object", "properties": {
+                    "slug": {"type": "string"}, "description": {"type": "string"},
+                    "example_input": {}, "public": {"type": "boolean"}}},
+                "Flow": {"type": "object", "required": ["slug", "steps", "output_step"],
+                         "properties": {
+                             "slug": {"type": "string"},
+                             "steps": {"type": "array", "items": {"type": "object", "properties": {
+                                 "slug": {"type": "string"},
+                                 "depends_on": {"type": "array", "items": {"type": "string"}},
+                                 "max_attempts": {"type": "integer"},
+                                 "base_delay": {"type": "number"},
+                                 "timeout": {"type": "integer"}}}},
+                             "output_step": {"type": ["string", "null"]},
+                             "public": {"type": "boolean"},
+                             "description": {"type": "string"},
+                             "example_input": {}}},
+                "RunSummary": {"type": "object", "properties": {
+                    "run_id": {"type": "string", "format": "uuid"},
+                    "flow_slug": {"type": "string"},
+                    "status": {"enum": ["started", "completed", "failed"]},
+                    "seq": {"type": "integer"},
+                    "started_at": {"type": "string"},
+                    "completed_at": {"type": ["string", "null"]},
+                    "failed_at": {"type": ["string", "null"]}}},
+                "Run": {"type": "object", "properties": {
+                    "run_id": {"type": "string", "format": "uuid"},
+                    "flow_slug": {"type": "string"},
+                    "status": {"enum": ["started", "completed", "failed"]},
+                    "input": {}, "output": {}, "error": {"type": ["string", "null"]},
+                    "failed_step": {"type": ["string", "null"]},
+                    "owner": {"type": ["string", "null"]},
+                    "seq": {"type": "integer"},
+                    "steps": {"type": "array", "items": {"type": "object", "properties": {
+                        "step_slug": {"type": "string"},
+                        "status": {"enum": ["created", "started", "retrying", "completed",
+                                            "failed", "cancelled"]},
+                        "attempt": {"type": "integer"}, "output": {},
+                        "error": {"type": ["string", "null"]}}}}}},
+            },
+        },
+    }

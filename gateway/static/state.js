@@ -1,0 +1,212 @@
+// The live page's state, without the DOM: the flows, the runs this tab follows and the runs
+// GET /runs lists, and what the page derives from each run's events. Pure: the views draw from
+// it and app.js feeds it; node tests drive it directly (client_js/test/page_state.test.js).
+//
+// Each followed run is an Entry: the client's FlowRun (status, step states, events) plus the
+// page's own bookkeeping (timing for durations, the failing step, a follow error).
+
+import { applyTiming, newTiming, RUN_STATUS_LABELS } from "./format.js";
+
+export const RECENT_SHOWN = 30; // runs listed, with those started in this tab
+export const CONN_LABELS = { idle: "Ready", connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Closed" };
+
+/**
+ * @typedef {object} Entry
+ * @property {string} runId
+ * @property {any} run the client's FlowRun
+ * @property {boolean} local started in this tab
+ * @property {string | null} flowSlug
+ * @property {string} openedAt ISO time this tab first followed it
+ * @property {ReturnType<typeof newTiming>} timing
+ * @property {string | null} failedStep the step run:failed names
+ * @property {any} problem why the run could not be followed (not_found, forbidden, …), or null
+ * @property {boolean} graphFailed its graph could not be loaded
+ */
+
+/**
+ * @typedef {object} RecentRow
+ * @property {string} runId
+ * @property {string} flow
+ * @property {string} status a run status, or "unknown" for a run that could not be followed
+ * @property {string | null} startedAt
+ */
+
+export class PageState {
+  constructor() {
+    /** @type {Map<string, any>} slug -> {slug, description, example_input, steps?, output_step?} */
+    this.flows = new Map();
+    /** @type {Map<string, string>} slug -> the input text as edited, kept across flow switches */
+    this.drafts = new Map();
+    /** @type {Map<string, Entry>} run_id -> every run this tab follows or followed */
+    this.tracked = new Map();
+    /** @type {Map<string, any>} run_id -> summary from GET /runs */
+    this.listed = new Map();
+    /** @type {Entry | null} the run on display, or null for the selected flow's preview */
+    this.current = null;
+    this.skew = 0; // ms the gateway's clock is ahead of ours (events cannot come from the future)
+  }
+
+  /** The gateway's clock, as far as its events tell. */
+  serverNow(now = Date.now()) {
+    return now + this.skew;
+  }
+
+  /**
+   * Starts keeping an Entry for `run`, with the events it applied already.
+   * @param {any} run
+   * @param {{local?: boolean, flowSlug?: string | null, openedAt?: string}} [options]
+   * @returns {Entry}
+   */
+  track(run, { local = false, flowSlug = null, openedAt = new Date().toISOString() } = {}) {
+    /** @type {Entry} */
+    const entry = {
+      runId: run.runId, run, local, flowSlug: run.flowSlug ?? flowSlug, openedAt,
+      timing: newTiming(), failedStep: null, problem: null, graphFailed: false,
+    };
+    for (const e of run.events) noteEvent(entry, e);
+    this.tracked.set(run.runId, entry);
+    return entry;
+  }
+
+  /**
+   * One live event of `entry`'s run (the FlowRun applied it already).
+   * @param {Entry} entry
+   * @param {any} e
+   */
+  apply(entry, e, now = Date.now()) {
+    const at = Date.parse(e.at);
+    if (Number.isFinite(at)) this.skew = Math.max(this.skew, at - now);
+    noteEvent(entry, e);
+  }
+
+  /** GET /flows's answer: a list, or {flows: [...]}. */
+  setFlows(body) {
+    const list = Array.isArray(body) ? body : body?.flows ?? [];
+    this.flows.clear();
+    for (const f of list) if (f && typeof f.slug === "string") this.flows.set(f.slug, f);
+  }
+
+  /** GET /runs's answer: a list, or {runs: [...]}. */
+  setListed(body) {
+    const list = Array.isArray(body) ? body : body?.runs ?? [];
+    this.listed.clear();
+    for (const r of list) if (r && typeof r.run_id === "string") this.listed.set(r.run_id, r);
+  }
+
+  /**
+   * A step's options (max_attempts, base_delay, …): from the open run's graph, or the
+   * previewed flow's.
+   * @param {string} slug
+   * @param {string} selectedFlow the flow picker's value
+   */
+  stepOptions(slug, selectedFlow) {
+    const graph = this.current ? this.current.run.graph : this.flows.get(selectedFlow);
+    return graph?.steps?.find((/** @type {any} */ s) => s.slug === slug) ?? null;
+  }
+
+  /**
+   * The recent runs list: GET /runs's, merged with the runs this tab follows (their live
+   * status wins), newest first.
+   * @returns {RecentRow[]}
+   */
+  recentRows(limit = RECENT_SHOWN) {
+    /** @type {Map<string, RecentRow>} */
+    const rows = new Map();
+    for (const r of this.listed.values()) {
+      rows.set(r.run_id, { runId: r.run_id, flow: r.flow_slug, status: r.status, startedAt: r.started_at ?? r.created_at ?? null });
+    }
+    for (const entry of this.tracked.values()) {
+      const known = rows.get(entry.runId);
+      if (!known && !entry.local && entry !== this.current) continue; // a bad id typed in the URL stays out
+      rows.set(entry.runId, {
+        runId: entry.runId,
+        flow: entry.flowSlug ?? known?.flow ?? "…",
+        status: entry.problem ? "unknown" : entry.run.events.length || !known ? entry.run.status : known.status,
+        startedAt: entry.run.startedAt ?? known?.startedAt ?? entry.openedAt,
+      });
+    }
+    return [...rows.values()]
+      .sort((a, b) => (Date.parse(b.startedAt ?? "") || 0) - (Date.parse(a.startedAt ?? "") || 0))
+      .slice(0, limit);
+  }
+}
+
+/**
+ * The page's side of one event: timing and the failing step.
+ * @param {Entry} entry
+ * @param {any} e
+ */
+export function noteEvent(entry, e) {
+  applyTiming(entry.timing, e);
+  if (e.event === "run:failed") entry.failedStep = e.step_slug;
+}
+
+/**
+ * The input editor's text as a flow input: empty is `{}`.
+ * @param {string} text
+ * @returns {{ok: true, value: unknown} | {ok: false, message: string}}
+ */
+export function parseInput(text) {
+  const trimmed = text.trim();
+  if (trimmed === "") return { ok: true, value: {} };
+  try {
+    return { ok: true, value: JSON.parse(trimmed) };
+  } catch (err) {
+    return { ok: false, message: `Not valid JSON: ${/** @type {Error} */ (err).message}` };
+  }
+}
+
+/**
+ * What a screen reader hears for an event of the open run, or null for none.
+ * @param {Entry} entry
+ * @param {any} e
+ */
+export function announcement(entry, e) {
+  const flow = entry.flowSlug ?? "the run";
+  if (e.event === "run:completed") return `Run of ${flow} completed.`;
+  if (e.event === "run:failed") return `Run of ${flow} failed at step ${e.step_slug}: ${e.error}`;
+  if (e.event === "step:retrying") return `Step ${e.step_slug} failed attempt ${e.attempt}, waiting to retry.`;
+  if (e.event === "step:started" && e.attempt > 1) return `Step ${e.step_slug} is running attempt ${e.attempt}.`;
+  return null;
+}
+
+/**
+ * Why a run could not be followed, for the run view.
+ * @param {{code?: string, message?: string}} err
+ */
+export function problemText(err) {
+  return err.code === "not_found" ? "No run has this id (or it is not visible to you)."
+    : err.code === "forbidden" ? "You may not see this run."
+    : err.code === "bad_request" ? "This is not a valid run id."
+    : `The run could not be followed: ${err.message}`;
+}
+
+/** @param {string} status */
+export function runStatusLabel(status) {
+  return RUN_STATUS_LABELS[/** @type {keyof typeof RUN_STATUS_LABELS} */ (status)] ?? status;
+}
+
+/**
+ * The tab's title for the open run, or for the preview (null).
+ * @param {Entry | null} entry
+ */
+export function documentTitle(entry) {
+  if (!entry) return "PGFlow — live runs";
+  return `${entry.flowSlug ?? "Run"} · ${runStatusLabel(entry.run.status).toLowerCase()} — PGFlow`;
+}
+
+/**
+ * The timeline's event count, "3 events".
+ * @param {number} count
+ */
+export function eventCount(count) {
+  return count ? `${count} event${count === 1 ? "" : "s"}` : "";
+}
+
+/**
+ * The failure card's sentence after the step's name.
+ * @param {number | null} attempts the failing step's last attempt
+ */
+export function failureTail(attempts) {
+  return ` failed${attempts ? ` after ${attempts} attempt${attempts === 1 ? "" : "s"}` : ""}; the steps after it were cancelled.`;
+}

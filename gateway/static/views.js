@@ -1,0 +1,320 @@
+// The live page's views: they draw the PageState into index.html's elements (the run header,
+// graph, timeline, step detail, tooltip, recent runs, connection badge) and hold no state of
+// their own. The DOM builders they use live in panels.js, the graph in dag.js.
+
+import { DagView } from "./dag.js";
+import { formatAgo, formatClock, formatDuration, prettyJson, shortId, stepLook } from "./format.js";
+import { eventRow, placeTip, stepDetail, tipContent } from "./panels.js";
+import {
+  CONN_LABELS, documentTitle, eventCount, failureTail, problemText, runStatusLabel,
+} from "./state.js";
+
+/** @typedef {import("./state.js").PageState} PageState */
+/** @typedef {import("./state.js").Entry} Entry */
+
+const FRESH = 3000; // ms: an event younger than this flashes in the timeline (a replay does not)
+
+/** @param {Document} doc */
+function elements(doc) {
+  const $ = (/** @type {string} */ id) => /** @type {any} */ (doc.getElementById(id));
+  return {
+    form: $("run-form"), select: $("flow-select"), description: $("flow-description"), flowsError: $("flows-error"),
+    editor: $("input-editor"), inputError: $("input-error"), resetInput: $("reset-input"),
+    runButton: $("run-button"), startError: $("start-error"),
+    view: $("run-view"), eyebrow: $("run-eyebrow"), title: $("run-title"), subtitle: $("run-subtitle"),
+    meta: $("run-meta"), runId: $("run-id"), started: $("run-started"), elapsed: $("run-elapsed"),
+    badge: $("run-status"), badgeText: $("run-status-text"),
+    dag: $("dag"), dagScroll: $("dag-scroll"), dagEmpty: $("dag-empty"), tip: $("dag-tip"),
+    zoomIn: $("zoom-in"), zoomOut: $("zoom-out"), zoomFit: $("zoom-fit"),
+    errorCard: $("run-error"), errorSummary: $("run-error-summary"), errorText: $("run-error-text"), showFailed: $("show-failed-step"),
+    outputCard: $("output-card"), output: $("run-output"), copyOutput: $("copy-output"),
+    detail: $("step-detail-body"),
+    timelineBody: $("timeline-body"), timelineScroll: $("timeline-scroll"), timelineEmpty: $("timeline-empty"), timelineCount: $("timeline-count"),
+    recent: $("recent-runs"), recentEmpty: $("recent-empty"), recentError: $("recent-error"), refreshRuns: $("refresh-runs"),
+    conn: $("conn"), connText: $("conn-text"), announcer: $("announcer"),
+  };
+}
+
+export class PageView {
+  /**
+   * @param {Document} doc
+   * @param {PageState} state
+   */
+  constructor(doc, state) {
+    this.doc = doc;
+    this.state = state;
+    this.ui = elements(doc);
+    const ui = this.ui;
+    this.dag = new DagView(ui.dag, ui.dagScroll, {
+      onSelect: () => this.renderDetail(),
+      onHover: (/** @type {string | null} */ slug, /** @type {Element} */ g) => this.showTip(slug, g),
+      onZoom: (/** @type {number} */ scale, /** @type {boolean} */ fit) => {
+        ui.zoomFit.textContent = `${Math.round(scale * 100)}%`;
+        ui.zoomFit.setAttribute("aria-label", `Zoom ${Math.round(scale * 100)}%${fit ? ", fitted" : ""}: fit to width`);
+        ui.zoomFit.setAttribute("aria-pressed", String(fit));
+      },
+    });
+  }
+
+  // ---- graph ----
+
+  /** @param {Entry} entry */
+  drawGraph(entry) {
+    const run = entry.run;
+    const graph = run.graph ?? { slug: entry.flowSlug, steps: [], output_step: null };
+    this.ui.dagEmpty.hidden = true;
+    this.dag.setGraph(graph, [...run.steps.keys()]);
+    this.paintSteps();
+  }
+
+  /** A flow's graph with no run: every step not started. */
+  drawPreview(graph) {
+    this.ui.dagEmpty.hidden = true;
+    this.dag.setGraph(graph);
+    for (const s of graph.steps ?? []) {
+      const o = s.max_attempts ? `up to ${s.max_attempts} ${s.max_attempts === 1 ? "try" : "tries"}` : "not started";
+      this.dag.update(s.slug, { status: "created", attempt: null, sub: o, pill: null, label: `${s.slug}: not started` });
+    }
+  }
+
+  /** The graph's place holds a message instead (loading, an error, no flows). */
+  showDagMessage(text, { clear = false } = {}) {
+    if (clear) this.dag.clear();
+    this.ui.dagEmpty.textContent = text;
+    this.ui.dagEmpty.hidden = false;
+  }
+
+  /** @param {string} slug */
+  stepOptions(slug) {
+    return this.state.stepOptions(slug, this.ui.select.value);
+  }
+
+  /** Repaints one step, or all (their states change together when a run fails). */
+  paintSteps(slug = null) {
+    const current = this.state.current;
+    if (!current) return;
+    const now = this.state.serverNow();
+    const slugs = slug ? [slug] : [...this.dag.nodes.keys()];
+    for (const s of slugs) {
+      const look = stepLook(current.run.step(s), current.timing, this.stepOptions(s), now);
+      look.culprit = current.run.status === "failed" && s === current.failedStep;
+      this.dag.update(s, look);
+    }
+  }
+
+  // ---- run header, result ----
+
+  renderRunState() {
+    const { ui, state } = this;
+    const entry = state.current;
+    ui.badge.hidden = !entry || (entry.problem && entry.run.events.length === 0);
+    ui.meta.hidden = !entry;
+    this.doc.title = documentTitle(entry);
+    if (!entry) {
+      ui.eyebrow.textContent = "Preview";
+      const flow = state.flows.get(ui.select.value);
+      ui.title.textContent = flow ? flow.slug : "Pick a flow";
+      ui.subtitle.hidden = false;
+      ui.subtitle.textContent = flow
+        ? "Its steps are drawn below. Press Run to start a run and watch it live."
+        : "Choose a flow on the left to see its steps.";
+      ui.errorCard.hidden = true;
+      ui.outputCard.hidden = true;
+      ui.timelineEmpty.hidden = false;
+      ui.timelineEmpty.textContent = "Events appear here as soon as a run starts.";
+      ui.timelineCount.textContent = "";
+      return;
+    }
+    const run = entry.run;
+    ui.eyebrow.textContent = entry.local ? "Run started here" : "Run";
+    ui.title.textContent = entry.flowSlug ?? "Run";
+    ui.subtitle.hidden = true;
+    ui.runId.textContent = entry.runId;
+    const startedIso = run.startedAt ?? state.listed.get(entry.runId)?.started_at ?? null;
+    ui.started.textContent = startedIso ? formatClock(startedIso) : "—";
+    ui.badge.dataset.status = run.status;
+    ui.badgeText.textContent = runStatusLabel(run.status);
+    this.renderElapsed();
+
+    const count = run.events.length;
+    ui.timelineEmpty.hidden = count > 0;
+    ui.timelineEmpty.textContent = "Waiting for the first event…";
+    ui.timelineCount.textContent = eventCount(count);
+
+    ui.outputCard.hidden = run.status !== "completed";
+    if (run.status === "completed") {
+      const text = prettyJson(run.output);
+      if (ui.output.textContent !== text) ui.output.textContent = text;
+    }
+    ui.errorCard.hidden = run.status !== "failed";
+    if (run.status === "failed") {
+      const slug = entry.failedStep;
+      const attempts = slug ? run.step(slug).attempt : null;
+      ui.errorSummary.replaceChildren(
+        "Step ", Object.assign(this.doc.createElement("strong"), { textContent: slug ?? "?" }), failureTail(attempts),
+      );
+      ui.errorText.textContent = run.error ?? "";
+      ui.showFailed.hidden = !slug || !this.dag.has(slug);
+    }
+  }
+
+  renderElapsed() {
+    const current = this.state.current;
+    if (!current) return;
+    const t = current.timing;
+    this.ui.elapsed.textContent = t.runStart === null ? "—" : formatDuration((t.runEnd ?? this.state.serverNow()) - t.runStart);
+  }
+
+  /** The open run could not be followed: say why, in the graph's place if it has no events. */
+  renderProblem() {
+    const current = this.state.current;
+    const err = current?.problem;
+    if (!current || !err) return;
+    this.renderRunState();
+    const what = problemText(err);
+    this.ui.subtitle.hidden = false;
+    this.ui.subtitle.textContent = what;
+    if (current.run.events.length === 0) this.showDagMessage(what, { clear: true });
+  }
+
+  // ---- timeline, step details, tooltip ----
+
+  /** Redraws the timeline from the open run's events. */
+  renderTimeline() {
+    const { ui } = this;
+    ui.timelineBody.replaceChildren();
+    for (const e of this.state.current?.run.events ?? []) this.appendEvent(e, false);
+    ui.timelineScroll.scrollTop = ui.timelineScroll.scrollHeight;
+  }
+
+  appendEvent(e, live = this.state.serverNow() - Date.parse(e.at) < FRESH) {
+    const scroller = this.ui.timelineScroll;
+    const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 24;
+    this.ui.timelineBody.appendChild(eventRow(e, this.state.current?.timing.runStart, live));
+    if (live && atBottom) scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  /** @param {string} slug */
+  stepContext(slug) {
+    const current = this.state.current;
+    return {
+      slug,
+      options: this.stepOptions(slug) ?? {},
+      state: current ? current.run.step(slug) : null,
+      timing: current?.timing ?? null,
+      now: this.state.serverNow(),
+    };
+  }
+
+  renderDetail() {
+    this.ui.detail.replaceChildren(stepDetail(this.dag.selected ? this.stepContext(this.dag.selected) : null));
+  }
+
+  /**
+   * @param {string | null} slug
+   * @param {Element} g
+   */
+  showTip(slug, g) {
+    if (!slug) return this.hideTip();
+    this.ui.tip.replaceChildren(tipContent(this.stepContext(slug)));
+    this.ui.tip.hidden = false;
+    placeTip(this.ui.tip, g);
+  }
+
+  hideTip() {
+    this.ui.tip.hidden = true;
+  }
+
+  /** Live durations: the run's elapsed time and each running or retrying step's line. */
+  tickSteps() {
+    const current = this.state.current;
+    if (!current) return;
+    const now = this.state.serverNow();
+    this.renderElapsed();
+    for (const [slug] of this.dag.nodes) {
+      const st = current.run.step(slug);
+      if (st.status !== "started" && st.status !== "retrying") continue;
+      const look = stepLook(st, current.timing, this.stepOptions(slug), now);
+      this.dag.updateSub(slug, look);
+      if (this.dag.selected === slug) {
+        const dd = this.ui.detail.querySelector('[data-live="duration"]');
+        if (dd && look.duration !== null) dd.textContent = formatDuration(look.duration);
+      }
+    }
+  }
+
+  // ---- recent runs, connection, announcements ----
+
+  renderRecent() {
+    const { ui, doc } = this;
+    const rows = this.state.recentRows();
+    const current = this.state.current;
+    const focused = doc.activeElement?.closest?.("#recent-runs a")?.dataset.runId;
+    const items = rows.map((r) => {
+      const li = doc.createElement("li");
+      const a = doc.createElement("a");
+      a.href = `${location.pathname}?run=${encodeURIComponent(r.runId)}`;
+      a.dataset.runId = r.runId;
+      a.dataset.status = r.status;
+      if (current?.runId === r.runId) a.setAttribute("aria-current", "page");
+      const label = r.status === "unknown" ? "Unavailable" : runStatusLabel(r.status);
+      a.setAttribute("aria-label", `${r.flow}, ${label.toLowerCase()}, run ${shortId(r.runId)}, started ${formatAgo(r.startedAt)}`);
+      const span = (/** @type {string} */ cls, /** @type {string} */ text) => Object.assign(doc.createElement("span"), { className: cls, textContent: text });
+      a.append(span("dot", ""), span("flow", r.flow), span("status", label), span("rid", shortId(r.runId)), span("when", formatAgo(r.startedAt)));
+      /** @type {HTMLElement} */ (a.lastChild).dataset.at = r.startedAt ?? "";
+      li.append(a);
+      return li;
+    });
+    ui.recent.replaceChildren(...items);
+    ui.recentEmpty.hidden = rows.length > 0;
+    if (focused) ui.recent.querySelector(`a[data-run-id="${CSS.escape(focused)}"]`)?.focus();
+  }
+
+  tickRecentTimes() {
+    for (const span of this.ui.recent.querySelectorAll(".when")) span.textContent = formatAgo(span.dataset.at);
+  }
+
+  /** @param {string} state the client's connection state */
+  renderConnection(state) {
+    const { conn, connText } = this.ui;
+    if (conn.dataset.state === state) return;
+    conn.dataset.state = state;
+    connText.textContent = CONN_LABELS[/** @type {keyof typeof CONN_LABELS} */ (state)] ?? state;
+  }
+
+  /** @param {string} text */
+  announce(text) {
+    this.ui.announcer.textContent = "";
+    setTimeout(() => (this.ui.announcer.textContent = text), 50);
+  }
+
+  // ---- the form ----
+
+  /** @param {string} message */
+  showInputError(message) {
+    const { ui } = this;
+    ui.inputError.textContent = message;
+    ui.inputError.hidden = false;
+    ui.editor.setAttribute("aria-invalid", "true");
+  }
+
+  clearInputError() {
+    const { ui } = this;
+    ui.inputError.hidden = true;
+    ui.inputError.textContent = "";
+    ui.editor.removeAttribute("aria-invalid");
+  }
+
+  /** @param {{message: string} | null} err */
+  showStartError(err) {
+    this.ui.startError.textContent = err ? `Could not start the run: ${err.message}` : "";
+    this.ui.startError.hidden = !err;
+  }
+
+  /** @param {boolean} busy */
+  setStarting(busy) {
+    this.ui.runButton.disabled = busy;
+    if (busy) this.ui.runButton.setAttribute("aria-busy", "true");
+    else this.ui.runButton.removeAttribute("aria-busy");
+  }
+}

@@ -1,0 +1,59 @@
+"""A worker's options: their defaults and the bounds ``Worker()`` checks them against."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+
+from pgflow.db.store import MAX_LEASE, MIN_LEASE
+from pgflow.errors import ConfigurationError
+from pgflow.flows import Flow
+
+DEFAULT_CONCURRENCY = 10
+DEFAULT_LEASE = 30.0  # seconds
+DEFAULT_POLL_INTERVAL = 1.0  # seconds
+DEFAULT_SHUTDOWN_GRACE = 30.0  # seconds
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def check_options(
+    flows: Sequence[Flow],
+    *,
+    concurrency: int,
+    batch_size: int | None,
+    lease_seconds: float,
+    poll_interval: float,
+    shutdown_grace: float,
+    max_stuck_threads: int | None,
+) -> None:
+    """Raises ConfigurationError naming the first option out of its bounds."""
+    if not flows:
+        raise ConfigurationError("a worker needs at least one flow")
+    if len({f.slug for f in flows}) != len(flows):
+        raise ConfigurationError("two of the worker's flows share a slug")
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigurationError(f"concurrency must be at least 1, not {concurrency!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigurationError(f"batch size must be at least 1, not {batch_size!r}")
+    if not MIN_LEASE <= lease_seconds <= MAX_LEASE:
+        raise ConfigurationError(f"the lease must be from {MIN_LEASE:g} to {MAX_LEASE:g} "
+                                 f"seconds, not {lease_seconds!r}")
+    if not poll_interval > 0:
+        raise ConfigurationError(
+            f"the poll interval must be positive seconds, not {poll_interval!r}"
+        )
+    if not shutdown_grace >= 0:
+        raise ConfigurationError(
+            f"the shutdown grace must be seconds >= 0, not {shutdown_grace!r}"
+        )
+    if max_stuck_threads is not None and (
+        not isinstance(max_stuck_threads, int) or max_stuck_threads < 1
+    ):
+        raise ConfigurationError(
+            f"max stuck threads must be at least 1, not {max_stuck_threads!r}"
+        )

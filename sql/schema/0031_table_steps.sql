@@ -1,0 +1,17 @@
+-- steps: a flow's steps, in definition order (step_index), with their dependencies both ways and
+-- their retry and timeout options.
+
+create table pgflow.steps (
+  flow_slug text not null references pgflow.flows (flow_slug) on delete cascade,
+  step_slug text not null,
+  step_index int not null,
+  depends_on text[] not null default '{}',
+  dependents text[] not null default '{}',
+  max_attempts int not null,
+  base_delay double precision not null,
+  timeout int not null,
+  primary key (flow_slug, step_slug),
+  constraint max_attempts_is_positive check (max_attempts >= 1),
+  constraint base_delay_is_not_negative check (base_delay >= 0),
+  constraint timeout_is_positive check (timeout >= 1)
+);

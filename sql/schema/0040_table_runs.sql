@@ -1,0 +1,26 @@
+-- runs: one row per run of a flow. Its row lock serialises everything that happens to the run:
+-- a run's row first (for update), then its step_states rows; several runs in run_id order.
+-- last_seq is the seq of the run's last event.
+
+create table pgflow.runs (
+  run_id uuid primary key default gen_random_uuid(),
+  flow_slug text not null references pgflow.flows (flow_slug),
+  status text not null default 'started',
+  input jsonb not null,
+  output jsonb,
+  error text,
+  failed_step text,
+  owner text,
+  remaining_steps int not null,
+  last_seq bigint not null default 0,
+  started_at timestamptz not null default now(),
+  completed_at timestamptz,
+  failed_at timestamptz,
+  constraint status_is_known check (status in ('started', 'completed', 'failed')),
+  constraint completed_run_has_completed_at check ((status = 'completed') = (completed_at is not null)),
+  constraint failed_run_has_failed_at check ((status = 'failed') = (failed_at is not null)),
+  constraint remaining_steps_is_not_negative check (remaining_steps >= 0)
+);
+
+-- list_runs: newest first, the order it pages in, (started_at, run_id) descending.
+create index runs_started_at_run_id_idx on pgflow.runs (started_at desc, run_id desc);

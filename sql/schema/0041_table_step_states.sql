@@ -1,0 +1,37 @@
+-- step_states: one row per step of a run; it is also the task queue: a row with status
+-- started/retrying and no lease is a task a worker may claim once available_at has passed.
+
+create table pgflow.step_states (
+  run_id uuid not null references pgflow.runs (run_id) on delete cascade,
+  step_slug text not null,
+  flow_slug text not null,
+  status text not null default 'created',
+  remaining_deps int not null,
+  attempt int not null default 0,
+  output jsonb,
+  error text,
+  available_at timestamptz,
+  leased_by text,
+  lease_expires_at timestamptz,
+  created_at timestamptz not null default now(),
+  started_at timestamptz,
+  completed_at timestamptz,
+  failed_at timestamptz,
+  primary key (run_id, step_slug),
+  constraint status_is_known check (
+    status in ('created', 'started', 'retrying', 'completed', 'failed', 'cancelled')
+  ),
+  constraint remaining_deps_is_not_negative check (remaining_deps >= 0),
+  constraint lease_has_holder check ((leased_by is null) = (lease_expires_at is null)),
+  constraint only_queued_steps_are_leased check (
+    lease_expires_at is null or status in ('started', 'retrying')
+  )
+);
+
+-- claim_tasks: unleased ready tasks, oldest first.
+create index step_states_ready_idx on pgflow.step_states (available_at)
+  where status in ('started', 'retrying') and lease_expires_at is null;
+
+-- claim_tasks' sweep for leases whose holder vanished, longest expired first.
+create index step_states_leased_idx on pgflow.step_states (lease_expires_at)
+  where lease_expires_at is not null;

@@ -1,0 +1,122 @@
+-- claim_tasks: leases up to max_tasks (1 to 1000) ready tasks, oldest first, for lease_seconds
+-- (0.1 to 86400).
+-- Before claiming it sweeps leases that ran out, longest expired first: each counts as a failed
+-- attempt ('lease expired') and is claimable again at once, or fails the step on its last attempt.
+-- A claimed retry (a row in status 'retrying': attempt 2 or later) gets its step:started, with
+-- its attempt, in the same transaction; first attempts had theirs when they were queued.
+-- Returns: one row per task with the handler's assembled input
+--   {"run": <run input>, "<dep slug>": <dep output>, ...} and the step's timeout.
+-- Locks: for update skip locked on ready rows; the run row of each expired lease it sweeps; for a
+--   retry, its run's row with skip locked too (the event's seq): a claim never waits for a run,
+--   so it cannot deadlock with a run-locked path waiting for the step row; a retry whose run is
+--   being written at that instant stays queued for the next claim.
+-- Notifies: pgflow_events (step:started of claimed retries; the sweep's step:retrying /
+--   step:failed / run:failed); pgflow_tasks for a swept lease that is claimable again.
+-- Raises: PF400 for a missing worker_id or an argument out of its range.
+-- Idempotent: no; each call takes new leases.
+create function pgflow.claim_tasks(
+  worker_id text,
+  max_tasks int,
+  flow_slugs text[] default null,
+  lease_seconds double precision default 30
+) returns table (
+  run_id uuid,
+  flow_slug text,
+  step_slug text,
+  attempt int,
+  input jsonb,
+  timeout int,
+  max_attempts int
+)
+language plpgsql
+volatile
+set search_path to ''
+as $$
+declare
+  -- a variable, not clock_timestamp() in the queries: a volatile call there defeats the indexes
+  v_now timestamptz := clock_timestamp();
+  v_expired record;
+begin
+  -- ARGUMENTS
+  if claim_tasks.worker_id is null or claim_tasks.worker_id = '' then
+    perform pgflow._bad_argument('claim_tasks', 'worker_id', 'a non-empty string', quote_literal(claim_tasks.worker_id));
+  end if;
+  if (claim_tasks.max_tasks between 1 and 1000) is not true then
+    perform pgflow._bad_argument('claim_tasks', 'max_tasks', 'an integer from 1 to 1000', claim_tasks.max_tasks::text);
+  end if;
+  if (claim_tasks.lease_seconds between 0.1 and 86400) is not true then
+    perform pgflow._bad_argument('claim_tasks', 'lease_seconds', 'a number of seconds from 0.1 to 86400',
+                                 claim_tasks.lease_seconds::text);
+  end if;
+
+  -- SWEEP: leases whose holder vanished, rechecked under each run's lock
+  for v_expired in
+    select e.run_id, e.step_slug from (
+      -- in the lease index's order, so that it is read from its start and stops at the first
+      -- live lease: a scan of the table costs as much as the queue is long, every call
+      select s.run_id, s.step_slug from pgflow.step_states as s
+      where s.lease_expires_at < v_now
+        and (claim_tasks.flow_slugs is null or s.flow_slug = any(claim_tasks.flow_slugs))
+      order by s.lease_expires_at
+      limit 100
+    ) as e
+    order by e.run_id
+  loop
+    perform 1 from pgflow.runs as r
+    where r.run_id = v_expired.run_id and r.status = 'started'
+    for update;
+    if found then
+      perform 1 from pgflow.step_states as s
+      where s.run_id = v_expired.run_id and s.step_slug = v_expired.step_slug
+        and s.status = 'started' and s.lease_expires_at < clock_timestamp();
+      if found then
+        perform pgflow._fail_attempt(v_expired.run_id, v_expired.step_slug, 'lease expired', true);
+      end if;
+    end if;
+  end loop;
+
+  -- CLAIM (what the sweep made claimable again included). A retry's run lock and event come
+  -- from function calls made only for rows that were retrying: a first attempt pays one
+  -- comparison. The run lock is taken before the limit counts the row, so a retry whose run is
+  -- busy leaves its slot to the next ready task instead of shrinking the batch.
+  v_now := clock_timestamp();
+  return query
+  with claimed as (
+    select s.run_id, s.step_slug, s.status = 'retrying' as retry
+    from pgflow.step_states as s
+    where s.status in ('started', 'retrying')
+      and s.lease_expires_at is null
+      and s.available_at <= v_now
+      and (claim_tasks.flow_slugs is null or s.flow_slug = any(claim_tasks.flow_slugs))
+      and (s.status <> 'retrying' or pgflow._lock_run_for_retry(s.run_id))
+    order by s.available_at
+    limit claim_tasks.max_tasks
+    for update skip locked
+  ), leased as (
+    update pgflow.step_states as s
+    set status = 'started',
+        attempt = s.attempt + 1,
+        leased_by = claim_tasks.worker_id,
+        lease_expires_at = v_now + claim_tasks.lease_seconds * interval '1 second'
+    from claimed as c
+    where s.run_id = c.run_id and s.step_slug = c.step_slug
+    -- RETURNING runs once per updated row: one event per claimed retry (read below, so that
+    -- no plan can leave it out)
+    returning s.run_id, s.flow_slug, s.step_slug, s.attempt,
+      case when c.retry then pgflow._announce_retry(s.run_id, s.step_slug, s.attempt) end
+        as announced
+  )
+  select l.run_id, l.flow_slug, l.step_slug, l.attempt,
+    jsonb_build_object('run', r.input) || coalesce((
+      select jsonb_object_agg(d.step_slug, d.output)
+      from pgflow.step_states as d
+      where d.run_id = l.run_id and d.step_slug = any(st.depends_on)
+    ), '{}'::jsonb),
+    st.timeout,
+    st.max_attempts
+  from leased as l
+  join pgflow.runs as r on r.run_id = l.run_id
+  join pgflow.steps as st on st.flow_slug = l.flow_slug and st.step_slug = l.step_slug
+  where l.announced is not false;
+end;
+$$;

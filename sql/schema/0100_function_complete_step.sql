@@ -1,0 +1,85 @@
+-- complete_step: completes a leased step, starts the dependents that became ready and, when it
+-- was the run's last step, completes the run with its output.
+-- Returns: true if applied; false (and changes nothing) when the caller no longer holds the
+--   task: lease lost or run out, another attempt, run already finished.
+-- Locks: the run's row, then its step rows.
+-- Notifies: pgflow_events (step:completed, step:started..., run:completed), pgflow_tasks.
+-- Raises: nothing of its own; a stale completion returns false.
+-- Idempotent: yes; a repeat is a stale completion and returns false.
+create function pgflow.complete_step(
+  run_id uuid,
+  step_slug text,
+  output jsonb,
+  worker_id text default null,
+  attempt int default null
+) returns boolean
+language plpgsql
+volatile
+set search_path to ''
+as $$
+declare
+  v_output jsonb := coalesce(complete_step.output, 'null'::jsonb);
+  v_run pgflow.runs%rowtype;
+  v_attempt int;
+  v_dependents text[];
+  v_ready text[];
+  v_slug text;
+  v_seq bigint;
+  v_run_output jsonb;
+begin
+  if not pgflow._lock_leased_step(complete_step.run_id, complete_step.step_slug,
+                                  complete_step.worker_id, complete_step.attempt) then
+    return false;
+  end if;
+  select * into v_run from pgflow.runs as r where r.run_id = complete_step.run_id;
+  v_seq := v_run.last_seq + 1;
+
+  -- THE STEP
+  update pgflow.step_states as s
+  set status = 'completed', output = v_output, error = null, completed_at = now(),
+      leased_by = null, lease_expires_at = null
+  where s.run_id = complete_step.run_id and s.step_slug = complete_step.step_slug
+  returning s.attempt into v_attempt;
+  perform pgflow._event(v_run.run_id, v_seq, 'step:completed', complete_step.step_slug,
+                        'completed', v_output, null, v_attempt);
+
+  -- DEPENDENTS whose last dependency this was
+  select st.dependents into v_dependents from pgflow.steps as st
+  where st.flow_slug = v_run.flow_slug and st.step_slug = complete_step.step_slug;
+  if cardinality(v_dependents) > 0 then
+    with updated as (
+      update pgflow.step_states as s
+      set remaining_deps = s.remaining_deps - 1,
+          status = case when s.remaining_deps = 1 then 'started' else s.status end,
+          available_at = case when s.remaining_deps = 1 then now() else s.available_at end,
+          started_at = case when s.remaining_deps = 1 then now() else s.started_at end
+      where s.run_id = complete_step.run_id and s.step_slug = any(v_dependents)
+      returning s.step_slug, s.remaining_deps
+    )
+    select array_agg(u.step_slug order by array_position(v_dependents, u.step_slug)) into v_ready
+    from updated as u where u.remaining_deps = 0;
+    if v_ready is not null then
+      foreach v_slug in array v_ready loop
+        v_seq := v_seq + 1;
+        perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
+      end loop;
+      perform pg_notify('pgflow_tasks', v_run.flow_slug);
+    end if;
+  end if;
+
+  -- THE RUN, when this was its last step
+  if v_run.remaining_steps > 1 then
+    update pgflow.runs as r set remaining_steps = r.remaining_steps - 1, last_seq = v_seq
+    where r.run_id = v_run.run_id;
+    return true;
+  end if;
+  v_run_output := pgflow._run_output(v_run.run_id);
+  v_seq := v_seq + 1;
+  perform pgflow._event(v_run.run_id, v_seq, 'run:completed', null, 'completed', v_run_output, null, null);
+  update pgflow.runs as r
+  set remaining_steps = 0, status = 'completed', output = v_run_output, completed_at = now(),
+      last_seq = v_seq
+  where r.run_id = v_run.run_id;
+  return true;
+end;
+$$;

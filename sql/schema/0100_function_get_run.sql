@@ -1,0 +1,40 @@
+-- get_run: the run now, with every step in flow order; null for an unknown run.
+-- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
+create function pgflow.get_run(run_id uuid) returns jsonb
+language sql
+stable
+set search_path to ''
+as $$
+  select jsonb_build_object(
+    'run_id', r.run_id,
+    'flow_slug', r.flow_slug,
+    'status', r.status,
+    'input', r.input,
+    'output', r.output,
+    'error', r.error,
+    'failed_step', r.failed_step,
+    'owner', r.owner,
+    'seq', r.last_seq,
+    'started_at', r.started_at,
+    'completed_at', r.completed_at,
+    'failed_at', r.failed_at,
+    'steps', (
+      select coalesce(jsonb_agg(jsonb_build_object(
+        'step_slug', s.step_slug,
+        'status', s.status,
+        'attempt', s.attempt,
+        'output', s.output,
+        'error', s.error,
+        'created_at', s.created_at,
+        'started_at', s.started_at,
+        'completed_at', s.completed_at,
+        'failed_at', s.failed_at
+      ) order by st.step_index), '[]'::jsonb)
+      from pgflow.step_states as s
+      join pgflow.steps as st on st.flow_slug = s.flow_slug and st.step_slug = s.step_slug
+      where s.run_id = r.run_id
+    )
+  )
+  from pgflow.runs as r
+  where r.run_id = get_run.run_id;
+$$;

@@ -1,0 +1,211 @@
+-- report_steps: completes (errors[i] is null) or fails (errors[i] is not null) many leased steps,
+-- a worker's batch of results in one call, one transaction, one notification. Completions are
+-- the engine's hot path, so they are applied set-based: a handful of statements for the whole
+-- batch. Failures are rare and take the per-step path (fail_step: retries, failing the run).
+-- Returns: for each input position, whether it was applied (false: a stale report — the caller
+--   no longer holds a live lease on that step, with that worker_id and attempt, or the run ended).
+-- Locks: every run of the batch, in run_id order (the engine's lock order), before anything else,
+--   so two workers reporting overlapping runs cannot deadlock; then the step rows it changes.
+-- Notifies: pgflow_events (through the transaction's one notification), pgflow_tasks per flow
+--   whose tasks became ready.
+-- Raises: PF400 when the arrays differ in length.
+-- Idempotent: yes; a repeated report is stale and changes nothing.
+create function pgflow.report_steps(
+  worker_id text,
+  run_ids uuid[],
+  step_slugs text[],
+  attempts int[],
+  outputs jsonb[],
+  errors text[]
+) returns boolean[]
+language plpgsql
+volatile
+set search_path to ''
+as $$
+declare
+  v_count int := coalesce(cardinality(report_steps.run_ids), 0);
+  v_applied boolean[] := array_fill(false, array[coalesce(cardinality(report_steps.run_ids), 0)]);
+  v_i int;
+  v_done int[];
+  v_done_attempts int[];
+  v_done_flows text[];
+  v_ready_runs uuid[];
+  v_ready_slugs text[];
+  v_ready_last int[];
+  v_ready_index int[];
+  v_flows text[];
+  -- per run of the batch with a completion, in run_id order
+  v_runs uuid[];
+  v_runs_done int[];
+  v_runs_seq bigint[];
+  v_runs_finished boolean[];
+  v_runs_output jsonb[];
+  v_at text := to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+begin
+  if v_count is distinct from coalesce(cardinality(report_steps.step_slugs), 0)
+     or v_count is distinct from coalesce(cardinality(report_steps.attempts), 0)
+     or v_count is distinct from coalesce(cardinality(report_steps.outputs), 0)
+     or v_count is distinct from coalesce(cardinality(report_steps.errors), 0) then
+    raise exception 'report_steps needs arrays of equal length' using errcode = 'PF400';
+  end if;
+  if v_count = 0 then
+    return v_applied;
+  end if;
+
+  -- LOCK ACQUISITION: all the batch's runs, in run_id order
+  perform 1 from pgflow.runs as r
+  where r.run_id = any(report_steps.run_ids)
+  order by r.run_id
+  for update;
+
+  -- FAILURES, one by one: each may retry, or fail its step and its run
+  for v_i in
+    select i from generate_subscripts(report_steps.run_ids, 1) as i
+    where report_steps.errors[i] is not null
+    order by report_steps.run_ids[i], i
+  loop
+    v_applied[v_i] := pgflow.fail_step(report_steps.run_ids[v_i], report_steps.step_slugs[v_i],
+      report_steps.errors[v_i], report_steps.worker_id, report_steps.attempts[v_i]);
+  end loop;
+
+  -- COMPLETIONS: only from the live lease holder of a step of a run still going
+  with reported as (
+    select i, report_steps.run_ids[i] as run_id, report_steps.step_slugs[i] as step_slug,
+      report_steps.attempts[i] as attempt, coalesce(report_steps.outputs[i], 'null'::jsonb) as output
+    from generate_subscripts(report_steps.run_ids, 1) as i
+    where report_steps.errors[i] is null
+  ), valid as (
+    select distinct on (p.run_id, p.step_slug) p.*
+    from reported as p
+    join pgflow.step_states as s on s.run_id = p.run_id and s.step_slug = p.step_slug
+    join pgflow.runs as r on r.run_id = p.run_id
+    where r.status = 'started'
+      and s.status = 'started'
+      and s.leased_by = report_steps.worker_id
+      and s.lease_expires_at >= clock_timestamp()
+      and (p.attempt is null or s.attempt = p.attempt)
+    order by p.run_id, p.step_slug, p.i
+  ), completed as (
+    update pgflow.step_states as s
+    set status = 'completed', output = v.output, error = null, completed_at = now(),
+        leased_by = null, lease_expires_at = null
+    from valid as v
+    where s.run_id = v.run_id and s.step_slug = v.step_slug
+    returning v.i, s.attempt, s.flow_slug
+  )
+  select array_agg(c.i order by c.i), array_agg(c.attempt order by c.i),
+    array_agg(c.flow_slug order by c.i)
+    into v_done, v_done_attempts, v_done_flows
+  from completed as c;
+  if v_done is null then
+    return v_applied;
+  end if;
+  foreach v_i in array v_done loop
+    v_applied[v_i] := true;
+  end loop;
+
+  -- DEPENDENTS: one decrement per completed dependency; those reaching zero start, each
+  -- remembering which completion (the last of its dependencies) started it
+  with completed as (
+    select report_steps.run_ids[c.i] as run_id, c.flow_slug,
+      report_steps.step_slugs[c.i] as step_slug, c.i
+    from unnest(v_done, v_done_flows) as c (i, flow_slug)
+  ), decrements as (
+    select c.run_id, d.dependent, count(*)::int as n, max(c.i) as last_i
+    from completed as c
+    join pgflow.steps as st on st.flow_slug = c.flow_slug and st.step_slug = c.step_slug
+    cross join unnest(st.dependents) as d (dependent)
+    group by c.run_id, d.dependent
+  ), ready as (
+    update pgflow.step_states as s
+    set remaining_deps = s.remaining_deps - d.n,
+        status = case when s.remaining_deps = d.n then 'started' else s.status end,
+        available_at = case when s.remaining_deps = d.n then now() else s.available_at end,
+        started_at = case when s.remaining_deps = d.n then now() else s.started_at end
+    from decrements as d
+    where s.run_id = d.run_id and s.step_slug = d.dependent
+    returning s.run_id, s.step_slug, s.flow_slug, s.remaining_deps, d.last_i
+  )
+  select array_agg(r.run_id), array_agg(r.step_slug), array_agg(r.last_i),
+    array_agg(st.step_index), array_agg(distinct r.flow_slug)
+    into v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index, v_flows
+  from ready as r
+  join pgflow.steps as st on st.flow_slug = r.flow_slug and st.step_slug = r.step_slug
+  where r.remaining_deps = 0;
+
+  -- RUNS: what the batch does to each (read from the rows locked above, through their key:
+  -- a batch touches a few dozen runs of a table that holds them all)
+  select array_agg(r.run_id order by r.run_id),
+    array_agg(p.n order by r.run_id),
+    array_agg(r.last_seq order by r.run_id),
+    array_agg(r.remaining_steps = p.n order by r.run_id)
+    into v_runs, v_runs_done, v_runs_seq, v_runs_finished
+  from (
+    select report_steps.run_ids[i] as run_id, count(*)::int as n
+    from unnest(v_done) as i group by 1
+  ) as p
+  join pgflow.runs as r on r.run_id = p.run_id
+  where r.run_id = any(report_steps.run_ids);
+  -- a finished run's output, once its steps' outputs are written
+  select array_agg(case when f.finished then pgflow._run_output(f.run_id) end order by f.ord)
+    into v_runs_output
+  from unnest(v_runs, v_runs_finished) with ordinality as f (run_id, finished, ord);
+
+  -- EVENTS, in the order completing the steps one by one would give: each step:completed (in
+  -- report order) followed by the step:started of the steps it was the last dependency of (in
+  -- flow order), then run:completed — written in one insert, notified at commit. Its own
+  -- statement, before the runs' update: the foreign key checks of the new rows then find each
+  -- run's row already locked by this transaction, and have nothing to write.
+  with raw as (
+    select report_steps.run_ids[d.i] as run_id, d.i as ord, 1 as kind, 0 as sub,
+      'step:completed' as event, report_steps.step_slugs[d.i] as step_slug,
+      'completed' as status, coalesce(report_steps.outputs[d.i], 'null'::jsonb) as output,
+      d.attempt
+    from unnest(v_done, v_done_attempts) as d (i, attempt)
+    union all
+    select g.run_id, g.last_i, 2, g.step_index, 'step:started', g.step_slug, 'started',
+      null::jsonb, 1
+    from unnest(v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index)
+      as g (run_id, step_slug, last_i, step_index)
+    union all
+    select f.run_id, 2147483647, 3, 0, 'run:completed', null, 'completed', f.output, null
+    from unnest(v_runs, v_runs_finished, v_runs_output) as f (run_id, finished, output)
+    where f.finished
+  ), numbered as (
+    select raw.*, b.last_seq + row_number() over (
+      partition by raw.run_id order by raw.ord, raw.kind, raw.sub
+    ) as seq
+    from raw
+    join unnest(v_runs, v_runs_seq) as b (run_id, last_seq) on b.run_id = raw.run_id
+  ), inserted as (
+    insert into pgflow.run_events (run_id, seq, event, step_slug, payload)
+    select n.run_id, n.seq, n.event, n.step_slug, jsonb_build_object(
+        'run_id', n.run_id, 'seq', n.seq, 'event', n.event, 'step_slug', n.step_slug,
+        'status', n.status, 'output', n.output, 'error', null, 'attempt', n.attempt,
+        'at', v_at
+      )
+    from numbered as n
+    returning run_id, seq
+  )
+  select array_agg(x.last_seq order by x.run_id) into v_runs_seq
+  from (select i.run_id, max(i.seq) as last_seq from inserted as i group by i.run_id) as x;
+
+  -- THE RUNS' ROWS, each updated once: steps counted down, last seq, and the finished ones
+  -- completed with their output
+  update pgflow.runs as r
+  set remaining_steps = r.remaining_steps - u.n,
+      last_seq = u.last_seq,
+      status = case when u.finished then 'completed' else r.status end,
+      output = case when u.finished then u.output else r.output end,
+      completed_at = case when u.finished then now() else r.completed_at end
+  from unnest(v_runs, v_runs_done, v_runs_seq, v_runs_finished, v_runs_output)
+    as u (run_id, n, last_seq, finished, output)
+  where r.run_id = u.run_id and r.run_id = any(v_runs);
+
+  perform set_config('pgflow.events_pending', 'on', true);
+  if v_flows is not null then
+    perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
+  end if;
+  return v_applied;
+end;
+$$;

@@ -1,0 +1,49 @@
+-- run_flow: starts a run of a flow and queues its root steps.
+-- Returns: the new run_id.
+-- Locks: none beyond the new rows.
+-- Notifies: pgflow_events (run:started, step:started per root), pgflow_tasks (the flow slug).
+-- Raises: PF404 for an unknown flow.
+-- Idempotent: no; each call is a new run.
+create function pgflow.run_flow(flow_slug text, input jsonb, owner text default null) returns uuid
+language plpgsql
+volatile
+set search_path to ''
+as $$
+declare
+  v_run_id uuid := gen_random_uuid();
+  v_input jsonb := coalesce(run_flow.input, 'null'::jsonb);
+  v_step_count int;
+  v_roots text[];
+  v_seq bigint := 1;
+  v_slug text;
+begin
+  select count(*), array_agg(s.step_slug order by s.step_index) filter (where cardinality(s.depends_on) = 0)
+    into v_step_count, v_roots
+  from pgflow.steps as s
+  where s.flow_slug = run_flow.flow_slug;
+  if v_step_count = 0 then
+    raise exception 'unknown flow %', quote_literal(run_flow.flow_slug) using errcode = 'PF404';
+  end if;
+
+  insert into pgflow.runs (run_id, flow_slug, input, owner, remaining_steps, last_seq)
+  values (v_run_id, run_flow.flow_slug, v_input, run_flow.owner, v_step_count, 1 + cardinality(v_roots));
+
+  insert into pgflow.step_states (run_id, step_slug, flow_slug, status, remaining_deps, available_at, started_at)
+  select v_run_id, s.step_slug, s.flow_slug,
+    case when cardinality(s.depends_on) = 0 then 'started' else 'created' end,
+    cardinality(s.depends_on),
+    case when cardinality(s.depends_on) = 0 then now() end,
+    case when cardinality(s.depends_on) = 0 then now() end
+  from pgflow.steps as s
+  where s.flow_slug = run_flow.flow_slug;
+
+  -- EVENTS
+  perform pgflow._event(v_run_id, v_seq, 'run:started', null, 'started', null, null, null);
+  foreach v_slug in array v_roots loop
+    v_seq := v_seq + 1;
+    perform pgflow._event(v_run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
+  end loop;
+  perform pg_notify('pgflow_tasks', run_flow.flow_slug);
+  return v_run_id;
+end;
+$$;
