@@ -172,7 +172,7 @@ async def test_a_large_event_replayed_to_sockets_that_never_read_is_shared_and_p
         gc.collect()
         assert gw.runtime.relay is not None
         assert len(gw.runtime.relay.frames) == 0
-        # The heap the frames used goes back to the system (socket_connection.py trims it).
+        # The heap the frames used goes back to the system (native_outbox.py trims it).
         await wait_until(lambda: rss_bytes() - before < 16 * MiB, timeout=5)
 
 
