@@ -191,7 +191,7 @@ class Session:
         self._hold_reading = hold_reading
         self._replaying: Subscription | None = None  # messages wait while this replays
         self._room_wanted = False  # the replay's next page waits for the outbox to be taken
-        self._backlog: deque[str | int] = deque()
+        self._backlog: deque[str | int] | None = None
         self._reading_held = False
         self._closed = False
 
@@ -200,6 +200,8 @@ class Session:
     def receive(self, message: str | int) -> None:
         """A client message: its text, or the size of a binary one (refused either way)."""
         if self._replaying is not None:
+            if self._backlog is None:
+                self._backlog = deque()
             self._backlog.append(message)
             if len(self._backlog) == MAX_BACKLOG and self._hold_reading is not None:
                 self._reading_held = True
@@ -246,7 +248,7 @@ class Session:
         self._closed = True
         self._replaying = None
         self._room_wanted = False
-        self._backlog.clear()
+        self._backlog = None
         self.fanout.remove_client(self.client)
 
     # -- from the relay ---------------------------------------------------------------------
@@ -361,7 +363,7 @@ class Session:
         while backlog and self._replaying is None and self.client.close_code is None:
             self._handle(backlog.popleft())
         if self._replaying is None:
-            backlog.clear()
+            self._backlog = None
             if self._reading_held and not self._closed and self._hold_reading is not None:
                 self._reading_held = False
                 self._hold_reading(False)

@@ -60,7 +60,9 @@ class Sockets:
         # share of the connection cap.
         self.limit = config.max_sockets
         # Each open socket's session, and the timer of its token's expiry.
-        self.open: dict[OpenSocket, tuple[Session, asyncio.TimerHandle | None]] = {}
+        self.open: dict[OpenSocket, Session] = {}
+        # Only sockets whose token expires: most have none, and this costs nothing per socket.
+        self._expiries: dict[OpenSocket, asyncio.TimerHandle] = {}
         self._numbers = itertools.count(1)  # names sockets in the log
         self._idle: asyncio.Event | None = None
 
@@ -78,14 +80,15 @@ class Sockets:
         """The socket is accepted: count it, arm the token's expiry."""
         self.metrics.sockets_accepted += 1
         remaining = self.auth.expires_in(session.principal)
-        expiry = None
         if remaining is not None:
-            expiry = asyncio.get_running_loop().call_later(max(remaining, 0.0), session.expire)
-        self.open[sock] = (session, expiry)
+            self._expiries[sock] = asyncio.get_running_loop().call_later(
+                max(remaining, 0.0), session.expire)
+        self.open[sock] = session
 
     def closed(self, sock: OpenSocket, session: Session) -> None:
         """The socket is gone (or going): out of the fan-out and the registry. Idempotent."""
-        _, expiry = self.open.pop(sock, (session, None))
+        self.open.pop(sock, None)
+        expiry = self._expiries.pop(sock, None)
         if expiry is not None:
             expiry.cancel()
         session.closed()
@@ -98,7 +101,7 @@ class Sockets:
         if not self.open:
             return
         self._idle = asyncio.Event()
-        for session, _ in list(self.open.values()):
+        for session in list(self.open.values()):
             session.close(code, reason)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.close_timeout + 1.0):
@@ -107,7 +110,7 @@ class Sockets:
     def buffered_bytes(self) -> int:
         """What every socket holds for its peer: its outbox and its transport's buffer."""
         return sum(session.client.queued_bytes + sock.buffered_bytes()
-                   for sock, (session, _) in list(self.open.items()))
+                   for sock, session in list(self.open.items()))
 
     async def sweep(self) -> None:
         """Drops sockets whose peer stopped reading for the stall timeout (1013), and pings
@@ -130,7 +133,7 @@ class Sockets:
             if ping_interval > 0:
                 budget = max(64, math.ceil(2 * len(socks) * period / ping_interval))
             now = loop.time()
-            for index, (sock, (session, _)) in enumerate(socks):
+            for index, (sock, session) in enumerate(socks):
                 if index and index % SWEEP_SLICE == 0:
                     await asyncio.sleep(0)
                     now = loop.time()
