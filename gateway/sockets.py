@@ -128,19 +128,21 @@ class Sockets:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
-            socks = list(self.open.items())
+            socks = list(self.open)  # keys only: no tuple per socket per sweep
             budget = 0
             if ping_interval > 0:
                 budget = max(64, math.ceil(2 * len(socks) * period / ping_interval))
             now = loop.time()
-            for index, (sock, session) in enumerate(socks):
+            for index, sock in enumerate(socks):
                 if index and index % SWEEP_SLICE == 0:
                     await asyncio.sleep(0)
                     now = loop.time()
                 since = sock.sending_since
                 if since is not None and now - since > timeout:
-                    logger.info("socket %s stalled for %.1fs, dropping it", session.number,
-                                now - since, extra={"action": "socket_stalled"})
-                    self.fanout.drop(session.client)
+                    session = self.open.get(sock)
+                    if session is not None:  # it may have closed while the sweep yielded
+                        logger.info("socket %s stalled for %.1fs, dropping it", session.number,
+                                    now - since, extra={"action": "socket_stalled"})
+                        self.fanout.drop(session.client)
                 if ping_interval > 0 and sock.keepalive(now, ping_interval, budget > 0):
                     budget -= 1
