@@ -17,8 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pgflow.db.local_server import PostgresCluster
 
-# A benchmark server: durable commits as in production, more connections than the default.
-BENCH_SETTINGS = {"max_connections": "300", "shared_buffers": "256MB"}
+# A benchmark server: durable commits as in production, more connections than the default, and
+# autovacuum on at its defaults (said explicitly: a production database analyzes its tables as
+# they change, and the engine's speed must survive that).
+BENCH_SETTINGS = {"max_connections": "300", "shared_buffers": "256MB", "autovacuum": "on"}
 
 
 @contextlib.contextmanager

@@ -88,6 +88,9 @@ class GatewayConfig:
     listener_health_timeout: float = DEFAULT_LISTENER_HEALTH_TIMEOUT
     pool_size: int = DEFAULT_POOL_SIZE
     migrate: bool = True
+    # A direct URL for LISTEN and the migrations, when the database URL is PgBouncer's.
+    listen_database_url: str | None = None
+    pgbouncer: bool = False  # the database URL is PgBouncer in transaction mode
 
     def __post_init__(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:
@@ -176,6 +179,8 @@ class GatewayConfig:
             close_timeout=args.close_timeout,
             listener_health_interval=args.listener_health_interval,
             pool_size=args.pool_size,
+            listen_database_url=args.listen_database_url or None,
+            pgbouncer=args.pgbouncer,
         )
 
     @classmethod
@@ -273,6 +278,25 @@ def _normalise_origins(origins: Iterable[str]) -> list[str]:
 
 def _env_list(environ: Mapping[str, str], name: str) -> list[str]:
     return [item.strip() for item in environ.get(name, "").split(",") if item.strip()]
+
+
+def add_pgbouncer_options(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> None:
+    """``--listen-database-url`` and ``--pgbouncer``, of ``pgflow serve`` and ``pgflow worker``."""
+    env = os.environ if environ is None else environ
+    parser.add_argument(
+        "--listen-database-url", default=env.get("PGFLOW_LISTEN_DATABASE_URL"), metavar="URL",
+        help="a direct PostgreSQL URL for LISTEN and the start-up migrations, which need a "
+        "session, when --database-url goes through PgBouncer (default: "
+        "$PGFLOW_LISTEN_DATABASE_URL, else the database URL)",
+    )
+    parser.add_argument(
+        "--pgbouncer", action="store_true",
+        default=env.get("PGFLOW_PGBOUNCER", "").lower() in ("1", "true", "yes"),
+        help="the database URL is PgBouncer in transaction pooling mode: no named prepared "
+        "statements (default: $PGFLOW_PGBOUNCER=1, else off)",
+    )
 
 
 def add_gateway_options(
@@ -431,3 +455,4 @@ def add_gateway_options(
         "--pool-size", type=positive_int, default=integer("PGFLOW_POOL_SIZE", DEFAULT_POOL_SIZE),
         help=f"database connections for HTTP and replays (default: {DEFAULT_POOL_SIZE})",
     )
+    add_pgbouncer_options(parser, env)

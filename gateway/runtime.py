@@ -72,6 +72,8 @@ class GatewayRuntime:
                  side_tasks: Sequence[SideTask] = (),
                  sync_flows: FlowSync = define_flows) -> None:
         self.database_url = database_url
+        # LISTEN and the migrations need a session: never through PgBouncer (docs/gateway.md)
+        self.listen_database_url = config.listen_database_url or database_url
         self.config = config
         self.flows: dict[str, Flow] = {}
         for flow in flows:
@@ -139,8 +141,9 @@ class GatewayRuntime:
         if self.store is not None:
             return
         if self.config.migrate:
-            await migrate_url(self.database_url)
-        store = await Store.open(self.database_url, max_size=self.config.pool_size)
+            await migrate_url(self.listen_database_url)
+        store = await Store.open(self.database_url, max_size=self.config.pool_size,
+                                 statement_cache=not self.config.pgbouncer)
         try:
             if self.flows:
                 await self.sync_flows(store, list(self.flows.values()))
@@ -153,7 +156,7 @@ class GatewayRuntime:
         """Starts the long-lived tasks in the lifespan's TaskGroup."""
         self.require_store()
         self.listener = Listener(
-            self.database_url, NOTIFY_CHANNEL, self._queue, application_name=LISTENER_NAME,
+            self.listen_database_url, NOTIFY_CHANNEL, self._queue, application_name=LISTENER_NAME,
             health_interval=self.config.listener_health_interval,
             health_timeout=self.config.listener_health_timeout,
         )

@@ -4,6 +4,7 @@
     pgflow serve     the HTTP + websocket gateway (optionally with a worker inside)
     pgflow worker    runs step handlers
     pgflow migrate   applies the engine's SQL migrations
+    pgflow prune     deletes finished runs older than a duration
     pgflow db        the embedded PostgreSQL: start|stop|url|psql|status
 
 Without ``--database-url`` (or ``DATABASE_URL``) each command starts a private PostgreSQL from
@@ -33,6 +34,7 @@ from gateway.config import (
     positive_seconds,
 )
 from pgflow.errors import DatabaseUnavailableError, PGFlowError
+from pgflow.prune import duration, prune_batch_size
 
 if TYPE_CHECKING:
 
@@ -104,6 +106,20 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
         "drains and exits with status 3, for its supervisor to restart it (default: the "
         "concurrency)",
     )
+    parser.add_argument(
+        "--retention",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="also delete runs finished longer ago than this (30s, 15m, 12h, 7d), in bounded "
+        "rounds (default: off, runs are kept)",
+    )
+    parser.add_argument(
+        "--retention-interval",
+        type=positive_seconds,
+        default=300.0,
+        help="seconds between --retention rounds (default: 300)",
+    )
 
 
 def _add_server_options(parser: argparse.ArgumentParser, default_port: int) -> None:
@@ -164,9 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(worker)
     _add_flows_option(worker, required=True)
     _add_worker_options(worker)
+    from gateway.config import add_pgbouncer_options
+
+    add_pgbouncer_options(worker)
 
     migrate = commands.add_parser("migrate", help="apply the engine's SQL migrations")
     _add_database_options(migrate)
+
+    prune = commands.add_parser(
+        "prune",
+        help="delete finished runs older than a duration",
+        description="Deletes the runs that completed or failed more than --older-than ago, with "
+        "their steps and events, a batch per transaction, skipping runs others hold locked. "
+        "Runs still going are never deleted.",
+    )
+    prune.add_argument(
+        "--older-than", type=duration, required=True, metavar="DURATION",
+        help="how long ago a run must have finished: 30s, 15m, 12h, 7d, 2w, or 1d12h",
+    )
+    prune.add_argument(
+        "--batch-size", type=prune_batch_size, default=1000,
+        help="runs deleted per transaction, 1 to 10000 (default: 1000)",
+    )
+    _add_database_options(prune)
 
     from pgflow.db.command import add_db_parser
 
@@ -214,6 +250,10 @@ def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(args))
+        if args.command == "prune":
+            from pgflow.prune import prune_command
+
+            return prune_command(args)
         if args.command == "worker":
             from pgflow.worker.cli import worker_command
 

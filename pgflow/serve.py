@@ -33,13 +33,15 @@ def create_app_with_worker(
 ) -> Starlette:
     """The gateway (``gateway.app.create_app``) with a worker for ``flows`` in its lifespan.
 
-    ``worker_options``: keyword arguments of ``pgflow.worker.Worker``. The worker's metrics
-    show in the gateway's ``/metrics``.
+    ``worker_options``: keyword arguments of ``pgflow.worker.Worker``; its PgBouncer settings
+    default to ``config``'s. The worker's metrics show in the gateway's ``/metrics``.
     """
     from gateway.app import SideTask, create_app, runtime_of
     from pgflow.worker import Worker, sync_flows
 
-    worker = Worker(database_url, flows, **dict(worker_options or {}))
+    through = ({"listen_database_url": config.listen_database_url, "pgbouncer": config.pgbouncer}
+               if config is not None else {})
+    worker = Worker(database_url, flows, **{**through, **dict(worker_options or {})})
     app = create_app(
         database_url, flows=flows, config=config, sync_flows=sync_flows,
         side_tasks=[SideTask("pgflow-worker", worker.run, worker.stop,
@@ -85,6 +87,8 @@ async def _serve(url: str, flows: list[Flow], config: GatewayConfig,
             "poll_interval": args.poll_interval,
             "shutdown_grace": args.shutdown_grace,
             "max_stuck_threads": args.max_stuck_threads,
+            "retention": args.retention,
+            "retention_interval": args.retention_interval,
         })
     else:
         # The worker's flow sync, for its messages: a changed shape names a new slug to use.

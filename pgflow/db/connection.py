@@ -1,5 +1,18 @@
 """Opening connections: standalone ones (LISTEN, migrations, tests) and the pool, each with
-PGFlow's JSON codecs, their failures translated (``translation.py``)."""
+PGFlow's JSON codecs, their failures translated (``translation.py``).
+
+Behind a transaction-pooling proxy (PgBouncer ``pool_mode = transaction`` before 1.21, or
+without ``max_prepared_statements``) each transaction may run on another server connection, so
+the pool must not rely on anything that lives in a server session:
+
+- named prepared statements: ``statement_cache=False`` turns asyncpg's statement cache off;
+  asyncpg then uses the unnamed statement, parsed again in the same Sync as its execution;
+- the JSON codecs below are client-side state; the type lookup they make is one query, fine;
+- asyncpg's type introspection turns ``jit`` off around its query with ``set_config(..., false)``
+  and back: at worst one server connection keeps ``jit = off``, harmless;
+- LISTEN and the migrations' session advisory lock need a session: they go to a direct URL
+  (``--listen-database-url``), never through the proxy.
+"""
 
 from __future__ import annotations
 
@@ -51,8 +64,12 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     return connection
 
 
-async def create_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """A pool whose connections have PGFlow's codecs.
+async def create_pool(
+    url: str, *, min_size: int, max_size: int, statement_cache: bool = True
+) -> asyncpg.Pool:
+    """A pool whose connections have PGFlow's codecs; ``statement_cache=False`` for a URL that
+    goes through a transaction-pooling proxy (the module's docstring). The cache saves a round
+    trip per query: a single ``get_run`` took ~45% longer without it (docs/worker.md).
 
     Raises:
         DatabaseUnavailableError: the server cannot be reached.
@@ -60,7 +77,8 @@ async def create_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool
     """
     try:
         return await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=init_connection
+            url, min_size=min_size, max_size=max_size, init=init_connection,
+            **({} if statement_cache else {"statement_cache_size": 0}),
         )
     except Exception as exc:
         error = _refused(exc)

@@ -7,6 +7,9 @@ reconnects with capped, jittered backoff, LISTENs again, then puts ``RESYNC`` on
 notifications sent while it was away are lost, the tables are not, so the consumer re-reads.
 
 The gateway's relay LISTENs on ``pgflow_events`` with it, each worker on ``pgflow_tasks``.
+Its URL must reach PostgreSQL directly: through PgBouncer in transaction mode, LISTEN would
+stay on a server connection the pool lends to others, and notifications never come back
+(``--listen-database-url``).
 """
 
 from __future__ import annotations

@@ -33,6 +33,14 @@ PRE_RELEASE_MIGRATIONS = (
     "0005_report_steps", "0006_cheaper_hot_path", "0007_field_hardening",
 )
 BASELINE = "0001_initial"
+# From the catalog, which every role may read: no privilege on the schema needed.
+_RECORD_EXISTS = """
+  select exists (
+    select from pg_catalog.pg_class as c
+    join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
+    where n.nspname = 'pgflow' and c.relname = 'schema_migrations'
+  )
+"""
 
 
 @dataclass(frozen=True)
@@ -70,17 +78,22 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
     """Applies every pending migration; returns the names of those it applied."""
     applied_now: list[str] = []
     await connection.execute("select pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    # Notices (a role _grant_roles found missing) are the migrating operator's to read.
+    connection.add_log_listener(_log_notice)
     try:
-        await connection.execute(
-            """
-            create schema if not exists pgflow;
-            create table if not exists pgflow.schema_migrations (
-              version text primary key,
-              name text not null,
-              applied_at timestamptz not null default now()
-            );
-            """
-        )
+        # No DDL when the record exists: a worker's or gateway's role (docs/reference/
+        # sql-api.md#roles-and-grants) migrates on start and may only read it.
+        if not await connection.fetchval(_RECORD_EXISTS):
+            await connection.execute(
+                """
+                create schema if not exists pgflow;
+                create table if not exists pgflow.schema_migrations (
+                  version text primary key,
+                  name text not null,
+                  applied_at timestamptz not null default now()
+                );
+                """
+            )
         recorded = {
             r["version"]: r["name"]
             for r in await connection.fetch("select version, name from pgflow.schema_migrations")
@@ -101,9 +114,33 @@ async def migrate(connection: asyncpg.Connection) -> list[str]:
                 )
             logger.info("applied migration %s", migration.name, extra={"action": "migrate"})
             applied_now.append(migration.name)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise _privilege_error(connection, exc) from exc
     finally:
+        connection.remove_log_listener(_log_notice)
         await connection.execute("select pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_now
+
+
+def _privilege_error(
+    connection: asyncpg.Connection, exc: asyncpg.InsufficientPrivilegeError
+) -> ConfigurationError:
+    """A privilege the role lacks, as what to do about it: a worker's or gateway's role that
+    meets a pending migration, or one not granted its group role."""
+    user = connection.get_settings().session_authorization or "this role"
+    return ConfigurationError(
+        f"cannot migrate as {user}: {exc.message}. Run `pgflow migrate` as the owner of the "
+        "schema pgflow; a worker's or gateway's role needs pgflow_worker or pgflow_gateway "
+        "(docs/reference/sql-api.md#roles-and-grants)"
+    )
+
+
+def _log_notice(connection: asyncpg.Connection, message: asyncpg.PostgresLogMessage) -> None:
+    # Ours start with "pgflow:"; PostgreSQL's own ("... already exists, skipping") are noise.
+    if not message.message.startswith("pgflow:"):
+        return
+    hint = f" ({message.hint})" if getattr(message, "hint", None) else ""
+    logger.info("%s%s", message.message, hint, extra={"action": "migrate"})
 
 
 async def _record_as_baseline(connection: asyncpg.Connection) -> dict[str, str]:

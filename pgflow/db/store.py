@@ -11,7 +11,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -23,6 +23,9 @@ DEFAULT_LEASE = 30.0  # seconds
 MIN_LEASE, MAX_LEASE = 0.1, 86400.0  # seconds: the leases claim_tasks accepts
 MAX_CLAIM_TASKS = 1000  # claim_tasks' bound on max_tasks
 DEFAULT_POOL_SIZE = 10
+PRUNE_BATCH = 1000  # runs per prune_runs call: one short transaction
+MAX_PRUNE_BATCH = 10000  # prune_runs' bound on batch_size
+MAX_PRUNE_AGE = timedelta(days=36500)  # prune_runs' bound on older_than
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +89,14 @@ class Store:
         self.pool = pool
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 1, max_size: int = DEFAULT_POOL_SIZE) -> Store:
-        """Raises DatabaseUnavailableError or ConfigurationError (``connection.create_pool``)."""
-        return cls(await create_pool(url, min_size=min_size, max_size=max_size))
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = DEFAULT_POOL_SIZE,
+                   statement_cache: bool = True) -> Store:
+        """Raises DatabaseUnavailableError or ConfigurationError (``connection.create_pool``).
+
+        ``statement_cache=False``: ``url`` goes through PgBouncer in transaction mode.
+        """
+        return cls(await create_pool(url, min_size=min_size, max_size=max_size,
+                                     statement_cache=statement_cache))
 
     async def close(self) -> None:
         await self.pool.close()
@@ -206,6 +214,15 @@ class Store:
                 after[1] if after is not None else None,
             )
             return [row[0] for row in rows]
+
+    async def prune_runs(self, older_than: timedelta, batch_size: int = PRUNE_BATCH) -> int:
+        """Deletes at most ``batch_size`` runs finished more than ``older_than`` ago, with their
+        steps and events, in one transaction; returns how many (``pgflow.prune_runs``)."""
+        async with self._connection() as connection:
+            pruned: int = await connection.fetchval(
+                "select pgflow.prune_runs($1, $2)", older_than, batch_size
+            )
+            return pruned
 
     # -- tasks (the worker's side) --------------------------------------------------------------
 

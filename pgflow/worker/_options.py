@@ -6,8 +6,9 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
+from datetime import timedelta
 
-from pgflow.db.store import MAX_LEASE, MIN_LEASE
+from pgflow.db.store import MAX_LEASE, MAX_PRUNE_AGE, MIN_LEASE
 from pgflow.errors import ConfigurationError
 from pgflow.flows import Flow
 
@@ -15,6 +16,7 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_LEASE = 30.0  # seconds
 DEFAULT_POLL_INTERVAL = 1.0  # seconds
 DEFAULT_SHUTDOWN_GRACE = 30.0  # seconds
+DEFAULT_RETENTION_INTERVAL = 300.0  # seconds between retention rounds
 
 
 def default_worker_id() -> str:
@@ -30,6 +32,8 @@ def check_options(
     poll_interval: float,
     shutdown_grace: float,
     max_stuck_threads: int | None,
+    retention: timedelta | None = None,
+    retention_interval: float = DEFAULT_RETENTION_INTERVAL,
 ) -> None:
     """Raises ConfigurationError naming the first option out of its bounds."""
     if not flows:
@@ -56,4 +60,14 @@ def check_options(
     ):
         raise ConfigurationError(
             f"max stuck threads must be at least 1, not {max_stuck_threads!r}"
+        )
+    if retention is not None and (
+        not isinstance(retention, timedelta) or not timedelta(0) <= retention <= MAX_PRUNE_AGE
+    ):
+        raise ConfigurationError(
+            f"retention must be a timedelta from 0 to {MAX_PRUNE_AGE.days} days, not {retention!r}"
+        )
+    if not retention_interval > 0:
+        raise ConfigurationError(
+            f"the retention interval must be positive seconds, not {retention_interval!r}"
         )

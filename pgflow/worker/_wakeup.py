@@ -46,7 +46,8 @@ class Wakeup:
         asyncio.get_running_loop().call_later(delay + RETRY_WAKE_MARGIN, self._event.set)
 
     async def listen(self, database_url: str, application_name: str, retry: Retry) -> None:
-        """LISTENs on ``pgflow_tasks`` until cancelled, reconnecting as needed."""
+        """LISTENs on ``pgflow_tasks`` until cancelled, reconnecting as needed; ``database_url``
+        must reach PostgreSQL directly (``--listen-database-url``), not through PgBouncer."""
         hints: asyncio.Queue[str | None] = asyncio.Queue()
         listener = Listener(
             database_url, TASKS_CHANNEL, hints, application_name=application_name,

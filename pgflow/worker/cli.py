@@ -49,6 +49,8 @@ async def _worker_main(args: argparse.Namespace, flows: Sequence[Flow]) -> Worke
             url, flows, concurrency=args.concurrency, batch_size=args.batch_size,
             lease_seconds=args.lease, poll_interval=args.poll_interval,
             shutdown_grace=args.shutdown_grace, max_stuck_threads=args.max_stuck_threads,
+            listen_database_url=args.listen_database_url, pgbouncer=args.pgbouncer,
+            retention=args.retention, retention_interval=args.retention_interval,
         )
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT)
@@ -56,7 +58,8 @@ async def _worker_main(args: argparse.Namespace, flows: Sequence[Flow]) -> Worke
             # first: graceful; second: abort (Worker.stop escalates)
             loop.add_signal_handler(signum, worker.stop)
         try:
-            if await _migrate(url, worker):
+            # the migrations' advisory lock needs a session: not through PgBouncer
+            if await _migrate(worker.listen_database_url, worker):
                 await worker.run()
         finally:
             for signum in signals:

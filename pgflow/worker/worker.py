@@ -5,6 +5,7 @@
         │  (``_wakeup.py``)                         │ results queue up in memory (``_attempts.py``)
     listener (its own connection)            reporter ──report_steps──▶ one transaction per round
     heartbeat: one extend_leases call for every running handler, every lease/3 (``_heartbeat.py``)
+    retention (optional): prune_runs rounds for runs finished long ago (``_retention.py``)
 
 Shutdown (``stop()``, SIGTERM): stop claiming, give running handlers ``shutdown_grace`` to
 finish, report their results, then release whatever is still leased so another worker takes it
@@ -28,6 +29,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Collection, Sequence
+from datetime import timedelta
 from typing import Any
 
 from pgflow.db.definitions import sync_flows
@@ -40,11 +42,13 @@ from pgflow.worker._options import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE,
     DEFAULT_POLL_INTERVAL,
+    DEFAULT_RETENTION_INTERVAL,
     DEFAULT_SHUTDOWN_GRACE,
     check_options,
     default_worker_id,
 )
 from pgflow.worker._reporter import REPORTERS, Reporter
+from pgflow.worker._retention import retention
 from pgflow.worker._retry import DB_CALL_TIMEOUT, Retry
 from pgflow.worker._wakeup import Wakeup
 
@@ -68,6 +72,9 @@ class Worker:
 
     ``run()`` opens its own pool and LISTEN connection and works until ``stop()``. Call
     ``stop()`` from the event loop's thread (another thread is fine too: it is handed over).
+
+    Behind PgBouncer in transaction mode: ``database_url`` is PgBouncer's, ``pgbouncer=True``,
+    and ``listen_database_url`` reaches PostgreSQL directly (docs/worker.md).
     """
 
     def __init__(
@@ -82,13 +89,21 @@ class Worker:
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         worker_id: str | None = None,
         max_stuck_threads: int | None = None,
+        listen_database_url: str | None = None,
+        pgbouncer: bool = False,
+        retention: timedelta | None = None,
+        retention_interval: float = DEFAULT_RETENTION_INTERVAL,
     ) -> None:
         check_options(
             flows, concurrency=concurrency, batch_size=batch_size, lease_seconds=lease_seconds,
             poll_interval=poll_interval, shutdown_grace=shutdown_grace,
-            max_stuck_threads=max_stuck_threads,
+            max_stuck_threads=max_stuck_threads, retention=retention,
+            retention_interval=retention_interval,
         )
         self.database_url = database_url
+        # LISTEN needs a session: a direct URL when database_url goes through PgBouncer
+        self.listen_database_url = listen_database_url or database_url
+        self.pgbouncer = pgbouncer  # database_url is PgBouncer in transaction mode
         self.flows = list(flows)
         self.concurrency = concurrency
         self.batch_size = batch_size or concurrency
@@ -98,6 +113,9 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         # Default: as many as slots, the most the worker could have had before slots were freed.
         self.max_stuck_threads = max_stuck_threads or concurrency
+        # None: runs are kept; else runs finished longer ago are pruned (``_retention.py``)
+        self.retention = retention
+        self.retention_interval = float(retention_interval)
         self.started = asyncio.Event()
 
         self._slugs = frozenset(f.slug for f in self.flows)
@@ -218,7 +236,9 @@ class Worker:
         retry = Retry("connecting to the database")
         while not self._stopping.is_set():
             try:
-                store = await Store.open(self.database_url, min_size=1, max_size=POOL_SIZE)
+                store = await Store.open(self.database_url, min_size=1,
+                                         max_size=POOL_SIZE + (self.retention is not None),
+                                         statement_cache=not self.pgbouncer)
             except DatabaseUnavailableError as exc:
                 await self._wait(self._stopping, retry.failed(exc))
                 continue
@@ -249,7 +269,8 @@ class Worker:
     async def _work(self, store: Store) -> None:
         async with asyncio.TaskGroup() as group:
             listener = group.create_task(
-                self._wakeup.listen(self.database_url, f"pgflow worker {self.worker_id}"[:63],
+                self._wakeup.listen(self.listen_database_url,
+                                    f"pgflow worker {self.worker_id}"[:63],
                                     Retry("listening for tasks")),
                 name="pgflow-worker-listen",
             )
@@ -262,6 +283,12 @@ class Worker:
                                   name=f"pgflow-worker-report-{n}")
                 for n in range(REPORTERS)
             ]
+            pruner = None
+            if self.retention is not None:
+                pruner = group.create_task(
+                    retention(store, self.retention, self.retention_interval),
+                    name="pgflow-worker-retention",
+                )
             try:
                 logger.info(
                     "worker started: %s, concurrency %d", ", ".join(sorted(self._slugs)),
@@ -272,6 +299,8 @@ class Worker:
                 self.started.set()
                 await self._claim_loop(store)
                 listener.cancel()  # nothing more is claimed: hints are useless now
+                if pruner is not None:
+                    pruner.cancel()  # a shutdown prunes nothing
                 await self._drain()
                 await self._flush(reporters)
                 await self._release(store)
@@ -283,8 +312,9 @@ class Worker:
                 await self._release(store, final_report=True)
                 raise
             finally:
-                for side in (listener, beat, *reporters):
-                    side.cancel()
+                for side in (listener, beat, *reporters, pruner):
+                    if side is not None:
+                        side.cancel()
 
     async def _drain(self) -> None:
         """Lets running handlers finish within the grace; cancels the rest (their tasks are

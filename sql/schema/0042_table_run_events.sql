@@ -1,16 +1,25 @@
 -- run_events: the append-only event log. seq is 1, 2, 3, ... per run, assigned under the run's
--- row lock, so it is gap-free and in commit order. payload is the event as clients receive it.
+-- row lock, so it is gap-free and in commit order.
+--
+-- Compact: a row stores each field of the event once. run_id, seq, event, step_slug, attempt and
+-- at are columns; payload holds only the rest, and only what is not implied: output (when the
+-- event carries one, JSON null included), error (when not null), status (when it is not the
+-- event's own, 'step:completed' -> 'completed': never, as the engine writes them). Readers
+-- (get_run_events, _notify_events) rebuild the event as clients receive it (events.md); a row
+-- whose payload holds more (a full event) reads the same, its payload winning.
+-- Fixed-width columns first, so only the tuple's end is padded.
 
 create table pgflow.run_events (
   run_id uuid not null references pgflow.runs (run_id) on delete cascade,
   seq bigint not null,
-  event text not null,
-  step_slug text,
-  payload jsonb not null,
   at timestamptz not null default clock_timestamp(),
   -- the top-level transaction that wrote it (also from inside a subtransaction): how the
   -- commit-time notification finds the transaction's events
   tx xid8 not null default pg_current_xact_id(),
+  attempt int,
+  event text not null,
+  step_slug text,
+  payload jsonb not null default '{}',
   primary key (run_id, seq),
   constraint seq_is_positive check (seq >= 1),
   constraint event_is_known check (
@@ -19,5 +28,6 @@ create table pgflow.run_events (
   )
 );
 
--- _notify_events reads the committing transaction's events back through this index.
+-- _notify_events reads the committing transaction's events back through this index (a
+-- transaction's many events share one deduplicated entry's posting list).
 create index run_events_tx_idx on pgflow.run_events (tx);

@@ -31,11 +31,21 @@ create function pgflow.claim_tasks(
 language plpgsql
 volatile
 set search_path to ''
+-- every join here goes from a batch to rows by their key: a loop, whatever the row estimates
+-- (docs/design/sql-contract.md, plan stability)
+set enable_hashjoin to off
+set enable_mergejoin to off
 as $$
 declare
   -- a variable, not clock_timestamp() in the queries: a volatile call there defeats the indexes
   v_now timestamptz := clock_timestamp();
   v_expired record;
+  v_status text;
+  v_expires_at timestamptz;
+  -- the claimed batch
+  v_run_ids uuid[];
+  v_step_slugs text[];
+  v_retries boolean[];
 begin
   -- ARGUMENTS
   if claim_tasks.worker_id is null or claim_tasks.worker_id = '' then
@@ -66,10 +76,11 @@ begin
     where r.run_id = v_expired.run_id and r.status = 'started'
     for update;
     if found then
-      perform 1 from pgflow.step_states as s
-      where s.run_id = v_expired.run_id and s.step_slug = v_expired.step_slug
-        and s.status = 'started' and s.lease_expires_at < clock_timestamp();
-      if found then
+      -- read by its key, checked here: a lease condition in the query would let the planner
+      -- scan the leased-step index instead, row after row, for every expired lease
+      select s.status, s.lease_expires_at into v_status, v_expires_at from pgflow.step_states as s
+      where s.run_id = v_expired.run_id and s.step_slug = v_expired.step_slug;
+      if v_status = 'started' and v_expires_at < clock_timestamp() then
         perform pgflow._fail_attempt(v_expired.run_id, v_expired.step_slug, 'lease expired', true);
       end if;
     end if;
@@ -79,9 +90,15 @@ begin
   -- from function calls made only for rows that were retrying: a first attempt pays one
   -- comparison. The run lock is taken before the limit counts the row, so a retry whose run is
   -- busy leaves its slot to the next ready task instead of shrinking the batch.
+  -- PLAN: the ready rows are read from the ready index in its order until the limit, locked,
+  -- and kept in arrays: the statements after see the batch as what it is, a few rows (an
+  -- array's length, or 10 in a generic plan), never a tenth of the ready rows (what a generic
+  -- plan guesses for `limit $1`, and with it a hash join over the whole table). The leases are
+  -- then written through the primary key, and each task's run and step read through theirs.
   v_now := clock_timestamp();
-  return query
-  with claimed as (
+  select array_agg(c.run_id), array_agg(c.step_slug), array_agg(c.retry)
+    into v_run_ids, v_step_slugs, v_retries
+  from (
     select s.run_id, s.step_slug, s.status = 'retrying' as retry
     from pgflow.step_states as s
     where s.status in ('started', 'retrying')
@@ -92,13 +109,20 @@ begin
     order by s.available_at
     limit claim_tasks.max_tasks
     for update skip locked
-  ), leased as (
+  ) as c;
+  if v_run_ids is null then
+    return;
+  end if;
+
+  -- LEASES
+  return query
+  with leased as (
     update pgflow.step_states as s
     set status = 'started',
         attempt = s.attempt + 1,
         leased_by = claim_tasks.worker_id,
         lease_expires_at = v_now + claim_tasks.lease_seconds * interval '1 second'
-    from claimed as c
+    from unnest(v_run_ids, v_step_slugs, v_retries) as c (run_id, step_slug, retry)
     where s.run_id = c.run_id and s.step_slug = c.step_slug
     -- RETURNING runs once per updated row: one event per claimed retry (read below, so that
     -- no plan can leave it out)
@@ -107,7 +131,9 @@ begin
         as announced
   )
   select l.run_id, l.flow_slug, l.step_slug, l.attempt,
-    jsonb_build_object('run', r.input) || coalesce((
+    jsonb_build_object('run', (
+      select r.input from pgflow.runs as r where r.run_id = l.run_id
+    )) || coalesce((
       select jsonb_object_agg(d.step_slug, d.output)
       from pgflow.step_states as d
       where d.run_id = l.run_id and d.step_slug = any(st.depends_on)
@@ -115,8 +141,11 @@ begin
     st.timeout,
     st.max_attempts
   from leased as l
-  join pgflow.runs as r on r.run_id = l.run_id
-  join pgflow.steps as st on st.flow_slug = l.flow_slug and st.step_slug = l.step_slug
+  cross join lateral (
+    select t.depends_on, t.timeout, t.max_attempts from pgflow.steps as t
+    where t.flow_slug = l.flow_slug and t.step_slug = l.step_slug
+    limit 1
+  ) as st
   where l.announced is not false;
 end;
 $$;

@@ -14,6 +14,10 @@ create function pgflow.extend_leases(
 language plpgsql
 volatile
 set search_path to ''
+-- every join here goes from a batch to rows by their key: a loop, whatever the row estimates
+-- (docs/design/sql-contract.md, plan stability)
+set enable_hashjoin to off
+set enable_mergejoin to off
 as $$
 declare
   v_kept int;
@@ -27,13 +31,29 @@ begin
       format('%s against %s', coalesce(cardinality(extend_leases.step_slugs), 0),
              coalesce(cardinality(extend_leases.run_ids), 0)));
   end if;
-  with extended as (
+  -- PLAN: each step is read and locked through its primary key (a lateral subquery the limit
+  -- keeps whole), in key order; the lease checks apply to the row found, so they cannot steer
+  -- the planner to the leased-step index; the update then finds the kept rows by key.
+  with asked as materialized (
+    select t.run_id, t.step_slug
+    from unnest(extend_leases.run_ids, extend_leases.step_slugs) as t (run_id, step_slug)
+    order by 1, 2
+  ), kept as (
+    select a.run_id, a.step_slug
+    from asked as a
+    cross join lateral (
+      select s.leased_by, s.lease_expires_at from pgflow.step_states as s
+      where s.run_id = a.run_id and s.step_slug = a.step_slug
+      limit 1
+      for update
+    ) as s
+    where s.leased_by = extend_leases.worker_id
+      and s.lease_expires_at >= clock_timestamp()
+  ), extended as (
     update pgflow.step_states as s
     set lease_expires_at = clock_timestamp() + extend_leases.lease_seconds * interval '1 second'
-    from unnest(extend_leases.run_ids, extend_leases.step_slugs) as t (run_id, step_slug)
-    where s.run_id = t.run_id and s.step_slug = t.step_slug
-      and s.leased_by = extend_leases.worker_id
-      and s.lease_expires_at >= clock_timestamp()
+    from kept as k
+    where s.run_id = k.run_id and s.step_slug = k.step_slug
     returning 1
   )
   select count(*)::int into v_kept from extended;

@@ -21,6 +21,10 @@ create function pgflow.report_steps(
 language plpgsql
 volatile
 set search_path to ''
+-- every join here goes from a batch to rows by their key: a loop, whatever the row estimates
+-- (docs/design/sql-contract.md, plan stability)
+set enable_hashjoin to off
+set enable_mergejoin to off
 as $$
 declare
   v_count int := coalesce(cardinality(report_steps.run_ids), 0);
@@ -40,7 +44,7 @@ declare
   v_runs_seq bigint[];
   v_runs_finished boolean[];
   v_runs_output jsonb[];
-  v_at text := to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+  v_at timestamptz := clock_timestamp();
 begin
   if v_count is distinct from coalesce(cardinality(report_steps.step_slugs), 0)
      or v_count is distinct from coalesce(cardinality(report_steps.attempts), 0)
@@ -68,17 +72,30 @@ begin
       report_steps.errors[v_i], report_steps.worker_id, report_steps.attempts[v_i]);
   end loop;
 
-  -- COMPLETIONS: only from the live lease holder of a step of a run still going
-  with reported as (
+  -- COMPLETIONS: only from the live lease holder of a step of a run still going.
+  -- PLAN: the batch drives the lookups. Each reported step is read through its primary key in
+  -- a lateral subquery that the limit keeps whole, so the lease checks are applied to the row
+  -- found and cannot steer the planner to the leased-step index or to a join order (after an
+  -- ANALYZE taken while nothing was leased, it started from that index and compared every
+  -- leased row with every report); the update then finds its rows by key, the batch (a few
+  -- rows to the planner, whatever the tables hold) driving the loop.
+  with reported as materialized (
     select i, report_steps.run_ids[i] as run_id, report_steps.step_slugs[i] as step_slug,
       report_steps.attempts[i] as attempt, coalesce(report_steps.outputs[i], 'null'::jsonb) as output
     from generate_subscripts(report_steps.run_ids, 1) as i
     where report_steps.errors[i] is null
+    order by 2, 3, 1
   ), valid as (
     select distinct on (p.run_id, p.step_slug) p.*
     from reported as p
-    join pgflow.step_states as s on s.run_id = p.run_id and s.step_slug = p.step_slug
-    join pgflow.runs as r on r.run_id = p.run_id
+    cross join lateral (
+      select s.status, s.leased_by, s.lease_expires_at, s.attempt from pgflow.step_states as s
+      where s.run_id = p.run_id and s.step_slug = p.step_slug
+      limit 1
+    ) as s
+    cross join lateral (
+      select r.status from pgflow.runs as r where r.run_id = p.run_id limit 1
+    ) as r
     where r.status = 'started'
       and s.status = 'started'
       and s.leased_by = report_steps.worker_id
@@ -110,12 +127,15 @@ begin
     select report_steps.run_ids[c.i] as run_id, c.flow_slug,
       report_steps.step_slugs[c.i] as step_slug, c.i
     from unnest(v_done, v_done_flows) as c (i, flow_slug)
-  ), decrements as (
+  ), decrements as materialized (
+    -- in key order, the order complete_step updates them in: the steps made ready together
+    -- then sit in the ready index (same available_at) in the same order either way
     select c.run_id, d.dependent, count(*)::int as n, max(c.i) as last_i
     from completed as c
     join pgflow.steps as st on st.flow_slug = c.flow_slug and st.step_slug = c.step_slug
     cross join unnest(st.dependents) as d (dependent)
     group by c.run_id, d.dependent
+    order by c.run_id, d.dependent
   ), ready as (
     update pgflow.step_states as s
     set remaining_deps = s.remaining_deps - d.n,
@@ -144,8 +164,7 @@ begin
     select report_steps.run_ids[i] as run_id, count(*)::int as n
     from unnest(v_done) as i group by 1
   ) as p
-  join pgflow.runs as r on r.run_id = p.run_id
-  where r.run_id = any(report_steps.run_ids);
+  join pgflow.runs as r on r.run_id = p.run_id;
   -- a finished run's output, once its steps' outputs are written
   select array_agg(case when f.finished then pgflow._run_output(f.run_id) end order by f.ord)
     into v_runs_output
@@ -160,31 +179,32 @@ begin
     select report_steps.run_ids[d.i] as run_id, d.i as ord, 1 as kind, 0 as sub,
       'step:completed' as event, report_steps.step_slugs[d.i] as step_slug,
       'completed' as status, coalesce(report_steps.outputs[d.i], 'null'::jsonb) as output,
-      d.attempt
+      d.attempt, null::bigint as last_seq
     from unnest(v_done, v_done_attempts) as d (i, attempt)
     union all
     select g.run_id, g.last_i, 2, g.step_index, 'step:started', g.step_slug, 'started',
-      null::jsonb, 1
+      null::jsonb, 1, null
     from unnest(v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index)
       as g (run_id, step_slug, last_i, step_index)
     union all
-    select f.run_id, 2147483647, 3, 0, 'run:completed', null, 'completed', f.output, null
+    select f.run_id, 2147483647, 3, 0, 'run:completed', null, 'completed', f.output, null, null
     from unnest(v_runs, v_runs_finished, v_runs_output) as f (run_id, finished, output)
     where f.finished
+    union all
+    -- each run's last seq so far, on a row of its own that sorts first: numbered reads it
+    -- through its window instead of joining two arrays
+    select b.run_id, -1, 0, 0, null, null, null, null, null, b.last_seq
+    from unnest(v_runs, v_runs_seq) as b (run_id, last_seq)
   ), numbered as (
-    select raw.*, b.last_seq + row_number() over (
-      partition by raw.run_id order by raw.ord, raw.kind, raw.sub
-    ) as seq
+    select raw.*, max(raw.last_seq) over w + row_number() over w - 1 as seq
     from raw
-    join unnest(v_runs, v_runs_seq) as b (run_id, last_seq) on b.run_id = raw.run_id
+    window w as (partition by raw.run_id order by raw.ord, raw.kind, raw.sub)
   ), inserted as (
-    insert into pgflow.run_events (run_id, seq, event, step_slug, payload)
-    select n.run_id, n.seq, n.event, n.step_slug, jsonb_build_object(
-        'run_id', n.run_id, 'seq', n.seq, 'event', n.event, 'step_slug', n.step_slug,
-        'status', n.status, 'output', n.output, 'error', null, 'attempt', n.attempt,
-        'at', v_at
-      )
+    insert into pgflow.run_events (run_id, seq, at, attempt, event, step_slug, payload)
+    select n.run_id, n.seq, v_at, n.attempt, n.event, n.step_slug,
+      case when n.output is null then '{}'::jsonb else jsonb_build_object('output', n.output) end
     from numbered as n
+    where n.kind > 0
     returning run_id, seq
   )
   select array_agg(x.last_seq order by x.run_id) into v_runs_seq
@@ -200,7 +220,7 @@ begin
       completed_at = case when u.finished then now() else r.completed_at end
   from unnest(v_runs, v_runs_done, v_runs_seq, v_runs_finished, v_runs_output)
     as u (run_id, n, last_seq, finished, output)
-  where r.run_id = u.run_id and r.run_id = any(v_runs);
+  where r.run_id = u.run_id;
 
   perform set_config('pgflow.events_pending', 'on', true);
   if v_flows is not null then

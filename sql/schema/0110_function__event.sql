@@ -1,5 +1,6 @@
 -- _event: appends one event to a run's log and raises the transaction's pgflow.events_pending
--- flag; the event is notified at commit.
+-- flag; the event is notified at commit. Stores it compact (0042_table_run_events.sql): the
+-- payload keeps output when given, error when not null, status only when it is not the event's.
 -- Locks: none of its own; the caller must hold the run's row lock (it owns p_seq).
 -- Notifies: pgflow_events, at commit, through _notify_events.
 -- Raises: a unique violation when p_seq was written already (a caller's bug).
@@ -19,18 +20,12 @@ volatile
 set search_path to ''
 as $$
 begin
-  insert into pgflow.run_events (run_id, seq, event, step_slug, payload)
-  values (p_run_id, p_seq, p_event, p_step_slug, jsonb_build_object(
-    'run_id', p_run_id,
-    'seq', p_seq,
-    'event', p_event,
-    'step_slug', p_step_slug,
-    'status', p_status,
-    'output', p_output,
-    'error', p_error,
-    'attempt', p_attempt,
-    'at', to_char(clock_timestamp() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-  ));
+  insert into pgflow.run_events (run_id, seq, event, step_slug, attempt, payload)
+  values (p_run_id, p_seq, p_event, p_step_slug, p_attempt,
+    case when p_output is null then '{}'::jsonb else jsonb_build_object('output', p_output) end
+    || case when p_error is null then '{}'::jsonb else jsonb_build_object('error', p_error) end
+    || case when p_status is not distinct from split_part(p_event, ':', 2) then '{}'::jsonb
+         else jsonb_build_object('status', p_status) end);
   perform set_config('pgflow.events_pending', 'on', true);
 end;
 $$;

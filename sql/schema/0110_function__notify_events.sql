@@ -29,11 +29,16 @@ begin
   end if;
   perform set_config('pgflow.events_pending', '', true);
 
-  -- each payload printed once, for both the text and its length
+  -- each event rebuilt from its compact row (the same rebuild as get_run_events') and printed
+  -- once, for both the text and its length
   select string_agg(p.payload, ',' order by p.run_id, p.seq), sum(octet_length(p.payload))
     into v_events, v_bytes
   from (
-    select e.run_id, e.seq, e.payload::text as payload
+    select e.run_id, e.seq, (jsonb_build_object(
+        'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
+        'status', split_part(e.event, ':', 2), 'output', null, 'error', null, 'attempt', e.attempt,
+        'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+      ) || e.payload)::text as payload
     from pgflow.run_events as e
     where e.tx = pg_current_xact_id()
   ) as p;

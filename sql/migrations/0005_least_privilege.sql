@@ -1,0 +1,124 @@
+-- 0005_least_privilege: security definer public functions, nothing executable by PUBLIC, a
+-- search_path that no temporary object can shadow, and the grants of the roles pgflow_worker,
+-- pgflow_gateway and pgflow_pruner (docs/reference/sql-api.md#roles-and-grants).
+
+-- sql/schema/0110_function__grant_roles.sql
+-- _grant_roles: gives the roles pgflow_worker, pgflow_gateway and pgflow_pruner (so their
+-- members too) exactly the privileges their processes need, and no more
+-- (docs/reference/sql-api.md#roles-and-grants): each role's privileges in the schema are revoked
+-- first, so this list is the whole of them. A role that does not exist is granted nothing, with
+-- a NOTICE: roles belong to the cluster, and a migration does not create them (sql/roles.sql,
+-- run by an administrator, does).
+-- Run by the migrations and, after creating the roles later, by the schema's owner:
+-- `select pgflow._grant_roles()`.
+-- The public functions are security definer (0900_grants.sql): a role needs EXECUTE on a
+-- function, never a privilege on the tables it writes. The direct reads of pgflow/db/store.py
+-- are granted column by column.
+-- Locks: none beyond GRANT's own. Notifies: nothing. Raises: nothing (NOTICE for a missing role).
+-- Idempotent: yes.
+create function pgflow._grant_roles() returns void
+language plpgsql
+set search_path to ''
+as $$
+declare
+  v_role text;
+  v_missing text[] := '{}';
+  v_bookkeeping boolean := to_regclass('pgflow.schema_migrations') is not null;
+begin
+  -- RESET: what each existing role holds in the schema
+  foreach v_role in array array['pgflow_worker', 'pgflow_gateway', 'pgflow_pruner'] loop
+    if exists (select from pg_catalog.pg_roles as r where r.rolname = v_role) then
+      execute format('revoke all on all functions in schema pgflow from %I', v_role);
+      execute format('revoke all on all tables in schema pgflow from %I', v_role);
+      execute format('grant usage on schema pgflow to %I', v_role);
+      if v_bookkeeping then
+        -- `pgflow worker` and `serve` migrate on start: reading the record finds nothing to do
+        execute format('grant select on pgflow.schema_migrations to %I', v_role);
+      end if;
+    else
+      v_missing := v_missing || v_role;
+    end if;
+  end loop;
+
+  -- WORKER: claims, reports, keeps and gives back leases; defines the flows it runs
+  if not 'pgflow_worker' = any (v_missing) then
+    grant execute on function
+      pgflow.claim_tasks, pgflow.report_steps, pgflow.complete_step, pgflow.fail_step,
+      pgflow.extend_leases, pgflow.release_tasks, pgflow.define_flow, pgflow.get_flow
+      to pgflow_worker;
+    -- Store.retry_delays: when a reported failure's retry may be claimed
+    grant select (run_id, step_slug, attempt, status, available_at, lease_expires_at)
+      on pgflow.step_states to pgflow_worker;
+  end if;
+
+  -- GATEWAY: starts, reads and lists runs, replays their events; defines the flows it loads
+  if not 'pgflow_gateway' = any (v_missing) then
+    grant execute on function
+      pgflow.run_flow, pgflow.get_run, pgflow.get_run_events, pgflow.list_runs,
+      pgflow.define_flow, pgflow.get_flow
+      to pgflow_gateway;
+    -- Store.get_run_replay and get_run_owner: a subscription's access check and its replay
+    grant select (run_id, flow_slug, owner, last_seq) on pgflow.runs to pgflow_gateway;
+  end if;
+
+  -- PRUNER: deletes finished runs (`pgflow prune`, the worker's --retention)
+  if not 'pgflow_pruner' = any (v_missing) then
+    grant execute on function pgflow.prune_runs to pgflow_pruner;
+  end if;
+
+  if cardinality(v_missing) > 0 then
+    raise notice 'pgflow: granted nothing to %: no such role', array_to_string(v_missing, ', ')
+      using hint = 'create the roles (sql/roles.sql), then run `select pgflow._grant_roles()` '
+                   || 'as the owner of the schema pgflow';
+  end if;
+end;
+$$;
+
+-- sql/schema/0900_grants.sql
+-- Least privilege (docs/reference/sql-api.md#roles-and-grants): the worker and the gateway run
+-- as roles that may call the functions their process needs and write no table directly.
+--
+-- PUBLIC: PostgreSQL lets every role execute a new function; no pgflow function keeps that.
+--
+-- search_path: `pg_catalog, pg_temp` on every function, in place of the '' of its file. With ''
+-- the session's temporary schema is searched first, before pg_catalog, so in a security definer
+-- function a temporary table named `jsonb` (created by the caller: TEMP is granted to PUBLIC)
+-- would stand in for the type jsonb. Our names are all schema-qualified; pg_temp last means no
+-- temporary object can shadow a built-in one. A migration that creates or replaces a function
+-- repeats this block (`create or replace` resets search_path and security definer, not grants).
+do $$
+declare
+  v_function regprocedure;
+begin
+  for v_function in
+    select p.oid::regprocedure from pg_catalog.pg_proc as p
+    where p.pronamespace = 'pgflow'::regnamespace
+  loop
+    execute format('revoke all on function %s from public', v_function);
+    execute format('alter function %s set search_path to pg_catalog, pg_temp', v_function);
+  end loop;
+end;
+$$;
+
+-- SECURITY DEFINER: the public functions run as the schema's owner, so EXECUTE on one is all a
+-- role needs; what it may do is what the function does. The private helpers run inside them as
+-- the owner already and stay executable by the owner alone. The trigger's function is one too:
+-- a deferred trigger fires at commit, outside the function that wrote the event, as the role of
+-- the session, which may not read pgflow.run_events.
+alter function pgflow.define_flow security definer;
+alter function pgflow.get_flow security definer;
+alter function pgflow.run_flow security definer;
+alter function pgflow.get_run security definer;
+alter function pgflow.get_run_events security definer;
+alter function pgflow.list_runs security definer;
+alter function pgflow.claim_tasks security definer;
+alter function pgflow.complete_step security definer;
+alter function pgflow.fail_step security definer;
+alter function pgflow.report_steps security definer;
+alter function pgflow.extend_leases security definer;
+alter function pgflow.release_tasks security definer;
+alter function pgflow.prune_runs security definer;
+alter function pgflow._notify_events security definer;
+
+-- ROLES: pgflow_worker, pgflow_gateway and pgflow_pruner, those that exist
+select pgflow._grant_roles();
