@@ -93,7 +93,9 @@ async def load_history(conn: asyncpg.Connection, slug: str, runs: int) -> None:
         for first in range(1, runs + 1, HISTORY_BATCH):
             last = min(first + HISTORY_BATCH - 1, runs)
             async with conn.transaction():
-                # the same ids in every table: fixed for the batch by a temporary table
+                # the same ids in every table: fixed for the batch by a temporary table. Random
+                # (version 4) ids, as a database whose history predates run_flow's
+                # time-ordered ids holds: spread over the whole key space, the harder case
                 await conn.execute(
                     "create temporary table history_ids on commit drop as"
                     " select gen_random_uuid() as run_id,"
