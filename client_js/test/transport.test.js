@@ -32,6 +32,15 @@ class FakeSocket {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Resolves once `predicate()` holds; rejects after `timeoutMs` (no fixed waits in tests). */
+async function until(predicate, what, timeoutMs = 2000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
 function harness(options = {}) {
   FakeSocket.made = [];
   const calls = [];
@@ -72,15 +81,18 @@ test("it opens {url}/realtime with the token, and hands on JSON objects only", a
   assert.equal(transport.state, "closed");
 });
 
-test("close 1008 is refused for good: no reconnect", async () => {
+test("close 1008 is refused for good: no reconnect", async (t) => {
+  // Timers under the test's control: every timer the refusal could have set fires at tick().
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
   const { transport, calls } = harness();
   transport.wake();
-  await sleep(0);
+  await until(() => FakeSocket.made.length === 1, "the first socket");
   FakeSocket.made[0].open();
   FakeSocket.made[0].onclose({ code: 1008, reason: "bad token" });
   assert.deepEqual(calls.at(-1), ["refused", 1008, "bad token"]);
   assert.equal(transport.state, "idle");
-  await sleep(20);
+  t.mock.timers.tick(60_000);
+  await new Promise((resolve) => setImmediate(resolve));
   assert.equal(FakeSocket.made.length, 1);
   transport.close();
 });
@@ -93,8 +105,7 @@ test("any other loss reconnects after the backoff while a run needs the socket",
   FakeSocket.made[0].onclose({ code: 1006, reason: "" });
   assert.deepEqual(calls.at(-1), ["lost", 1006, ""]);
   assert.equal(transport.state, "reconnecting");
-  await sleep(20);
-  assert.equal(FakeSocket.made.length, 2);
+  await until(() => FakeSocket.made.length === 2, "the second socket");
   FakeSocket.made[1].open();
   assert.deepEqual(calls.filter(([kind]) => kind === "open").length, 2);
   transport.close();
@@ -106,7 +117,7 @@ test("silence past heartbeatTimeout drops the socket with 4000 and reconnects", 
   await sleep(0);
   const ws = FakeSocket.made[0];
   ws.open();
-  await sleep(80);
+  await until(() => FakeSocket.made.length >= 2, "the replacing socket");
   assert.ok(ws.sent.some((m) => m.type === "ping"), "pings went out");
   assert.deepEqual(ws.closedWith, [4000, "heartbeat timeout"]);
   assert.deepEqual(calls.find(([kind]) => kind === "lost"), ["lost", 4000, "heartbeat timeout"]);
@@ -122,7 +133,7 @@ test("a socket no run needs closes after idleTimeout", async () => {
   ws.open();
   setBusy(false);
   transport.idleIfUnused();
-  await sleep(20);
+  await until(() => ws.closedWith !== null, "the idle close");
   assert.deepEqual(ws.closedWith, [1000, "idle"]);
   assert.equal(transport.state, "idle");
   transport.close();

@@ -37,7 +37,9 @@ def pg_dump_binary(pg_server: Server) -> Path:
         return pg_server.cluster.bin_dir / "pg_dump"
     found = shutil.which("pg_dump")
     if found is None:
-        pytest.skip("DATABASE_URL is set and no pg_dump is on PATH")
+        # No silent pass: the comparison is the only check that the schema and migrations agree.
+        pytest.fail("DATABASE_URL is set and no pg_dump is on PATH: install the PostgreSQL "
+                    "client of the server's version (or newer) to compare schemas")
     return Path(found)
 
 
