@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from pgflow import event_loop
 from pgflow.errors import ConfigurationError
 from pgflow.flows import Flow, load_flows
 from pgflow.worker._attempts import abandoned_threads, describe_error
@@ -75,7 +76,7 @@ def worker_command(args: argparse.Namespace) -> int:
     """
     flows = load_flows(args.flows)
     try:
-        worker = asyncio.run(_worker_main(args, flows))
+        worker = event_loop.run(_worker_main(args, flows))
     except StuckThreadsError as exc:
         print(f"pgflow worker: {exc}", file=sys.stderr)
         return STUCK_EXIT_STATUS

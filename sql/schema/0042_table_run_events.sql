@@ -8,9 +8,13 @@
 -- (get_run_events, _notify_events) rebuild the event as clients receive it (events.md); a row
 -- whose payload holds more (a full event) reads the same, its payload winning.
 -- Fixed-width columns first, so only the tuple's end is padded.
+--
+-- No foreign key to runs: its check is a query per event row, an eighth of the server's work
+-- per step. Every writer appends under its run's row lock (the run exists and stays), and the
+-- trigger runs_delete_events deletes a deleted run's events, as a cascade would.
 
 create table pgflow.run_events (
-  run_id uuid not null references pgflow.runs (run_id) on delete cascade,
+  run_id uuid not null,
   seq bigint not null,
   at timestamptz not null default clock_timestamp(),
   -- the top-level transaction that wrote it (also from inside a subtransaction): how the

@@ -147,5 +147,14 @@ begin
     limit 1
   ) as st
   where l.announced is not false;
+
+  -- DURABILITY: a claim that wrote no event commits without waiting for its WAL to reach disk.
+  -- A crash can then lose only leases: their tasks are claimable again, and a report under a
+  -- lost lease is stale, so the step runs again (at least once, as for an expired lease). A
+  -- claim that wrote events (a retry's step:started, the sweep's) is notified, so it stays
+  -- durable: no subscriber may see an event a crash then takes back.
+  if current_setting('pgflow.events_pending', true) is distinct from 'on' then
+    perform set_config('synchronous_commit', 'off', true);
+  end if;
 end;
 $$;

@@ -73,7 +73,7 @@ begin
     where r.run_id = v_run.run_id;
     return true;
   end if;
-  v_run_output := pgflow._run_output(v_run.run_id);
+  v_run_output := (pgflow._run_outputs(array[v_run.run_id]))[1];
   v_seq := v_seq + 1;
   perform pgflow._event(v_run.run_id, v_seq, 'run:completed', null, 'completed', v_run_output, null, null);
   update pgflow.runs as r

@@ -166,9 +166,10 @@ begin
   ) as p
   join pgflow.runs as r on r.run_id = p.run_id;
   -- a finished run's output, once its steps' outputs are written
-  select array_agg(case when f.finished then pgflow._run_output(f.run_id) end order by f.ord)
-    into v_runs_output
-  from unnest(v_runs, v_runs_finished) with ordinality as f (run_id, finished, ord);
+  v_runs_output := pgflow._run_outputs(array(
+    select case when f.finished then f.run_id end
+    from unnest(v_runs, v_runs_finished) with ordinality as f (run_id, finished, ord)
+    order by f.ord));
 
   -- EVENTS, in the order completing the steps one by one would give: each step:completed (in
   -- report order) followed by the step:started of the steps it was the last dependency of (in

@@ -17,6 +17,7 @@ set search_path to ''
 as $$
 declare
   v_events text;
+  v_count bigint;
   v_bytes bigint;
   v_ref text;
   v_chunk text := '';
@@ -29,25 +30,31 @@ begin
   end if;
   perform set_config('pgflow.events_pending', '', true);
 
-  -- each event rebuilt from its compact row (the same rebuild as get_run_events') and printed
-  -- once, for both the text and its length
-  select string_agg(p.payload, ',' order by p.run_id, p.seq), sum(octet_length(p.payload))
-    into v_events, v_bytes
-  from (
-    select e.run_id, e.seq, (jsonb_build_object(
-        'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
-        'status', split_part(e.event, ':', 2), 'output', null, 'error', null, 'attempt', e.attempt,
-        'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-      ) || e.payload)::text as payload
-    from pgflow.run_events as e
-    where e.tx = pg_current_xact_id()
-  ) as p;
-  if v_events is null then
+  -- MORE THAN FIT: no event prints shorter than 150 bytes (its nine keys and the run_id alone
+  -- take more), so past 52 events the text cannot fit and is not built: a worker's report of a
+  -- few hundred steps would print every event only to send refs
+  select count(*) into v_count from pgflow.run_events as e where e.tx = pg_current_xact_id();
+  if v_count = 0 then
     return null;
   end if;
-  if v_bytes + 40 <= 7900 then
-    perform pg_notify('pgflow_events', '{"v": 1, "events": [' || v_events || ']}');
-    return null;
+  if v_count <= 7900 / 150 then
+    -- each event rebuilt from its compact row (the same rebuild as get_run_events') and printed
+    -- once, for both the text and its length
+    select string_agg(p.payload, ',' order by p.run_id, p.seq), sum(octet_length(p.payload))
+      into v_events, v_bytes
+    from (
+      select e.run_id, e.seq, (jsonb_build_object(
+          'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
+          'status', split_part(e.event, ':', 2), 'output', null, 'error', null, 'attempt', e.attempt,
+          'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+        ) || e.payload)::text as payload
+      from pgflow.run_events as e
+      where e.tx = pg_current_xact_id()
+    ) as p;
+    if v_bytes + 40 <= 7900 then
+      perform pg_notify('pgflow_events', '{"v": 1, "events": [' || v_events || ']}');
+      return null;
+    end if;
   end if;
 
   -- BY REFERENCE: per run, the seq range this transaction wrote (contiguous: the run was locked).

@@ -6,7 +6,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.sql._helpers import DIAMOND, claim, complete, define, events, run_state, start
+from tests.sql._helpers import DIAMOND, claim, complete, define, events, fail, run_state, start
 
 
 async def expire_leases(conn: Any, worker: str) -> None:
@@ -162,3 +162,67 @@ async def test_release_tasks_can_release_only_the_named_tasks(conn: Any) -> None
     assert released == 1
     assert [t["run_id"] for t in await claim(conn, worker="x")] == [first["run_id"]]
     assert second["run_id"] != first["run_id"]
+
+
+async def claim_in_transaction(conn: Any, worker: str = "w1") -> tuple[list[Any], str]:
+    """Claims inside an explicit transaction and reads the synchronous_commit it will commit with
+    (the test server's default is off, so the session asks for PostgreSQL's: on)."""
+    await conn.execute("set synchronous_commit = on")
+    async with conn.transaction():
+        tasks = await claim(conn, worker=worker)
+        setting: str = await conn.fetchval("show synchronous_commit")
+    return tasks, setting
+
+
+async def test_a_claim_that_writes_no_event_commits_without_waiting_for_disk(conn: Any) -> None:
+    await define(conn, DIAMOND)
+    await start(conn, "diamond")
+    tasks, setting = await claim_in_transaction(conn)
+    assert [t["step_slug"] for t in tasks] == ["a"]
+    assert setting == "off"
+    # only that transaction: the session's own setting is untouched
+    assert await conn.fetchval("show synchronous_commit") == "on"
+
+
+async def test_a_claim_that_writes_a_retrys_step_started_stays_durable(conn: Any) -> None:
+    await define(conn, {**DIAMOND, "max_attempts": 2, "base_delay": 0})
+    run_id = await start(conn, "diamond")
+    (first,) = await claim(conn)
+    assert await fail(conn, first) is True
+    tasks, setting = await claim_in_transaction(conn)
+    assert [(t["step_slug"], t["attempt"]) for t in tasks] == [("a", 2)]
+    assert (await events(conn, run_id))[-1]["event"] == "step:started"
+    assert setting == "on"
+
+
+async def test_a_claim_whose_sweep_writes_events_stays_durable(conn: Any) -> None:
+    await define(conn, {**DIAMOND, "max_attempts": 1})
+    run_id = await start(conn, "diamond")
+    await claim(conn, worker="dead")
+    await expire_leases(conn, "dead")
+    tasks, setting = await claim_in_transaction(conn)
+    assert tasks == []
+    assert (await run_state(conn, run_id))["status"] == "failed"
+    assert setting == "on"
+
+
+async def test_a_claim_lost_in_a_crash_runs_the_step_again_and_its_report_is_stale(
+    conn: Any,
+) -> None:
+    # What a crash before an asynchronous claim reached disk leaves: the step as it was before
+    # the claim, while the worker still runs the handler it was given.
+    await define(conn, DIAMOND)
+    run_id = await start(conn, "diamond")
+    (lost,) = await claim(conn, worker="before-crash")
+    await conn.execute(
+        "update pgflow.step_states set attempt = attempt - 1, leased_by = null,"
+        " lease_expires_at = null where run_id = $1 and step_slug = 'a'",
+        run_id,
+    )
+    (again,) = await claim(conn, worker="after-crash")
+    assert (again["step_slug"], again["attempt"]) == ("a", lost["attempt"])
+    assert await complete(conn, lost, worker="before-crash") is False
+    assert await complete(conn, again, worker="after-crash") is True
+    assert [e["event"] for e in await events(conn, run_id)] == [
+        "run:started", "step:started", "step:completed", "step:started", "step:started",
+    ]

@@ -75,7 +75,7 @@ async def scenario(
                         [t["step_slug"] for t in tasks],
                         [t["attempt"] for t in tasks],
                         [
-                            None if f else {"s": t["step_slug"]}
+                            None if f else {"s": t["step_slug"], "r": str(t["run_id"])}
                             for t, f in zip(tasks, failing, strict=True)
                         ],
                         ["random" if f else None for f in failing],
@@ -99,7 +99,7 @@ async def scenario(
                                 "select pgflow.complete_step($1, $2, $3::jsonb, $4, $5)",
                                 t["run_id"],
                                 t["step_slug"],
-                                {"s": t["step_slug"]},
+                                {"s": t["step_slug"], "r": str(t["run_id"])},
                                 name,
                                 t["attempt"],
                             )
@@ -164,6 +164,13 @@ async def scenario(
                     assert final[step]["status"] == mine[-1]["status"]
             if run["status"] == "completed":
                 assert not any(e["event"] == "step:failed" for e in log)
+                # the run's output: its one leaf's, or each leaf's by slug (each output names
+                # its run, so outputs given to the wrong run of a batch would show)
+                leaves = [s for s, _ in dag if not any(s in deps for _, deps in dag)]
+                outputs = {s: {"s": s, "r": str(run_id)} for s in leaves}
+                expected = outputs[leaves[0]] if len(leaves) == 1 else outputs
+                assert run["output"] == expected
+                assert terminal[0]["output"] == expected
     finally:
         for c in conns:
             await c.close()

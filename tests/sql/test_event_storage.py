@@ -173,3 +173,17 @@ async def test_the_migration_rewrites_old_payloads_and_reads_them_back_unchanged
         assert [r[0] for r in attempts] == [None, 1, 1, 1, 1, 1, 1, 2, 2, 2]
     finally:
         await conn.close()
+
+
+async def test_deleting_runs_deletes_their_events_and_no_others(conn: Any) -> None:
+    # run_events has no foreign key (a check per event row); the statement trigger
+    # runs_delete_events does what its cascade did, for a delete by hand as for prune_runs
+    await define(conn, DIAMOND)
+    runs = [await start(conn, "diamond") for _ in range(3)]
+    for task in await claim(conn):
+        await complete(conn, task)
+    await conn.execute("delete from pgflow.runs where run_id = any($1::uuid[])", runs[:2])
+    left = await conn.fetch("select distinct run_id from pgflow.run_events")
+    assert [r["run_id"] for r in left] == [runs[2]]
+    assert [e["seq"] for e in await events(conn, runs[2])] == [1, 2, 3, 4, 5]
+    assert await events(conn, runs[0]) == []

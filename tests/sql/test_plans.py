@@ -236,3 +236,24 @@ def test_plan_problems_catches_a_loop_driven_from_the_wrong_side() -> None:
     seq = {"Query Text": "x", "Plan": {"Node Type": "Seq Scan", "Relation Name": "runs",
                                        "Actual Rows": 1, "Actual Loops": 1}}
     assert plan_problems(seq) == ["Seq Scan on runs in: x"]
+
+
+async def test_a_running_runs_row_is_updated_without_new_index_entries(
+    conn: asyncpg.Connection,
+) -> None:
+    # runs keeps half of each page free (0040_table_runs.sql): each report that completes a
+    # run's step updates its row, and with room on the page that is a heap-only update (no entry
+    # in any index). Full pages, as the runs were inserted, would make almost every one write
+    # an entry in each of the table's indexes.
+    await define(conn, DIAMOND)
+    await conn.execute("select pgflow.run_flow('diamond', '{}') from generate_series(1, 200)")
+    tasks = await conn.fetch("select * from pgflow.claim_tasks('w', 1000)")
+    assert len(tasks) == 200
+    async with conn.transaction():
+        await _report(conn, "w", tasks)
+        updates, heap_only = await conn.fetchrow(
+            "select n_tup_upd, n_tup_hot_upd from pg_stat_xact_user_tables"
+            " where relid = 'pgflow.runs'::regclass"
+        )
+    assert updates == 200
+    assert heap_only >= 190, f"{heap_only} of {updates} updates were heap-only"
