@@ -1,17 +1,25 @@
--- 0006_cheaper_steps: less server CPU and less waiting per step on the hot path
+-- 0006_cheaper_steps: less server work and less waiting per step on the hot path
 -- (docs/design/scaling.md, "Where a step's time goes").
 -- - runs keeps half of each page free (fillfactor 50), so the updates of a run's row while its
 --   steps complete are heap-only tuples, with no index entry.
 -- - run_events loses its foreign key to runs (a query per event row); the trigger
 --   runs_delete_events deletes a deleted run's events instead.
+-- - Writers note their events' seq ranges in the transaction's setting pgflow.pending_events
+--   (_note_events), and only past its cap put the transaction's id in run_events.tx, whose index
+--   becomes partial: an event written the usual way adds no index entry. _notify_events reads
+--   both, and counts the events before printing them (past 52 they cannot fit in one
+--   notification, so a large report goes straight to refs without reading its events).
+-- - run_flow writes its events in one insert.
 -- - claim_tasks commits without waiting for its WAL flush when it wrote no event.
--- - _notify_events counts the transaction's events before printing them: past 52 they cannot
---   fit in one notification, so a large report goes straight to refs.
 -- - _run_output becomes _run_outputs, taking a batch: report_steps computes the outputs of every
 --   run its report finishes in one call instead of one call per run.
 
 alter table pgflow.runs set (fillfactor = 50);
 alter table pgflow.run_events drop constraint run_events_run_id_fkey;
+drop index pgflow.run_events_tx_idx;
+alter table pgflow.run_events drop column tx;
+alter table pgflow.run_events add column tx xid8;
+create index run_events_tx_idx on pgflow.run_events (tx) where tx is not null;
 
 drop function pgflow._run_output(uuid);
 
@@ -46,6 +54,40 @@ create trigger runs_delete_events
   for each statement
   execute function pgflow._delete_run_events();
 
+-- sql/schema/0110_function__events_tx.sql
+-- _events_tx: what a writer of events puts in their tx column, decided once per call before it
+-- inserts them: null while the transaction's pgflow.pending_events holds less than 8 KB (the
+-- writer then appends its seq ranges there, _note_events), else the transaction's id. The
+-- commit-time notification finds the transaction's events through both
+-- (0200_trigger_run_events_notify_at_commit.sql): the setting is copied whole on every append,
+-- so past its cap (about 180 ranges: thousands of runs started in one statement) the events
+-- are found through the partial index on tx instead, which holds only such events.
+-- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
+create function pgflow._events_tx() returns xid8
+language sql
+volatile
+set search_path to ''
+as $$
+  select case when octet_length(coalesce(current_setting('pgflow.pending_events', true), '')) < 8192
+    then null else pg_current_xact_id() end;
+$$;
+
+-- sql/schema/0110_function__note_events.sql
+-- _note_events: appends seq ranges ('run_id,from,to;' each) to the transaction's
+-- pgflow.pending_events, where the commit-time notification finds the events a writer inserted
+-- with a null tx (_events_tx). A savepoint rolled back restores the setting as it takes the
+-- rows, so what is notified is exactly what commits.
+-- Locks: none. Notifies: nothing (the trigger does, at commit). Raises: nothing.
+-- Idempotent: no (each call appends).
+create function pgflow._note_events(p_ranges text) returns void
+language sql
+volatile
+set search_path to ''
+as $$
+  select set_config('pgflow.pending_events',
+    coalesce(current_setting('pgflow.pending_events', true), '') || p_ranges, true);
+$$;
+
 -- sql/schema/0110_function__run_outputs.sql
 -- _run_outputs: finished runs' outputs, one per given run_id and in its order (null for a null
 -- run_id): the output step's output, or {leaf: output} when the flow has several leaves. Takes a
@@ -72,6 +114,103 @@ as $$
     join pgflow.flows as f on f.flow_slug = r.flow_slug
     where r.run_id = i.run_id
   ) as o on true;
+$$;
+
+-- sql/schema/0110_function__event.sql
+-- _event: appends one event to a run's log and notes it for the commit-time notification
+-- (_events_tx, _note_events); the event is notified at commit. Stores it compact (0042_table_run_events.sql): the
+-- payload keeps output when given, error when not null, status only when it is not the event's.
+-- Locks: none of its own; the caller must hold the run's row lock (it owns p_seq).
+-- Notifies: pgflow_events, at commit, through _notify_events.
+-- Raises: a unique violation when p_seq was written already (a caller's bug).
+-- Idempotent: no (a seq can be written once).
+create or replace function pgflow._event(
+  p_run_id uuid,
+  p_seq bigint,
+  p_event text,
+  p_step_slug text,
+  p_status text,
+  p_output jsonb,
+  p_error text,
+  p_attempt int
+) returns void
+language plpgsql
+volatile
+set search_path to ''
+as $$
+declare
+  v_tx xid8 := pgflow._events_tx();
+begin
+  insert into pgflow.run_events (run_id, seq, event, step_slug, attempt, tx, payload)
+  values (p_run_id, p_seq, p_event, p_step_slug, p_attempt, v_tx,
+    case when p_output is null then '{}'::jsonb else jsonb_build_object('output', p_output) end
+    || case when p_error is null then '{}'::jsonb else jsonb_build_object('error', p_error) end
+    || case when p_status is not distinct from split_part(p_event, ':', 2) then '{}'::jsonb
+         else jsonb_build_object('status', p_status) end);
+  if v_tx is null then
+    perform pgflow._note_events(p_run_id || ',' || p_seq || ',' || p_seq || ';');
+  end if;
+end;
+$$;
+
+-- sql/schema/0100_function_run_flow.sql
+-- run_flow: starts a run of a flow and queues its root steps.
+-- Returns: the new run_id, time-ordered (a version 7 UUID).
+-- Locks: none beyond the new rows.
+-- Notifies: pgflow_events (run:started, step:started per root), pgflow_tasks (the flow slug).
+-- Raises: PF404 for an unknown flow.
+-- Idempotent: no; each call is a new run.
+create or replace function pgflow.run_flow(flow_slug text, input jsonb, owner text default null) returns uuid
+language plpgsql
+volatile
+set search_path to ''
+as $$
+declare
+  -- time-ordered (the UUID version 7 layout: milliseconds since 1970, then random bits), so new
+  -- runs, their steps and their events land at the right edge of the indexes that lead with
+  -- run_id, and the runs being worked on share a few hot index pages: with random ids each
+  -- insert and lookup touched a random leaf of indexes as large as the history
+  v_run_id uuid := encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+    placing substring(int8send((extract(epoch from clock_timestamp()) * 1000)::bigint) from 3)
+    from 1 for 6), 52, 1), 53, 1), 'hex')::uuid;
+  v_input jsonb := coalesce(run_flow.input, 'null'::jsonb);
+  v_step_count int;
+  v_roots text[];
+  v_tx xid8 := pgflow._events_tx();
+begin
+  select count(*), array_agg(s.step_slug order by s.step_index) filter (where cardinality(s.depends_on) = 0)
+    into v_step_count, v_roots
+  from pgflow.steps as s
+  where s.flow_slug = run_flow.flow_slug;
+  if v_step_count = 0 then
+    raise exception 'unknown flow %', quote_literal(run_flow.flow_slug) using errcode = 'PF404';
+  end if;
+
+  insert into pgflow.runs (run_id, flow_slug, input, owner, remaining_steps, last_seq)
+  values (v_run_id, run_flow.flow_slug, v_input, run_flow.owner, v_step_count, 1 + cardinality(v_roots));
+
+  insert into pgflow.step_states (run_id, step_slug, flow_slug, status, remaining_deps, available_at, started_at)
+  select v_run_id, s.step_slug, s.flow_slug,
+    case when cardinality(s.depends_on) = 0 then 'started' else 'created' end,
+    cardinality(s.depends_on),
+    case when cardinality(s.depends_on) = 0 then now() end,
+    case when cardinality(s.depends_on) = 0 then now() end
+  from pgflow.steps as s
+  where s.flow_slug = run_flow.flow_slug;
+
+  -- EVENTS: run:started and each root's step:started, in one insert (their payloads hold
+  -- nothing, as _event stores them), noted as one range for the commit-time notification
+  insert into pgflow.run_events (run_id, seq, event, step_slug, attempt, tx)
+  select v_run_id, 1, 'run:started', null, null, v_tx
+  union all
+  select v_run_id, 1 + r.ord, 'step:started', r.slug, 1, v_tx
+  from unnest(v_roots) with ordinality as r (slug, ord);
+  if v_tx is null then
+    perform pgflow._note_events(v_run_id || ',1,' || (1 + cardinality(v_roots)) || ';');
+  end if;
+  perform pg_notify('pgflow_tasks', run_flow.flow_slug);
+  return v_run_id;
+end;
 $$;
 
 -- sql/schema/0100_function_claim_tasks.sql
@@ -230,7 +369,8 @@ begin
   -- lost lease is stale, so the step runs again (at least once, as for an expired lease). A
   -- claim that wrote events (a retry's step:started, the sweep's) is notified, so it stays
   -- durable: no subscriber may see an event a crash then takes back.
-  if current_setting('pgflow.events_pending', true) is distinct from 'on' then
+  if coalesce(current_setting('pgflow.pending_events', true), '') = ''
+     and not exists (select from pgflow.run_events as e where e.tx = pg_current_xact_id()) then
     perform set_config('synchronous_commit', 'off', true);
   end if;
 end;
@@ -283,6 +423,8 @@ declare
   v_runs_seq bigint[];
   v_runs_finished boolean[];
   v_runs_output jsonb[];
+  v_tx xid8 := pgflow._events_tx();
+  v_ranges text;
   v_at timestamptz := clock_timestamp();
 begin
   if v_count is distinct from coalesce(cardinality(report_steps.step_slugs), 0)
@@ -440,15 +582,20 @@ begin
     from raw
     window w as (partition by raw.run_id order by raw.ord, raw.kind, raw.sub)
   ), inserted as (
-    insert into pgflow.run_events (run_id, seq, at, attempt, event, step_slug, payload)
-    select n.run_id, n.seq, v_at, n.attempt, n.event, n.step_slug,
+    insert into pgflow.run_events (run_id, seq, at, attempt, event, step_slug, tx, payload)
+    select n.run_id, n.seq, v_at, n.attempt, n.event, n.step_slug, v_tx,
       case when n.output is null then '{}'::jsonb else jsonb_build_object('output', n.output) end
     from numbered as n
     where n.kind > 0
     returning run_id, seq
   )
-  select array_agg(x.last_seq order by x.run_id) into v_runs_seq
-  from (select i.run_id, max(i.seq) as last_seq from inserted as i group by i.run_id) as x;
+  select array_agg(x.last_seq order by x.run_id),
+    string_agg(x.run_id || ',' || x.first_seq || ',' || x.last_seq || ';', '' order by x.run_id)
+    into v_runs_seq, v_ranges
+  from (
+    select i.run_id, min(i.seq) as first_seq, max(i.seq) as last_seq
+    from inserted as i group by i.run_id
+  ) as x;
 
   -- THE RUNS' ROWS, each updated once: steps counted down, last seq, and the finished ones
   -- completed with their output
@@ -462,7 +609,9 @@ begin
     as u (run_id, n, last_seq, finished, output)
   where r.run_id = u.run_id;
 
-  perform set_config('pgflow.events_pending', 'on', true);
+  if v_tx is null then
+    perform pgflow._note_events(v_ranges);
+  end if;
   if v_flows is not null then
     perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
   end if;
@@ -565,19 +714,28 @@ $$;
 -- Only when even the refs overflow (hundreds of runs in one transaction) is it split in several.
 -- Fires once per transaction (the trigger's WHEN), and lowers pgflow.notify_queued so that
 -- events written after it queue another firing.
--- Locks: none; reads the transaction's own event rows through run_events_tx_idx.
+-- Finds them by the seq ranges writers noted in pgflow.pending_events (_note_events) and, past
+-- that setting's cap, by their tx (_events_tx, through the partial run_events_tx_idx).
+-- Locks: none; reads the transaction's own event rows by primary key (inline payloads only).
 -- Notifies: pgflow_events.
 -- Raises: nothing.
--- Idempotent: yes, within a transaction (it lowers the writers' flag). Under
--- `set constraints all immediate` it fires per statement and a later firing may repeat earlier
--- events: listeners drop what they have by seq.
+-- Idempotent: yes, within a transaction (it empties pgflow.pending_events). Under
+-- `set constraints all immediate` it fires per statement, and a later firing may repeat earlier
+-- events written past the cap: listeners drop what they have by seq.
 create or replace function pgflow._notify_events() returns trigger
 language plpgsql
 set search_path to ''
+-- from the ranges to their rows by primary key, whatever the estimates
+set enable_hashjoin to off
+set enable_mergejoin to off
 as $$
 declare
-  v_events text;
+  v_pending text := coalesce(current_setting('pgflow.pending_events', true), '');
+  v_runs uuid[];
+  v_from bigint[];
+  v_to bigint[];
   v_count bigint;
+  v_events text;
   v_bytes bigint;
   v_ref text;
   v_chunk text := '';
@@ -585,18 +743,32 @@ declare
   v_chunk_bytes int := 0;
 begin
   perform set_config('pgflow.notify_queued', '', true);
-  if current_setting('pgflow.events_pending', true) is distinct from 'on' then
-    return null;
-  end if;
-  perform set_config('pgflow.events_pending', '', true);
+  perform set_config('pgflow.pending_events', '', true);
 
-  -- MORE THAN FIT: no event prints shorter than 150 bytes (its nine keys and the run_id alone
-  -- take more), so past 52 events the text cannot fit and is not built: a worker's report of a
-  -- few hundred steps would print every event only to send refs
-  select count(*) into v_count from pgflow.run_events as e where e.tx = pg_current_xact_id();
-  if v_count = 0 then
+  -- THE RANGES, one per run (a run's events in one transaction are contiguous: it was locked):
+  -- those noted in the setting, and those of events that carry this transaction's id
+  select array_agg(x.run_id order by x.run_id), array_agg(x.lo order by x.run_id),
+    array_agg(x.hi order by x.run_id), sum(x.hi - x.lo + 1)
+    into v_runs, v_from, v_to, v_count
+  from (
+    select r.run_id, min(r.lo) as lo, max(r.hi) as hi
+    from (
+      select split_part(p.ref, ',', 1)::uuid as run_id, split_part(p.ref, ',', 2)::bigint as lo,
+        split_part(p.ref, ',', 3)::bigint as hi
+      from string_to_table(v_pending, ';') as p (ref)
+      where p.ref <> ''
+      union all
+      select e.run_id, e.seq, e.seq from pgflow.run_events as e where e.tx = pg_current_xact_id()
+    ) as r
+    group by r.run_id
+  ) as x;
+  if v_runs is null then
     return null;
   end if;
+
+  -- INLINE, when they may fit: no event prints shorter than 150 bytes (its nine keys and the
+  -- run_id alone take more), so past 52 events the text is not built: a worker's report of a
+  -- few hundred steps would print every event only to send refs
   if v_count <= 7900 / 150 then
     -- each event rebuilt from its compact row (the same rebuild as get_run_events') and printed
     -- once, for both the text and its length
@@ -608,8 +780,8 @@ begin
           'status', split_part(e.event, ':', 2), 'output', null, 'error', null, 'attempt', e.attempt,
           'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
         ) || e.payload)::text as payload
-      from pgflow.run_events as e
-      where e.tx = pg_current_xact_id()
+      from unnest(v_runs, v_from, v_to) as r (run_id, lo, hi)
+      join pgflow.run_events as e on e.run_id = r.run_id and e.seq between r.lo and r.hi
     ) as p;
     if v_bytes + 40 <= 7900 then
       perform pg_notify('pgflow_events', '{"v": 1, "events": [' || v_events || ']}');
@@ -617,16 +789,14 @@ begin
     end if;
   end if;
 
-  -- BY REFERENCE: per run, the seq range this transaction wrote (contiguous: the run was locked).
-  -- A chunk is written as the very text jsonb prints for {"v": 1, "refs": [ref, ...]} (20 bytes
-  -- around refs joined by ', '), so its length is summed as it grows rather than printed again
-  -- for each ref (quadratic in the refs of a chunk).
+  -- BY REFERENCE: per run, the seq range this transaction wrote. A chunk is written as the very
+  -- text jsonb prints for {"v": 1, "refs": [ref, ...]} (20 bytes around refs joined by ', '), so
+  -- its length is summed as it grows rather than printed again for each ref (quadratic in the
+  -- refs of a chunk).
   for v_ref in
-    select jsonb_build_object('run_id', e.run_id, 'from', min(e.seq), 'to', max(e.seq))::text
-    from pgflow.run_events as e
-    where e.tx = pg_current_xact_id()
-    group by e.run_id
-    order by e.run_id
+    select jsonb_build_object('run_id', r.run_id, 'from', r.lo, 'to', r.hi)::text
+    from unnest(v_runs, v_from, v_to) as r (run_id, lo, hi)
+    order by r.run_id
   loop
     if 20 + v_chunk_bytes + 2 * v_chunk_refs + octet_length(v_ref) > 7900 then
       perform pg_notify('pgflow_events', '{"v": 1, "refs": [' || v_chunk || ']}');
@@ -647,17 +817,26 @@ $$;
 
 -- ATTRIBUTES, as sql/schema/0900_grants.sql sets them (create or replace reset them)
 alter function pgflow._delete_run_events set search_path to pg_catalog, pg_temp;
+alter function pgflow._events_tx set search_path to pg_catalog, pg_temp;
+alter function pgflow._note_events set search_path to pg_catalog, pg_temp;
+alter function pgflow._event set search_path to pg_catalog, pg_temp;
 alter function pgflow._run_outputs set search_path to pg_catalog, pg_temp;
+alter function pgflow.run_flow set search_path to pg_catalog, pg_temp;
 alter function pgflow.claim_tasks set search_path to pg_catalog, pg_temp;
 alter function pgflow.report_steps set search_path to pg_catalog, pg_temp;
 alter function pgflow.complete_step set search_path to pg_catalog, pg_temp;
 alter function pgflow._notify_events set search_path to pg_catalog, pg_temp;
 revoke all on function pgflow._delete_run_events from public;
+revoke all on function pgflow._events_tx from public;
+revoke all on function pgflow._note_events from public;
+revoke all on function pgflow._event from public;
 revoke all on function pgflow._run_outputs from public;
+revoke all on function pgflow.run_flow from public;
 revoke all on function pgflow.claim_tasks from public;
 revoke all on function pgflow.report_steps from public;
 revoke all on function pgflow.complete_step from public;
 revoke all on function pgflow._notify_events from public;
+alter function pgflow.run_flow security definer;
 alter function pgflow.claim_tasks security definer;
 alter function pgflow.report_steps security definer;
 alter function pgflow.complete_step security definer;

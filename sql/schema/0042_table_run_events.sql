@@ -12,18 +12,22 @@
 -- No foreign key to runs: its check is a query per event row, an eighth of the server's work
 -- per step. Every writer appends under its run's row lock (the run exists and stays), and the
 -- trigger runs_delete_events deletes a deleted run's events, as a cascade would.
+--
+-- Whoever appends events tells the commit-time notification where they are
+-- (0200_trigger_run_events_notify_at_commit.sql): their seq ranges in the transaction's setting
+-- pgflow.pending_events, or, past its cap, the tx column.
 
 create table pgflow.run_events (
   run_id uuid not null,
   seq bigint not null,
   at timestamptz not null default clock_timestamp(),
-  -- the top-level transaction that wrote it (also from inside a subtransaction): how the
-  -- commit-time notification finds the transaction's events
-  tx xid8 not null default pg_current_xact_id(),
   attempt int,
   event text not null,
   step_slug text,
   payload jsonb not null default '{}',
+  -- the top-level transaction that wrote it, only when the commit-time notification cannot
+  -- find it through pgflow.pending_events (_events_tx): null for almost every event
+  tx xid8,
   primary key (run_id, seq),
   constraint seq_is_positive check (seq >= 1),
   constraint event_is_known check (
@@ -32,6 +36,6 @@ create table pgflow.run_events (
   )
 );
 
--- _notify_events reads the committing transaction's events back through this index (a
--- transaction's many events share one deduplicated entry's posting list).
-create index run_events_tx_idx on pgflow.run_events (tx);
+-- _notify_events reads back the committing transaction's events that carry their tx (past the
+-- pending_events setting's cap): partial, so an event written the usual way adds no entry.
+create index run_events_tx_idx on pgflow.run_events (tx) where tx is not null;

@@ -153,7 +153,8 @@ begin
   -- lost lease is stale, so the step runs again (at least once, as for an expired lease). A
   -- claim that wrote events (a retry's step:started, the sweep's) is notified, so it stays
   -- durable: no subscriber may see an event a crash then takes back.
-  if current_setting('pgflow.events_pending', true) is distinct from 'on' then
+  if coalesce(current_setting('pgflow.pending_events', true), '') = ''
+     and not exists (select from pgflow.run_events as e where e.tx = pg_current_xact_id()) then
     perform set_config('synchronous_commit', 'off', true);
   end if;
 end;

@@ -44,6 +44,8 @@ declare
   v_runs_seq bigint[];
   v_runs_finished boolean[];
   v_runs_output jsonb[];
+  v_tx xid8 := pgflow._events_tx();
+  v_ranges text;
   v_at timestamptz := clock_timestamp();
 begin
   if v_count is distinct from coalesce(cardinality(report_steps.step_slugs), 0)
@@ -201,15 +203,20 @@ begin
     from raw
     window w as (partition by raw.run_id order by raw.ord, raw.kind, raw.sub)
   ), inserted as (
-    insert into pgflow.run_events (run_id, seq, at, attempt, event, step_slug, payload)
-    select n.run_id, n.seq, v_at, n.attempt, n.event, n.step_slug,
+    insert into pgflow.run_events (run_id, seq, at, attempt, event, step_slug, tx, payload)
+    select n.run_id, n.seq, v_at, n.attempt, n.event, n.step_slug, v_tx,
       case when n.output is null then '{}'::jsonb else jsonb_build_object('output', n.output) end
     from numbered as n
     where n.kind > 0
     returning run_id, seq
   )
-  select array_agg(x.last_seq order by x.run_id) into v_runs_seq
-  from (select i.run_id, max(i.seq) as last_seq from inserted as i group by i.run_id) as x;
+  select array_agg(x.last_seq order by x.run_id),
+    string_agg(x.run_id || ',' || x.first_seq || ',' || x.last_seq || ';', '' order by x.run_id)
+    into v_runs_seq, v_ranges
+  from (
+    select i.run_id, min(i.seq) as first_seq, max(i.seq) as last_seq
+    from inserted as i group by i.run_id
+  ) as x;
 
   -- THE RUNS' ROWS, each updated once: steps counted down, last seq, and the finished ones
   -- completed with their output
@@ -223,7 +230,9 @@ begin
     as u (run_id, n, last_seq, finished, output)
   where r.run_id = u.run_id;
 
-  perform set_config('pgflow.events_pending', 'on', true);
+  if v_tx is null then
+    perform pgflow._note_events(v_ranges);
+  end if;
   if v_flows is not null then
     perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
   end if;

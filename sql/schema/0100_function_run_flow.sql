@@ -20,8 +20,7 @@ declare
   v_input jsonb := coalesce(run_flow.input, 'null'::jsonb);
   v_step_count int;
   v_roots text[];
-  v_seq bigint := 1;
-  v_slug text;
+  v_tx xid8 := pgflow._events_tx();
 begin
   select count(*), array_agg(s.step_slug order by s.step_index) filter (where cardinality(s.depends_on) = 0)
     into v_step_count, v_roots
@@ -43,12 +42,16 @@ begin
   from pgflow.steps as s
   where s.flow_slug = run_flow.flow_slug;
 
-  -- EVENTS
-  perform pgflow._event(v_run_id, v_seq, 'run:started', null, 'started', null, null, null);
-  foreach v_slug in array v_roots loop
-    v_seq := v_seq + 1;
-    perform pgflow._event(v_run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
-  end loop;
+  -- EVENTS: run:started and each root's step:started, in one insert (their payloads hold
+  -- nothing, as _event stores them), noted as one range for the commit-time notification
+  insert into pgflow.run_events (run_id, seq, event, step_slug, attempt, tx)
+  select v_run_id, 1, 'run:started', null, null, v_tx
+  union all
+  select v_run_id, 1 + r.ord, 'step:started', r.slug, 1, v_tx
+  from unnest(v_roots) with ordinality as r (slug, ord);
+  if v_tx is null then
+    perform pgflow._note_events(v_run_id || ',1,' || (1 + cardinality(v_roots)) || ';');
+  end if;
   perform pg_notify('pgflow_tasks', run_flow.flow_slug);
   return v_run_id;
 end;

@@ -1,12 +1,15 @@
 -- run_events_notify_at_commit: one pgflow_events notification per transaction, sent at commit.
 --
 -- NOTIFY serialises commits on a global lock, so a transaction that completes fifty steps must
--- send one notification, not fifty. Every event row records its top-level transaction (tx), and
--- writers raise the transaction-local flag pgflow.events_pending; this deferred constraint
--- trigger fires at commit, and _notify_events reads the transaction's events back through the tx
--- index, sends them as one NOTIFY and lowers the flag. A rolled-back subtransaction takes its
--- rows with it, so what is notified is exactly what commits. The work is linear in the
--- transaction's events, however many.
+-- send one notification, not fifty. Each writer notes where its events are, once per call (a
+-- report of 500 steps notes once): their seq ranges, appended to the transaction-local setting
+-- pgflow.pending_events ('run_id,from,to;'), or, once that setting holds 8 KB, the
+-- transaction's id in each event's tx column, read back through a partial index that holds only
+-- such events (a setting is copied whole on every append; _events_tx). This deferred
+-- constraint trigger fires at commit, and _notify_events sends the events as one NOTIFY (or
+-- their ranges, when they do not fit) and empties the setting. A rolled-back subtransaction
+-- restores the setting as it takes its rows, so what is notified is exactly what commits. The
+-- work is linear in the transaction's events, however many.
 --
 -- One firing per transaction: a constraint trigger's WHEN is evaluated as each row is inserted,
 -- not at commit. It queues a firing only for the transaction's first event row, and raises

@@ -117,7 +117,7 @@ async def test_a_database_built_from_the_migrations_equals_one_built_from_the_sc
         # a constraint
         ("0041_table_step_states.sql", "remaining_deps >= 0", "remaining_deps >= 1"),
         # a function body, by one space
-        ("0110_function__event.sql", "perform set_config(", "perform  set_config("),
+        ("0110_function__event.sql", "pgflow._note_events(", "pgflow._note_events ("),
     ],
 )
 async def test_the_comparison_sees_a_schema_file_that_disagrees(

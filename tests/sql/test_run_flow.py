@@ -130,6 +130,38 @@ async def test_thousands_of_runs_started_in_one_statement_notify_by_reference(
     assert all(len(orjson.dumps(p)) <= 8000 for p in payloads)
 
 
+async def test_past_the_settings_cap_events_are_found_by_their_transaction_and_savepoints_hold(
+    conn: Any, listen_conn: Any
+) -> None:
+    # Writers note their events' ranges in pgflow.pending_events until it holds 8 KB (about 180
+    # runs here), then mark the events with their transaction instead (_events_tx): both halves
+    # are notified, and a rolled-back savepoint past the cap takes its events with it.
+    await define(conn, DIAMOND)
+    async with Notifications(listen_conn, "pgflow_events") as notes:
+        async with conn.transaction():
+            await conn.execute(
+                "select pgflow.run_flow('diamond', to_jsonb(i)) from generate_series(1, 400) as i"
+            )
+            savepoint = conn.transaction()
+            await savepoint.start()
+            dropped = await start(conn, "diamond")
+            await savepoint.rollback()
+            kept = await start(conn, "diamond")
+            marked, unmarked = await conn.fetchrow(
+                "select count(*) filter (where tx is not null), count(*) filter (where tx is null)"
+                " from pgflow.run_events"
+            )
+        payloads = [orjson.loads(p) for p in await notes.drain(quiet=0.5)]
+    # both ways were used
+    assert marked > 0
+    assert unmarked > 0
+    refs = {ref["run_id"]: (ref["from"], ref["to"]) for p in payloads for ref in p["refs"]}
+    assert len(refs) == 401
+    assert refs[str(kept)] == (1, 2)
+    assert str(dropped) not in refs
+    assert await conn.fetchval("select count(*) from pgflow.runs") == 401
+
+
 async def test_events_after_a_rolled_back_savepoint_that_wrote_first_are_still_notified(
     conn: Any, listen_conn: Any
 ) -> None:
