@@ -64,12 +64,14 @@ create trigger runs_delete_events
 -- are found through the partial index on tx instead, which holds only such events.
 -- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
 create function pgflow._events_tx() returns xid8
-language sql
+language plpgsql
 volatile
 set search_path to ''
 as $$
-  select case when octet_length(coalesce(current_setting('pgflow.pending_events', true), '')) < 8192
+begin
+  return case when octet_length(coalesce(current_setting('pgflow.pending_events', true), '')) < 8192
     then null else pg_current_xact_id() end;
+end;
 $$;
 
 -- sql/schema/0110_function__note_events.sql
@@ -80,40 +82,48 @@ $$;
 -- Locks: none. Notifies: nothing (the trigger does, at commit). Raises: nothing.
 -- Idempotent: no (each call appends).
 create function pgflow._note_events(p_ranges text) returns void
-language sql
+language plpgsql
 volatile
 set search_path to ''
 as $$
-  select set_config('pgflow.pending_events',
+begin
+  perform set_config('pgflow.pending_events',
     coalesce(current_setting('pgflow.pending_events', true), '') || p_ranges, true);
+end;
 $$;
 
 -- sql/schema/0110_function__run_outputs.sql
 -- _run_outputs: finished runs' outputs, one per given run_id and in its order (null for a null
 -- run_id): the output step's output, or {leaf: output} when the flow has several leaves. Takes a
--- batch, so report_steps pays one call for all the runs its report finishes.
+-- batch, so report_steps pays one call for all the runs its report finishes. PL/pgSQL, not SQL:
+-- a SQL function called from PL/pgSQL is planned again on every call (0.24 ms, more than the
+-- rest of a one-step report), where PL/pgSQL keeps its plan for the session.
 -- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
 create function pgflow._run_outputs(p_run_ids uuid[]) returns jsonb[]
-language sql
+language plpgsql
 stable
 set search_path to ''
 as $$
-  select array_agg(o.output order by i.ord)
-  from unnest(p_run_ids) with ordinality as i (run_id, ord)
-  left join lateral (
-    select case when f.output_step is not null then (
-        select s.output from pgflow.step_states as s
-        where s.run_id = r.run_id and s.step_slug = f.output_step
-      ) else (
-        select jsonb_object_agg(s.step_slug, s.output)
-        from pgflow.steps as st
-        join pgflow.step_states as s on s.run_id = r.run_id and s.step_slug = st.step_slug
-        where st.flow_slug = r.flow_slug and cardinality(st.dependents) = 0
-      ) end as output
-    from pgflow.runs as r
-    join pgflow.flows as f on f.flow_slug = r.flow_slug
-    where r.run_id = i.run_id
-  ) as o on true;
+begin
+  return (
+    select array_agg(o.output order by i.ord)
+    from unnest(p_run_ids) with ordinality as i (run_id, ord)
+    left join lateral (
+      select case when f.output_step is not null then (
+          select s.output from pgflow.step_states as s
+          where s.run_id = r.run_id and s.step_slug = f.output_step
+        ) else (
+          select jsonb_object_agg(s.step_slug, s.output)
+          from pgflow.steps as st
+          join pgflow.step_states as s on s.run_id = r.run_id and s.step_slug = st.step_slug
+          where st.flow_slug = r.flow_slug and cardinality(st.dependents) = 0
+        ) end as output
+      from pgflow.runs as r
+      join pgflow.flows as f on f.flow_slug = r.flow_slug
+      where r.run_id = i.run_id
+    ) as o on true
+  );
+end;
 $$;
 
 -- sql/schema/0110_function__event.sql
@@ -164,6 +174,11 @@ create or replace function pgflow.run_flow(flow_slug text, input jsonb, owner te
 language plpgsql
 volatile
 set search_path to ''
+-- one plan per statement for the session, never planned again per call: a custom plan is
+-- re-planned on every call, which cost more than a small batch's work (an interactive run's
+-- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
+-- bounds as the custom ones
+set plan_cache_mode to force_generic_plan
 as $$
 declare
   -- time-ordered (the UUID version 7 layout: milliseconds since 1970, then random bits), so new
@@ -251,6 +266,11 @@ set search_path to ''
 -- (docs/design/sql-contract.md, plan stability)
 set enable_hashjoin to off
 set enable_mergejoin to off
+-- one plan per statement for the session, never planned again per call: a custom plan is
+-- re-planned on every call, which cost more than a small batch's work (an interactive run's
+-- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
+-- bounds as the custom ones
+set plan_cache_mode to force_generic_plan
 as $$
 declare
   -- a variable, not clock_timestamp() in the queries: a volatile call there defeats the indexes
@@ -404,6 +424,11 @@ set search_path to ''
 -- (docs/design/sql-contract.md, plan stability)
 set enable_hashjoin to off
 set enable_mergejoin to off
+-- one plan per statement for the session, never planned again per call: a custom plan is
+-- re-planned on every call, which cost more than a small batch's work (an interactive run's
+-- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
+-- bounds as the custom ones
+set plan_cache_mode to force_generic_plan
 as $$
 declare
   v_count int := coalesce(cardinality(report_steps.run_ids), 0);
@@ -728,6 +753,11 @@ set search_path to ''
 -- from the ranges to their rows by primary key, whatever the estimates
 set enable_hashjoin to off
 set enable_mergejoin to off
+-- one plan per statement for the session, never planned again per call: a custom plan is
+-- re-planned on every call, which cost more than a small batch's work (an interactive run's
+-- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
+-- bounds as the custom ones
+set plan_cache_mode to force_generic_plan
 as $$
 declare
   v_pending text := coalesce(current_setting('pgflow.pending_events', true), '');

@@ -7,10 +7,12 @@
 -- are found through the partial index on tx instead, which holds only such events.
 -- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
 create function pgflow._events_tx() returns xid8
-language sql
+language plpgsql
 volatile
 set search_path to ''
 as $$
-  select case when octet_length(coalesce(current_setting('pgflow.pending_events', true), '')) < 8192
+begin
+  return case when octet_length(coalesce(current_setting('pgflow.pending_events', true), '')) < 8192
     then null else pg_current_xact_id() end;
+end;
 $$;

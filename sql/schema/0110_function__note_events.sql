@@ -5,10 +5,12 @@
 -- Locks: none. Notifies: nothing (the trigger does, at commit). Raises: nothing.
 -- Idempotent: no (each call appends).
 create function pgflow._note_events(p_ranges text) returns void
-language sql
+language plpgsql
 volatile
 set search_path to ''
 as $$
-  select set_config('pgflow.pending_events',
+begin
+  perform set_config('pgflow.pending_events',
     coalesce(current_setting('pgflow.pending_events', true), '') || p_ranges, true);
+end;
 $$;
