@@ -174,11 +174,6 @@ create or replace function pgflow.run_flow(flow_slug text, input jsonb, owner te
 language plpgsql
 volatile
 set search_path to ''
--- one plan per statement for the session, never planned again per call: a custom plan is
--- re-planned on every call, which cost more than a small batch's work (an interactive run's
--- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
--- bounds as the custom ones
-set plan_cache_mode to force_generic_plan
 as $$
 declare
   -- time-ordered (the UUID version 7 layout: milliseconds since 1970, then random bits), so new
@@ -266,11 +261,6 @@ set search_path to ''
 -- (docs/design/sql-contract.md, plan stability)
 set enable_hashjoin to off
 set enable_mergejoin to off
--- one plan per statement for the session, never planned again per call: a custom plan is
--- re-planned on every call, which cost more than a small batch's work (an interactive run's
--- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
--- bounds as the custom ones
-set plan_cache_mode to force_generic_plan
 as $$
 declare
   -- a variable, not clock_timestamp() in the queries: a volatile call there defeats the indexes
@@ -424,11 +414,6 @@ set search_path to ''
 -- (docs/design/sql-contract.md, plan stability)
 set enable_hashjoin to off
 set enable_mergejoin to off
--- one plan per statement for the session, never planned again per call: a custom plan is
--- re-planned on every call, which cost more than a small batch's work (an interactive run's
--- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
--- bounds as the custom ones
-set plan_cache_mode to force_generic_plan
 as $$
 declare
   v_count int := coalesce(cardinality(report_steps.run_ids), 0);
@@ -753,11 +738,6 @@ set search_path to ''
 -- from the ranges to their rows by primary key, whatever the estimates
 set enable_hashjoin to off
 set enable_mergejoin to off
--- one plan per statement for the session, never planned again per call: a custom plan is
--- re-planned on every call, which cost more than a small batch's work (an interactive run's
--- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
--- bounds as the custom ones
-set plan_cache_mode to force_generic_plan
 as $$
 declare
   v_pending text := coalesce(current_setting('pgflow.pending_events', true), '');

@@ -35,11 +35,6 @@ set search_path to ''
 -- (docs/design/sql-contract.md, plan stability)
 set enable_hashjoin to off
 set enable_mergejoin to off
--- one plan per statement for the session, never planned again per call: a custom plan is
--- re-planned on every call, which cost more than a small batch's work (an interactive run's
--- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
--- bounds as the custom ones
-set plan_cache_mode to force_generic_plan
 as $$
 declare
   -- a variable, not clock_timestamp() in the queries: a volatile call there defeats the indexes

@@ -8,11 +8,6 @@ create function pgflow.run_flow(flow_slug text, input jsonb, owner text default 
 language plpgsql
 volatile
 set search_path to ''
--- one plan per statement for the session, never planned again per call: a custom plan is
--- re-planned on every call, which cost more than a small batch's work (an interactive run's
--- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
--- bounds as the custom ones
-set plan_cache_mode to force_generic_plan
 as $$
 declare
   -- time-ordered (the UUID version 7 layout: milliseconds since 1970, then random bits), so new

@@ -19,11 +19,6 @@ set search_path to ''
 -- from the ranges to their rows by primary key, whatever the estimates
 set enable_hashjoin to off
 set enable_mergejoin to off
--- one plan per statement for the session, never planned again per call: a custom plan is
--- re-planned on every call, which cost more than a small batch's work (an interactive run's
--- reports hold one or two steps); tests/sql/test_plans.py holds the generic plans to the same
--- bounds as the custom ones
-set plan_cache_mode to force_generic_plan
 as $$
 declare
   v_pending text := coalesce(current_setting('pgflow.pending_events', true), '');

@@ -280,9 +280,8 @@ async def test_public_executes_no_pgflow_function_even_with_usage_on_the_schema(
         await admin.close()
     assert [f["name"] for f in functions if f["public"]] == []
     # Every function pins its search_path; the hot path's also pin the planner to nested
-    # loops and to generic plans (docs/design/sql-contract.md, "Plan stability"): nothing else
-    # may be set.
-    planner = {"enable_hashjoin=off", "enable_mergejoin=off", "plan_cache_mode=force_generic_plan"}
+    # loops (docs/design/sql-contract.md, "Plan stability"): nothing else may be set.
+    planner = {"enable_hashjoin=off", "enable_mergejoin=off"}
     assert [f["name"] for f in functions
             if "search_path=pg_catalog, pg_temp" not in (f["proconfig"] or [])
             or set(f["proconfig"]) - planner - {"search_path=pg_catalog, pg_temp"}] == []
