@@ -97,9 +97,25 @@ def postmaster_of(url: str) -> int:
     return asyncio.run(_postmaster(url))
 
 
-def postgres_cpu(postmaster: int) -> dict[int, float]:
+def postgres_kind(pid: int) -> str:
+    """backend (a client's connection), or the background process's own name (walwriter,
+    checkpointer, autovacuum worker, ...): its title, ``postgres: <what>``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "gone"
+    what = title.removeprefix("postgres:").strip()
+    if not title.startswith("postgres:"):
+        return "postmaster"
+    if "(" in what or "idle" in what or "127.0.0.1" in what or "[local]" in what:
+        return "backend"
+    return what.split(" ")[0] if not what.startswith("autovacuum") else " ".join(what.split()[:2])
+
+
+def postgres_cpu(postmaster: int) -> dict[int, tuple[str, float]]:
     pids = [postmaster, *children_of(postmaster)]
-    return {pid: cpu_seconds(pid) for pid in pids}
+    return {pid: (postgres_kind(pid), cpu_seconds(pid)) for pid in pids}
 
 
 def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
@@ -237,14 +253,22 @@ def measure_level(
     finally:
         stop(clients, grace=10.0)  # done clients close their sockets and exit by themselves
     latencies = [ms for r in results for ms in r["latencies_ms"]]
+    posts = [ms for r in results for ms in r["post_ms"]]
     errors: dict[str, int] = {}
     for r in results:
         for name, n in r["errors"].items():
             errors[name] = errors.get(name, 0) + n
     runs = len(latencies)
     cpu = {name: after[name] - before[name] for name in server_pids}
-    cpu["postgres"] = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items())
+    by_kind: dict[str, float] = {}
+    for pid, (kind, seconds) in pg_after.items():
+        spent = seconds - pg_before.get(pid, (kind, 0.0))[1]
+        by_kind[kind] = by_kind.get(kind, 0.0) + spent
+    cpu["postgres"] = sum(by_kind.values())
     per_run = {name: round(s * 1000 / runs, 2) if runs else None for name, s in cpu.items()}
+    postgres_per_run = {
+        kind: round(s * 1000 / runs, 3) if runs else None for kind, s in sorted(by_kind.items())
+    }
     total = sum(cpu.values())
     return {
         "users": users,
@@ -252,11 +276,14 @@ def measure_level(
         "seconds": round(length, 2),
         "runs_per_s": round(runs / args.seconds, 1),
         "p50_ms": round(statistics.median(latencies), 2) if runs else None,
+        # of which the POST /rpc/run_flow round trip (group commit's share)
+        "post_p50_ms": round(statistics.median(posts), 2) if posts else None,
         "p99_ms": round(percentile(latencies, 0.99), 2) if runs else None,
         "max_ms": round(max(latencies), 2) if runs else None,
         "server_cpu_ms_per_run": round(total * 1000 / runs, 2) if runs else None,
         "server_cpu_s": round(total, 2),
         "server_cpu_ms_per_run_by_process": per_run,
+        "postgres_cpu_ms_per_run_by_kind": postgres_per_run,
         "client_cpu_s": round(clients_after - clients_before, 2),
         "errors": errors,
     }
@@ -292,7 +319,7 @@ def spread(values: list[float | None]) -> dict[str, float] | None:
 
 
 def table(mode: str, rows: list[list[dict[str, Any]]]) -> str:
-    lines = [f"{mode}: users  runs/s   p50 ms   p99 ms   max ms  srv CPU ms/run"
+    lines = [f"{mode}: users  runs/s   p50 ms (POST)   p99 ms   max ms  srv CPU ms/run"
              "  (gw / wk / pg)       client CPU s  errors"]
     for repeat in rows:
         for r in repeat:
@@ -300,6 +327,7 @@ def table(mode: str, rows: list[list[dict[str, Any]]]) -> str:
             parts = " / ".join(str(by.get(k, "-")) for k in ("gateway", "worker", "postgres"))
             lines.append(
                 f"{'':>{len(mode)}}  {r['users']:>5} {r['runs_per_s']:>7} {r['p50_ms']!s:>8}"
+                f" ({r['post_p50_ms']!s:>5})"
                 f" {r['p99_ms']!s:>8} {r['max_ms']!s:>8} {r['server_cpu_ms_per_run']!s:>10}"
                 f"  ({parts}){'':<4} {r['client_cpu_s']:>8}  {r['errors'] or ''}")
     return "\n".join(lines)

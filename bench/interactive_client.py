@@ -52,7 +52,8 @@ class User:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.ws: ClientConnection | None = None
-        self.done: list[tuple[float, float]] = []  # (sent, completed), time.monotonic()
+        # (sent, answered, completed) per run, time.monotonic()
+        self.done: list[tuple[float, float, float]] = []
         self.count = 0
 
     async def open(self) -> None:
@@ -106,6 +107,7 @@ class User:
         assert self.ws is not None
         sent = time.monotonic()
         run_id = await self.post()
+        posted = time.monotonic()
         await self.ws.send(json.dumps({"type": "subscribe", "run_id": run_id, "since": 0}))
         for _ in range(MAX_FRAMES_PER_RUN):
             message = json.loads(await self.ws.recv(decode=False))
@@ -120,7 +122,7 @@ class User:
                 break
         else:
             raise HttpError("no run:completed within the frame bound")
-        self.done.append((sent, time.monotonic()))
+        self.done.append((sent, posted, time.monotonic()))
         # Not awaiting `unsubscribed`: the next run starts at once, as a page would.
         await self.ws.send(json.dumps({"type": "unsubscribe", "run_id": run_id}))
 
@@ -185,12 +187,10 @@ async def main(args: argparse.Namespace) -> None:
         window = json.loads(line)
         start, end = window["start"], window["end"]
         await asyncio.gather(*(u.loop(end) for u in users))
-        latencies = [
-            round((done - sent) * 1000, 3)
-            for u in users for sent, done in u.done if start <= done <= end
-        ]
+        counted = [times for u in users for times in u.done if start <= times[2] <= end]
         result: dict[str, Any] = {
-            "latencies_ms": latencies,
+            "latencies_ms": [round((done - sent) * 1000, 3) for sent, _, done in counted],
+            "post_ms": [round((answered - sent) * 1000, 3) for sent, answered, _ in counted],
             "started": sum(u.count for u in users),
             "errors": dict(errors),
         }

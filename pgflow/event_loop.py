@@ -1,10 +1,11 @@
-"""The event loop ``pgflow worker`` runs on: uvloop where it is installed (a dependency on Linux
-and macOS), asyncio's own elsewhere.
+"""The event loop ``pgflow worker`` and ``pgflow serve`` run on: uvloop where it is installed
+(a dependency on Linux and macOS), asyncio's own elsewhere.
 
 A worker's own CPU per step is mostly event-loop work (a task, a timer and a few callbacks per
 step, two socket round trips per batch), and uvloop does that work for about 12 % less CPU per
-step here (BENCHMARKS.md): on a machine the worker shares with PostgreSQL, that CPU is the
-engine's.
+step here (BENCHMARKS.md). The gateway's is sockets and callbacks too: about 12 % less CPU per
+interactive run (``bench/interactive.py``). On a machine they share with PostgreSQL, that CPU
+is the engine's.
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ runs one as a side task of the gateway's lifespan, for ``serve --with-worker`` a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pgflow import event_loop
 from pgflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.with_worker and not flows:
         raise ConfigurationError("--with-worker needs --flows")
     with database_url(args.database_url, args.data_dir) as url:
-        return asyncio.run(_serve(url, flows, config, args))
+        return event_loop.run(_serve(url, flows, config, args))
 
 
 async def _serve(url: str, flows: list[Flow], config: GatewayConfig,

@@ -16,13 +16,25 @@ from typing import Any
 
 import asyncpg
 
+from pgflow.db.coalescer import Coalescer
 from pgflow.db.connection import create_pool, dumps
 from pgflow.db.translation import translate_errors
+from pgflow.errors import (
+    DatabaseUnavailableError,
+    PGFlowError,
+    UnknownFlowError,
+    ValueRejectedError,
+)
 
 DEFAULT_LEASE = 30.0  # seconds
 MIN_LEASE, MAX_LEASE = 0.1, 86400.0  # seconds: the leases claim_tasks accepts
 MAX_CLAIM_TASKS = 1000  # claim_tasks' bound on max_tasks
 DEFAULT_POOL_SIZE = 10
+MAX_RUN_BATCH = 256  # run_flow requests started in one transaction (group commit)
+# Subscriptions' first reads in one query, and such queries at once: each position brings up to
+# an outbox's worth of events into the gateway, so 2 x 8 bounds what replays hold at once near
+# what the pool's connections did one read each.
+MAX_REPLAY_BATCH = 8
 PRUNE_BATCH = 1000  # runs per prune_runs call: one short transaction
 MAX_PRUNE_BATCH = 10000  # prune_runs' bound on batch_size
 MAX_PRUNE_AGE = timedelta(days=36500)  # prune_runs' bound on older_than
@@ -39,6 +51,20 @@ class Task:
     input: Any
     timeout: int
     max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """A run to start: ``Store.run_flow``'s arguments, its input as JSON text."""
+
+    flow_slug: str
+    input_json: str
+    owner: str | None = None
+
+
+def _unknown_flow(flow_slug: str) -> UnknownFlowError:
+    # the words run_flow raises (PF404) with, the slug quoted as quote_literal quotes it
+    return UnknownFlowError("unknown flow '" + flow_slug.replace("'", "''") + "'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +94,60 @@ class RunReplay:
     truncated: bool = False  # max_bytes left events of the range out
 
 
-# A run's events with since < seq <= until ({run_id}, $2, $3) as JSON text, each marked whether it
-# fits
-# in $4 bytes (null: no limit) counted from the first, which always fits: a log read of large
-# events brings about one outbox's worth into the gateway, not a whole page of them.
-_EVENTS_WITHIN_BYTES = """
+# A run's events with $2 < seq <= $3 as JSON text, those that fit in $4 bytes (null: no
+# limit) counted from the first, which always fits: a log read of large events brings about one
+# outbox's worth into the gateway, not a whole page of them. total: how many there were.
+_EVENTS_OF_ONE_RUN = """
+select x.seq, x.text, x.total
+from (
   select t.o, (t.e ->> 'seq')::bigint as seq, j.text, count(*) over () as total,
          $4::bigint is null
            or coalesce(sum(octet_length(j.text)) over (
                 order by t.o rows between unbounded preceding and 1 preceding), 0) < $4 as fits
-  from pgflow.get_run_events({run_id}, $2, $3) with ordinality as t (e, o)
+  from pgflow.get_run_events($1, $2, $3) with ordinality as t (e, o)
   cross join lateral (select t.e::text as text) as j
+) as x
+where x.fits
+order by x.o
 """
+# Many runs' replays (Store.get_run_replays), one per position: the run's access facts and
+# its events, those that fit the position's max_bytes as in _EVENTS_OF_ONE_RUN.
+_REPLAYS = """
+with q as (
+  select * from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
+    with ordinality as q (run_id, since, until, max_bytes, o)
+), printed as (
+  select e.pos, e.seq, e.event::text as text from pgflow.get_runs_events($1, $2, $3) as e
+), sized as (
+  select p.pos, p.seq, p.text, coalesce(sum(octet_length(p.text)) over (
+      partition by p.pos order by p.seq rows between unbounded preceding and 1 preceding), 0)
+    as before
+  from printed as p
+), per_position as (
+  select s.pos,
+    array_agg(s.seq order by s.seq) filter (where q.max_bytes is null or s.before < q.max_bytes)
+      as seqs,
+    array_agg(s.text order by s.seq) filter (where q.max_bytes is null or s.before < q.max_bytes)
+      as events,
+    count(*) as total
+  from sized as s join q on q.o = s.pos
+  group by s.pos
+)
+select q.o, r.flow_slug, r.owner, r.last_seq, p.seqs, p.events, coalesce(p.total, 0) as total
+from q
+join pgflow.runs as r on r.run_id = q.run_id
+left join per_position as p on p.pos = q.o
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """``Store.get_run_replay``'s arguments."""
+
+    run_id: uuid.UUID
+    since: int = 0
+    until: int | None = None
+    max_bytes: int | None = None
 
 
 class Store:
@@ -87,6 +155,14 @@ class Store:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # concurrent run_flow calls share a transaction, a commit and a notification
+        self.run_starter: Coalescer[RunRequest, uuid.UUID] = Coalescer(
+            self._start_batch, max_batch=MAX_RUN_BATCH, max_in_flight=2
+        )
+        # concurrent subscriptions' first reads share a query
+        self.replay_reader: Coalescer[ReplayRequest, RunReplay | None] = Coalescer(
+            self.get_run_replays, max_batch=MAX_REPLAY_BATCH, max_in_flight=2
+        )
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = DEFAULT_POOL_SIZE,
@@ -146,11 +222,53 @@ class Store:
     # -- runs ---------------------------------------------------------------------------------
 
     async def run_flow(self, flow_slug: str, input: Any, *, owner: str | None = None) -> uuid.UUID:
+        """Starts a run. Concurrent calls are started together, in one transaction (group
+        commit, ``coalescer.py``); each returns once its run is committed.
+
+        Raises UnknownFlowError for an unknown flow, ValueRejectedError for an input the
+        database refuses (that call alone, either way).
+        """
+        try:  # here, so that a value orjson cannot encode fails this call only
+            input_json = dumps(input)
+        except TypeError as error:  # orjson.JSONEncodeError
+            raise ValueRejectedError(f"the input cannot be stored as JSON: {error}") from None
+        return await self.run_starter.submit(RunRequest(flow_slug, input_json, owner))
+
+    async def run_flows(self, requests: Sequence[RunRequest]) -> list[uuid.UUID | None]:
+        """Starts runs in one transaction: each new run_id, or None for an unknown flow."""
         async with self._connection() as connection:
-            run_id: uuid.UUID = await connection.fetchval(
-                "select pgflow.run_flow($1, $2::jsonb, $3)", flow_slug, input, owner
+            run_ids: list[uuid.UUID | None] = await connection.fetchval(
+                "select pgflow.run_flows($1, $2::text[]::jsonb[], $3)",
+                [r.flow_slug for r in requests],
+                [r.input_json for r in requests],
+                [r.owner for r in requests],
             )
-            return run_id
+            return run_ids
+
+    async def _start_batch(
+        self, requests: Sequence[RunRequest]
+    ) -> list[uuid.UUID | BaseException]:
+        try:
+            run_ids = await self.run_flows(requests)
+        except DatabaseUnavailableError:
+            raise  # nothing was started; every request of the batch fails the same way
+        except PGFlowError as error:
+            if len(requests) == 1:
+                return [error]
+            # one request's value may have failed the whole transaction: each alone, so that
+            # it fails alone (rare: the gateway checks what it can before it gets here)
+            return [await self._start_alone(request) for request in requests]
+        return [
+            run_id if run_id is not None else _unknown_flow(request.flow_slug)
+            for request, run_id in zip(requests, run_ids, strict=True)
+        ]
+
+    async def _start_alone(self, request: RunRequest) -> uuid.UUID | BaseException:
+        try:
+            (run_id,) = await self.run_flows([request])
+        except PGFlowError as error:
+            return error
+        return run_id if run_id is not None else _unknown_flow(request.flow_slug)
 
     async def get_run(self, run_id: uuid.UUID) -> dict[str, Any] | None:
         async with self._connection() as connection:
@@ -184,9 +302,7 @@ class Store:
         ``max_bytes`` cut the read short (it always returns the first event, however large)."""
         async with self._connection() as connection:
             rows = await connection.fetch(
-                f"select x.seq, x.text, x.total "
-                f"from ({_EVENTS_WITHIN_BYTES.format(run_id='$1')}) as x "
-                "where x.fits order by x.o",
+                _EVENTS_OF_ONE_RUN,
                 run_id, since, until, max_bytes,
             )
         events = [(row[0], row[1]) for row in rows]
@@ -343,30 +459,32 @@ class Store:
     ) -> RunReplay | None:
         """What a websocket subscription needs, in one round trip and one snapshot: the run's
         flow and owner (for the access check), its last seq, and its events after ``since``
-        (up to ``until``) as JSON text. None for an unknown run.
+        (up to ``until``) as JSON text. None for an unknown run. Concurrent calls share one
+        query (``coalescer.py``).
         """
+        return await self.replay_reader.submit(ReplayRequest(run_id, since, until, max_bytes))
+
+    async def get_run_replays(
+        self, requests: Sequence[ReplayRequest]
+    ) -> list[RunReplay | None]:
+        """Many runs' ``get_run_replay`` in one query, in order. Equal requests (sockets
+        subscribing to the same run at once) are read once and share one result: a copy per
+        socket of a run's large events is what the replay bounds are there to prevent."""
+        unique = list(dict.fromkeys(requests))
         async with self._connection() as connection:
-            row = await connection.fetchrow(
-                f"""
-                select r.flow_slug, r.owner, r.last_seq, ev.seqs, ev.events, ev.total
-                from pgflow.runs as r
-                cross join lateral (
-                  select array_agg(x.seq order by x.o) filter (where x.fits) as seqs,
-                         array_agg(x.text order by x.o) filter (where x.fits) as events,
-                         count(*) as total
-                  from ({_EVENTS_WITHIN_BYTES.format(run_id="r.run_id")}) as x
-                ) as ev
-                where r.run_id = $1
-                """,
-                run_id, since, until, max_bytes,
+            rows = await connection.fetch(
+                _REPLAYS,
+                [r.run_id for r in unique], [r.since for r in unique],
+                [r.until for r in unique], [r.max_bytes for r in unique],
             )
-        if row is None:
-            return None
-        events = list(zip(row["seqs"] or (), row["events"] or (), strict=True))
-        return RunReplay(
-            flow_slug=row["flow_slug"], owner=row["owner"], last_seq=row["last_seq"],
-            events=events, truncated=row["total"] > len(events),
-        )
+        found: dict[ReplayRequest, RunReplay] = {}
+        for row in rows:
+            events = list(zip(row["seqs"] or (), row["events"] or (), strict=True))
+            found[unique[row["o"] - 1]] = RunReplay(
+                flow_slug=row["flow_slug"], owner=row["owner"], last_seq=row["last_seq"],
+                events=events, truncated=row["total"] > len(events),
+            )
+        return [found.get(request) for request in requests]
 
     async def get_runs_events_json(
         self, reads: Sequence[tuple[uuid.UUID | str, int, int | None]]
@@ -380,10 +498,8 @@ class Store:
         async with self._connection() as connection:
             rows = await connection.fetch(
                 """
-                select t.run_id::text, (e ->> 'seq')::bigint as seq, e::text
-                from unnest($1::uuid[], $2::bigint[], $3::bigint[]) as t (run_id, since, until)
-                cross join lateral pgflow.get_run_events(t.run_id, t.since, t.until) as e
-                order by 1, 2
+                select e.run_id::text, e.seq, e.event::text
+                from pgflow.get_runs_events($1::uuid[], $2::bigint[], $3::bigint[]) as e
                 """,
                 [str(r[0]) for r in reads], [r[1] for r in reads], [r[2] for r in reads],
             )

@@ -16,6 +16,8 @@ create function pgflow.complete_step(
 language plpgsql
 volatile
 set search_path to ''
+-- rows by their key, whatever the statistics (docs/design/sql-contract.md, plan stability)
+set enable_seqscan to off
 as $$
 declare
   v_output jsonb := coalesce(complete_step.output, 'null'::jsonb);

@@ -17,6 +17,8 @@ create function pgflow.fail_step(
 language plpgsql
 volatile
 set search_path to ''
+-- rows by their key, whatever the statistics (docs/design/sql-contract.md, plan stability)
+set enable_seqscan to off
 as $$
 begin
   if not pgflow._lock_leased_step(fail_step.run_id, fail_step.step_slug,

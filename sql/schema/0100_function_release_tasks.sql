@@ -17,6 +17,10 @@ set search_path to ''
 -- (docs/design/sql-contract.md, plan stability)
 set enable_hashjoin to off
 set enable_mergejoin to off
+set enable_seqscan to off
+-- one plan per statement for the session, made once: these statements take longer to plan
+-- than a small batch takes to run, and the settings above keep the plan a loop over keys
+set plan_cache_mode to force_generic_plan
 as $$
 declare
   v_flows text[];

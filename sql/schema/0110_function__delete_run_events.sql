@@ -9,6 +9,7 @@ set search_path to ''
 -- from the deleted runs to their events through the primary key, whatever the estimates
 set enable_hashjoin to off
 set enable_mergejoin to off
+set enable_seqscan to off
 as $$
 begin
   delete from pgflow.run_events as e

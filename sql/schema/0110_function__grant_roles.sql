@@ -49,7 +49,8 @@ begin
   -- GATEWAY: starts, reads and lists runs, replays their events; defines the flows it loads
   if not 'pgflow_gateway' = any (v_missing) then
     grant execute on function
-      pgflow.run_flow, pgflow.get_run, pgflow.get_run_events, pgflow.list_runs,
+      pgflow.run_flow, pgflow.run_flows, pgflow.get_run, pgflow.get_run_events,
+      pgflow.get_runs_events, pgflow.list_runs,
       pgflow.define_flow, pgflow.get_flow
       to pgflow_gateway;
     -- Store.get_run_replay and get_run_owner: a subscription's access check and its replay

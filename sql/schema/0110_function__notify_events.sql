@@ -19,6 +19,10 @@ set search_path to ''
 -- from the ranges to their rows by primary key, whatever the estimates
 set enable_hashjoin to off
 set enable_mergejoin to off
+set enable_seqscan to off
+-- one plan per statement for the session, made once: these statements take longer to plan
+-- than a small batch takes to run, and the settings above keep the plan a loop over keys
+set plan_cache_mode to force_generic_plan
 as $$
 declare
   v_pending text := coalesce(current_setting('pgflow.pending_events', true), '');

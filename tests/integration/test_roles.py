@@ -280,8 +280,10 @@ async def test_public_executes_no_pgflow_function_even_with_usage_on_the_schema(
         await admin.close()
     assert [f["name"] for f in functions if f["public"]] == []
     # Every function pins its search_path; the hot path's also pin the planner to nested
-    # loops (docs/design/sql-contract.md, "Plan stability"): nothing else may be set.
-    planner = {"enable_hashjoin=off", "enable_mergejoin=off"}
+    # loops over index lookups (docs/design/sql-contract.md, "Plan stability"): nothing else
+    # may be set.
+    planner = {"enable_hashjoin=off", "enable_mergejoin=off", "enable_seqscan=off",
+               "plan_cache_mode=force_generic_plan"}
     assert [f["name"] for f in functions
             if "search_path=pg_catalog, pg_temp" not in (f["proconfig"] or [])
             or set(f["proconfig"]) - planner - {"search_path=pg_catalog, pg_temp"}] == []

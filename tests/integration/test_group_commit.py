@@ -1,0 +1,153 @@
+"""Group commit of run_flow (pgflow/db/coalescer.py): concurrent requests share a transaction,
+and still fail alone, and an acknowledged run survives a crash of the database."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pgflow.db.local_server import PostgresCluster
+from pgflow.db.migrate import migrate
+from pgflow.db.store import Store
+from pgflow.errors import DatabaseUnavailableError, UnknownFlowError, ValueRejectedError
+from tests.integration.gateway_harness import CHAIN, TIMEOUT, running_gateway
+
+CONCURRENT = 40
+
+
+async def test_concurrent_requests_share_a_transaction_and_an_unknown_flow_fails_alone(
+    db_url: str,
+) -> None:
+    async with running_gateway(db_url) as gw:
+        store = gw.runtime.require_store()
+        await store.define_flow(CHAIN)
+        slugs = ["chain" if i % 7 else "no-such-flow" for i in range(CONCURRENT)]
+        responses = await asyncio.wait_for(asyncio.gather(*(
+            gw.http.post("/rpc/run_flow", json={"flow_slug": slug, "input": {"i": i}})
+            for i, slug in enumerate(slugs)
+        )), TIMEOUT)
+        assert [r.status_code for r in responses] == [201 if s == "chain" else 404 for s in slugs]
+        assert all("no-such-flow" in r.json()["error"]["message"]
+                   for r in responses if r.status_code == 404)
+        started = {r.json()["run_id"]: i for i, r in enumerate(responses) if r.status_code == 201}
+        assert len(started) == slugs.count("chain")
+        # each acknowledged run is there with its own input, and no other run is
+        rows = await store.pool.fetch("select run_id::text, input from pgflow.runs")
+        assert {row["run_id"]: row["input"]["i"] for row in rows} == started
+        # ... and they were started together, several to a transaction
+        assert store.run_starter.largest_batch > 1
+        assert store.run_starter.batches < CONCURRENT
+
+
+async def test_a_value_the_database_refuses_fails_its_request_alone(store: Store) -> None:
+    await store.define_flow(CHAIN)
+    # JSON can carry \u0000 in a string; PostgreSQL's jsonb cannot store it (SQLSTATE 22P05),
+    # so the whole batch's transaction fails and each request is tried again alone
+    inputs: list[Any] = [{"i": i} for i in range(12)]
+    inputs[5] = {"bad": "nul \u0000 here"}
+    results = await asyncio.wait_for(asyncio.gather(
+        *(store.run_flow("chain", value) for value in inputs), return_exceptions=True
+    ), TIMEOUT)
+    assert isinstance(results[5], ValueRejectedError)
+    good = [r for i, r in enumerate(results) if i != 5]
+    assert all(isinstance(r, uuid.UUID) for r in good)
+    assert store.run_starter.largest_batch > 1
+    rows = await store.pool.fetch("select run_id, input from pgflow.runs")
+    assert {row["run_id"]: row["input"] for row in rows} == {
+        r: inputs[i] for i, r in enumerate(results) if i != 5
+    }
+    with pytest.raises(UnknownFlowError, match="unknown flow 'nope'"):
+        await store.run_flow("nope", {})
+
+
+async def test_a_database_crash_mid_batch_loses_no_acknowledged_run(
+    open_tmp_path: Path,
+) -> None:
+    """Users keep starting runs while PostgreSQL crashes (immediate shutdown: no checkpoint,
+    whatever is in flight lost, the way a killed server stops). After recovery, every run a
+    caller got an id for is there, with its first events and its root step queued: an id is
+    given only once its batch has committed, and the batches in flight fail every request in
+    them with DatabaseUnavailableError. (What this cannot show is a power loss: the operating
+    system keeps what PostgreSQL wrote, flushed or not; run_flows commits synchronously.)"""
+    directory = Path(tempfile.mkdtemp(prefix="pgflow-crash-", dir=open_tmp_path))
+    # durable, as production: fsync and synchronous_commit at their defaults
+    cluster = PostgresCluster(directory, settings={"max_connections": "50"})
+    cluster.start()
+    try:
+        connection = await asyncpg.connect(cluster.uri())
+        try:
+            await migrate(connection)
+        finally:
+            await connection.close()
+        store = await Store.open(cluster.uri(), max_size=5)
+        await store.define_flow(CHAIN)
+        acknowledged: list[uuid.UUID] = []
+        refused: list[BaseException] = []
+        stop = asyncio.Event()
+
+        async def user(i: int) -> None:
+            while not stop.is_set():
+                try:
+                    acknowledged.append(await store.run_flow("chain", {"user": i}))
+                except DatabaseUnavailableError as error:
+                    refused.append(error)
+                    return
+
+        users = [asyncio.create_task(user(i)) for i in range(CONCURRENT)]
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while len(acknowledged) < 400 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert len(acknowledged) >= 400, "the users could not start runs before the crash"
+        await asyncio.to_thread(cluster.kill)  # mid-batch: the users are still starting runs
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*users), TIMEOUT)
+        store.terminate()
+        assert refused, "no request was in flight when the server crashed"
+
+        cluster.start()  # crash recovery replays the WAL
+        connection = await asyncpg.connect(cluster.uri())
+        try:
+            found = await connection.fetch(
+                "select r.run_id,"
+                " (select count(*) from pgflow.run_events as e where e.run_id = r.run_id) as events,"
+                " (select s.status from pgflow.step_states as s"
+                "  where s.run_id = r.run_id and s.step_slug = 'a') as root"
+                " from pgflow.runs as r where r.run_id = any($1::uuid[])",
+                acknowledged,
+            )
+        finally:
+            await connection.close()
+        assert len(found) == len(set(acknowledged)) == len(acknowledged)
+        assert {(row["events"], row["root"]) for row in found} == {(2, "started")}
+    finally:
+        cluster.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_concurrent_first_reads_share_a_query_and_equal_ones_one_result(
+    store: Store,
+) -> None:
+    await store.define_flow(CHAIN)
+    run_ids = [await store.run_flow("chain", {"i": i}) for i in range(4)]
+    unknown = uuid.uuid4()
+    asked = [run_ids[0], run_ids[1], run_ids[0], unknown, run_ids[2], run_ids[3], run_ids[0]]
+    replays = await asyncio.wait_for(asyncio.gather(
+        *(store.get_run_replay(run_id, 0, 100) for run_id in asked)
+    ), TIMEOUT)
+    assert replays[3] is None
+    for run_id, replay in zip(asked, replays, strict=True):
+        if run_id == unknown:
+            continue
+        assert replay is not None and replay.flow_slug == "chain"
+        assert [seq for seq, _ in replay.events] == [1, 2]
+        assert all(f'"run_id": "{run_id}"' in text for _, text in replay.events)
+    # the same run asked three times at once: one read, one result shared
+    assert replays[0] is replays[2] is replays[6]
+    assert store.replay_reader.batches < len(asked)
