@@ -392,6 +392,43 @@ class Store:
             )
         return applied[: len(done)], applied[len(done) :]
 
+    async def report_and_claim(
+        self,
+        worker_id: str,
+        completions: Iterable[Completion] = (),
+        failures: Iterable[Failure] = (),
+        *,
+        max_tasks: int,
+        flow_slugs: Sequence[str] | None = None,
+        lease_seconds: float = DEFAULT_LEASE,
+    ) -> tuple[list[bool], list[bool], list[Task]]:
+        """``report`` and then ``claim_tasks`` (up to ``max_tasks``) in one call and one
+        transaction: the steps the report made ready go straight to this worker."""
+        done = list(completions)
+        failed = list(failures)
+        items: list[Completion | Failure] = [*done, *failed]
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "select * from pgflow.report_and_claim("
+                "$1, $2, $3, $4, $5::text[]::jsonb[], $6, $7, $8, $9)",
+                worker_id,
+                [i.run_id for i in items],
+                [i.step_slug for i in items],
+                [i.attempt for i in items],
+                [dumps(i.output) for i in done] + [None] * len(failed),
+                [None] * len(done) + [i.error for i in failed],
+                min(max_tasks, MAX_CLAIM_TASKS),
+                list(flow_slugs) if flow_slugs is not None else None,
+                lease_seconds,
+            )
+        applied: list[bool] = rows[0]["applied"]
+        tasks = [
+            Task(row["run_id"], row["flow_slug"], row["step_slug"], row["attempt"], row["input"],
+                 row["timeout"], row["max_attempts"])
+            for row in rows if row["run_id"] is not None
+        ]
+        return applied[: len(done)], applied[len(done) :], tasks
+
     async def retry_delays(self, failures: Sequence[Failure]) -> list[float | None]:
         """Seconds until each reported failure's retry may be claimed, as the engine set it
         (``_fail_attempt``); None where the step is not waiting for that retry (its last

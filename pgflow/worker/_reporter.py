@@ -8,8 +8,10 @@ reported in batches by ``report_steps``, and split when PostgreSQL refuses a bat
         a lone completion refused becomes a failure carrying the database's message; a lone
         failure refused too is dropped, and its lease runs out (docs/worker.md)
 
-So one value PostgreSQL cannot store (or a bug) costs its own attempt, never the batch. The
-engine sets each retry's backoff; after a report that applied failures the reporter reads when
+So one value PostgreSQL cannot store (or a bug) costs its own attempt, never the batch. When
+the worker has free slots, a report claims in the same transaction (``report_and_claim``): the
+steps it made ready come back as tasks, without a wake-up and a claim of their own. The engine
+sets each retry's backoff; after a report that applied failures the reporter reads when
 their retries come due (``Store.retry_delays``) and tells the worker, which sets a timer.
 """
 
@@ -19,9 +21,10 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from pgflow.db.backoff import Retry
-from pgflow.db.store import Completion, Failure, Store
+from pgflow.db.store import Completion, Failure, Store, Task
 from pgflow.errors import DatabaseError, DatabaseUnavailableError, TransientDatabaseError
 from pgflow.worker._attempts import clip, describe_error
 from pgflow.worker._retry import DB_CALL_TIMEOUT
@@ -46,16 +49,31 @@ def describe_refusal(exc: BaseException) -> str:
     return describe_error(exc)
 
 
+class Slots(Protocol):
+    """The worker's free slots, as a report that claims sees them."""
+
+    flow_slugs: list[str]
+    lease_seconds: float
+
+    def reserve(self) -> int:
+        """Slots held for a claim (0: claim nothing); they stay held until ``claimed``."""
+
+    def claimed(self, tasks: list[Task], reserved: int) -> None:
+        """Starts ``tasks`` and frees the ``reserved`` slots they did not fill."""
+
+
 class Reporter:
     """The queue of finished attempts and the loops reporting it (``REPORTERS`` of them).
 
     ``on_retry(seconds)`` is called for each applied failure whose step is retried, with the
     seconds the engine set for its backoff: it sends no NOTIFY when a backoff ends, so the
-    worker sets itself a timer.
+    worker sets itself a timer. With ``slots``, each report also claims into the free ones.
     """
 
-    def __init__(self, worker_id: str, on_retry: Callable[[float], None]) -> None:
+    def __init__(self, worker_id: str, on_retry: Callable[[float], None],
+                 slots: Slots | None = None) -> None:
         self.worker_id = worker_id
+        self.slots = slots
         self.refused = 0  # results the database refused, reported as failures or dropped
         self._on_retry = on_retry
         self._queue: deque[Result] = deque()
@@ -140,8 +158,20 @@ class Reporter:
                 done.append(result)
             else:
                 failed.append(result)
-        async with asyncio.timeout(DB_CALL_TIMEOUT):
-            _, applied = await store.report(self.worker_id, done, failed)
+        slots = self.slots
+        reserved = slots.reserve() if slots is not None else 0
+        tasks: list[Task] = []
+        try:
+            async with asyncio.timeout(DB_CALL_TIMEOUT):
+                if slots is not None and reserved > 0:
+                    _, applied, tasks = await store.report_and_claim(
+                        self.worker_id, done, failed, max_tasks=reserved,
+                        flow_slugs=slots.flow_slugs, lease_seconds=slots.lease_seconds)
+                else:
+                    _, applied = await store.report(self.worker_id, done, failed)
+        finally:
+            if slots is not None:
+                slots.claimed(tasks, reserved)
         retried = [f for f, was_applied in zip(failed, applied, strict=True) if was_applied]
         if retried:
             await self._wake_for_retries(store, retried)

@@ -125,7 +125,9 @@ class Worker:
             max_stuck=self.max_stuck_threads, on_stuck=self._on_stuck,
         )
         self._wakeup = Wakeup(self._slugs)  # a task may be ready: claim now
-        self._reporter = Reporter(self.worker_id, self._wakeup.after)
+        self.flow_slugs = sorted(self._slugs)  # what its claims ask for
+        self._claiming = 0  # slots held for claims in flight (the claim loop's, the reports')
+        self._reporter = Reporter(self.worker_id, self._wakeup.after, self)
         self._too_many_stuck = False
 
         self._stopping = asyncio.Event()
@@ -395,10 +397,24 @@ class Worker:
     # -- claiming ------------------------------------------------------------------------------
 
     def _free_slots(self) -> int:
-        return self.concurrency - len(self._running)
+        return self.concurrency - len(self._running) - self._claiming
+
+    def reserve(self) -> int:
+        """Slots for a report's claim (``_reporter.Slots``): none while stopping."""
+        if self._stopping.is_set():
+            return 0
+        wanted = max(0, min(self._free_slots(), self.batch_size))
+        self._claiming += wanted
+        return wanted
+
+    def claimed(self, tasks: list[Task], reserved: int) -> None:
+        self._claiming -= reserved
+        for task in tasks:
+            self._start(task)
+        if len(tasks) < reserved:
+            self._slot_freed.set()
 
     async def _claim_loop(self, store: Store) -> None:
-        slugs = sorted(self._slugs)
         retry = Retry("claiming tasks")
         claim_now = True  # at start, and after a full batch: more may be waiting
         while not self._stopping.is_set():
@@ -412,20 +428,28 @@ class Worker:
                 if self._stopping.is_set():
                     return
             self._wakeup.clear()  # before the claim: a hint arriving during it is kept
-            wanted = min(free, self.batch_size)
+            # re-read: a report's claim may have taken slots while this loop waited
+            wanted = min(self._free_slots(), self.batch_size)
+            if wanted <= 0:
+                continue
+            self._claiming += wanted
+            tasks: list[Task] = []
+            failure: Exception | None = None
             try:
                 async with asyncio.timeout(DB_CALL_TIMEOUT):
                     tasks = await store.claim_tasks(
-                        self.worker_id, wanted, flow_slugs=slugs,
+                        self.worker_id, wanted, flow_slugs=self.flow_slugs,
                         lease_seconds=self.lease_seconds,
                     )
             except Exception as exc:
-                await self._wait(self._stopping, retry.failed(exc))
+                failure = exc
+            finally:
+                self.claimed(tasks, wanted)
+            if failure is not None:
+                await self._wait(self._stopping, retry.failed(failure))
                 claim_now = True
                 continue
             retry.succeeded()
-            for task in tasks:
-                self._start(task)
             claim_now = len(tasks) >= wanted
 
     def _start(self, task: Task) -> None:

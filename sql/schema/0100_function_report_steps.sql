@@ -7,7 +7,7 @@
 -- Locks: every run of the batch, in run_id order (the engine's lock order), before anything else,
 --   so two workers reporting overlapping runs cannot deadlock; then the step rows it changes.
 -- Notifies: pgflow_events (through the transaction's one notification), pgflow_tasks per flow
---   whose tasks became ready.
+--   whose tasks became ready (held for report_and_claim, which calls it, to decide).
 -- Raises: PF400 when the arrays differ in length.
 -- Idempotent: yes; a repeated report is stale and changes nothing.
 create function pgflow.report_steps(
@@ -238,7 +238,12 @@ begin
     perform pgflow._note_events(v_ranges);
   end if;
   if v_flows is not null then
-    perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
+    if current_setting('pgflow.hold_task_wakeups', true) = 'on' then
+      -- report_and_claim claims next and sends only the wake-ups its claim leaves needed
+      perform set_config('pgflow.held_task_wakeups', v_flows::text, true);
+    else
+      perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
+    end if;
   end if;
   return v_applied;
 end;

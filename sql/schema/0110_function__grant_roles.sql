@@ -38,7 +38,8 @@ begin
   -- WORKER: claims, reports, keeps and gives back leases; defines the flows it runs
   if not 'pgflow_worker' = any (v_missing) then
     grant execute on function
-      pgflow.claim_tasks, pgflow.report_steps, pgflow.complete_step, pgflow.fail_step,
+      pgflow.claim_tasks, pgflow.report_steps, pgflow.report_and_claim, pgflow.complete_step,
+      pgflow.fail_step,
       pgflow.extend_leases, pgflow.release_tasks, pgflow.define_flow, pgflow.get_flow
       to pgflow_worker;
     -- Store.retry_delays: when a reported failure's retry may be claimed

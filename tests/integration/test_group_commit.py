@@ -91,6 +91,7 @@ async def test_a_database_crash_mid_batch_loses_no_acknowledged_run(
         acknowledged: list[uuid.UUID] = []
         refused: list[BaseException] = []
         stop = asyncio.Event()
+        enough = asyncio.Event()  # 400 runs acknowledged: time to crash
 
         async def user(i: int) -> None:
             while not stop.is_set():
@@ -99,12 +100,11 @@ async def test_a_database_crash_mid_batch_loses_no_acknowledged_run(
                 except DatabaseUnavailableError as error:
                     refused.append(error)
                     return
+                if len(acknowledged) >= 400:
+                    enough.set()
 
         users = [asyncio.create_task(user(i)) for i in range(CONCURRENT)]
-        deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while len(acknowledged) < 400 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        assert len(acknowledged) >= 400, "the users could not start runs before the crash"
+        await asyncio.wait_for(enough.wait(), TIMEOUT)
         await asyncio.to_thread(cluster.kill)  # mid-batch: the users are still starting runs
         stop.set()
         await asyncio.wait_for(asyncio.gather(*users), TIMEOUT)
@@ -116,7 +116,8 @@ async def test_a_database_crash_mid_batch_loses_no_acknowledged_run(
         try:
             found = await connection.fetch(
                 "select r.run_id,"
-                " (select count(*) from pgflow.run_events as e where e.run_id = r.run_id) as events,"
+                " (select count(*) from pgflow.run_events as e where e.run_id = r.run_id)"
+                "   as events,"
                 " (select s.status from pgflow.step_states as s"
                 "  where s.run_id = r.run_id and s.step_slug = 'a') as root"
                 " from pgflow.runs as r where r.run_id = any($1::uuid[])",
@@ -145,7 +146,8 @@ async def test_concurrent_first_reads_share_a_query_and_equal_ones_one_result(
     for run_id, replay in zip(asked, replays, strict=True):
         if run_id == unknown:
             continue
-        assert replay is not None and replay.flow_slug == "chain"
+        assert replay is not None
+        assert replay.flow_slug == "chain"
         assert [seq for seq, _ in replay.events] == [1, 2]
         assert all(f'"run_id": "{run_id}"' in text for _, text in replay.events)
     # the same run asked three times at once: one read, one result shared

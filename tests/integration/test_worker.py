@@ -418,6 +418,45 @@ async def counts(input: Any) -> int:
     return int(input["run"])
 
 
+counted_chain = Flow("counted_chain")
+
+
+@counted_chain.step()
+async def counted_first(input: Any) -> int:
+    return await counts(input)
+
+
+@counted_chain.step(depends_on=[counted_first])
+async def counted_second(input: Any) -> int:
+    return await counts({"run": input["counted_first"] + 1})
+
+
+async def test_reports_claim_the_steps_they_make_ready_within_the_slots(
+    db_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each report claims into the worker's free slots in the same transaction: the second
+    steps it made ready, without a wake-up and a claim of their own (the claim loop, which got
+    fewer tasks than it asked for, is waiting for one). The claim loop and the reports share
+    the slots, so no more than ``concurrency`` handlers ever run."""
+    in_flight[:] = [0, 0]
+    from_reports: list[int] = []
+    report_and_claim = Store.report_and_claim
+
+    async def counting(self: Store, *args: Any, **kwargs: Any) -> Any:
+        done, failed, tasks = await report_and_claim(self, *args, **kwargs)
+        from_reports.append(len(tasks))
+        return done, failed, tasks
+
+    monkeypatch.setattr(Store, "report_and_claim", counting)
+    await sync_flows(store, [counted_chain])
+    run_ids = [await store.run_flow("counted_chain", n) for n in range(3)]
+    async with running(db_url, [counted_chain], concurrency=4):
+        runs = [await wait_for_run(store, r) for r in run_ids]
+    assert [r["output"] for r in runs] == [n + 1 for n in range(3)]
+    assert in_flight[1] <= 4
+    assert sum(from_reports) > 0, "no report claimed anything: the path is not exercised"
+
+
 async def test_no_more_than_concurrency_handlers_run_at_once(db_url: str, store: Store) -> None:
     in_flight[:] = [0, 0]
     await sync_flows(store, [counted])
@@ -768,14 +807,17 @@ async def test_the_heartbeat_does_not_keep_the_lease_of_a_result_that_cannot_be_
     db_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reports_fail = True
-    report = Store.report
 
-    async def failing_report(self: Store, *args: Any, **kwargs: Any) -> Any:
-        if reports_fail:
-            raise DatabaseUnavailableError("reports are failing in this test")
-        return await report(self, *args, **kwargs)
+    def failing(method: Any) -> Any:
+        async def failing_report(self: Store, *args: Any, **kwargs: Any) -> Any:
+            if reports_fail:
+                raise DatabaseUnavailableError("reports are failing in this test")
+            return await method(self, *args, **kwargs)
+        return failing_report
 
-    monkeypatch.setattr(Store, "report", failing_report)
+    # a report alone, and a report that claims in the same transaction
+    monkeypatch.setattr(Store, "report", failing(Store.report))
+    monkeypatch.setattr(Store, "report_and_claim", failing(Store.report_and_claim))
     async with running(db_url, [reported_late], lease_seconds=SHORT_LEASE,
                        concurrency=2) as worker:
         run_id = await store.run_flow("reported_late", 1)

@@ -27,7 +27,8 @@ async def test_each_position_is_a_run_with_its_input_owner_steps_and_events(conn
     await define(conn, ROOTS)
     ids = await run_flows(conn, ["diamond", "roots", "diamond"], ['{"n": 1}', "2", None],
                           ["alice", None, "bob"])
-    assert len(set(ids)) == 3 and all(isinstance(i, uuid.UUID) for i in ids)
+    assert len(set(ids)) == 3
+    assert all(isinstance(i, uuid.UUID) for i in ids)
     runs = [await run_state(conn, i) for i in ids if i is not None]
     assert [(r["flow_slug"], r["input"], r["owner"]) for r in runs] == [
         ("diamond", {"n": 1}, "alice"), ("roots", 2, None), ("diamond", None, "bob")]
@@ -45,7 +46,8 @@ async def test_each_position_is_a_run_with_its_input_owner_steps_and_events(conn
 async def test_an_unknown_flow_gets_null_and_the_others_start(conn: Any) -> None:
     await define(conn, DIAMOND)
     ids = await run_flows(conn, ["nope", "diamond", "also-nope", "diamond"], ["1"] * 4)
-    assert ids[0] is None and ids[2] is None
+    assert ids[0] is None
+    assert ids[2] is None
     assert all(isinstance(ids[i], uuid.UUID) for i in (1, 3))
     assert await conn.fetchval("select count(*) from pgflow.runs") == 2
     assert await run_flows(conn, ["nope"], ["1"]) == [None]
@@ -68,7 +70,8 @@ async def test_one_notification_for_the_whole_batch_and_one_wake_up_per_flow(
              (str(ids[1]), 3), (str(ids[2]), 1), (str(ids[2]), 2), (str(ids[3]), 1),
              (str(ids[3]), 2)])
         assert sorted([await tasks.next(), await tasks.next()]) == ["diamond", "roots"]
-        assert await notes.drain() == [] and await tasks.drain() == []
+        assert await notes.drain() == []
+        assert await tasks.drain() == []
 
 
 async def test_empty_and_mismatched_arrays(conn: Any) -> None:

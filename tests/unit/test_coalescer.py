@@ -59,8 +59,10 @@ async def test_each_request_gets_its_own_exception_and_its_neighbours_their_resu
     results = await asyncio.wait_for(
         asyncio.gather(first, *rest, return_exceptions=True), 1
     )
-    assert results[:2] == [0, 20] and results[3] == 40
-    assert isinstance(results[2], ValueError) and str(results[2]) == "odd 3"
+    assert results[:2] == [0, 20]
+    assert results[3] == 40
+    assert isinstance(results[2], ValueError)
+    assert str(results[2]) == "odd 3"
     assert recorder.batches == [[0], [2, 3, 4]]
 
 
@@ -96,7 +98,8 @@ async def test_a_request_cancelled_before_its_batch_is_left_out() -> None:
     gone.cancel()
     recorder.gate.set()
     assert await asyncio.wait_for(kept, 1) == 40
-    assert await first == 0 and gone.cancelled()
+    assert await first == 0
+    assert gone.cancelled()
     assert recorder.batches == [[0], [4]]
 
 
@@ -108,7 +111,8 @@ async def test_batches_are_bounded_and_in_flight_batches_too() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     # two flushers started by the first two requests, each taking at most three
-    assert len(recorder.batches) == 2 and all(len(b) <= 3 for b in recorder.batches)
+    assert len(recorder.batches) == 2
+    assert all(len(b) <= 3 for b in recorder.batches)
     recorder.gate.set()
     assert await asyncio.wait_for(asyncio.gather(*tasks), 1) == [n * 20 for n in range(8)]
     assert sorted(r for b in recorder.batches for r in b) == [n * 2 for n in range(8)]
@@ -125,7 +129,7 @@ async def test_a_batch_function_that_loses_results_fails_loudly() -> None:
 
 
 def test_bounds_must_be_positive() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 1"):
         Coalescer(Recorder(), max_batch=0)
 
 
