@@ -31,10 +31,10 @@ MIN_LEASE, MAX_LEASE = 0.1, 86400.0  # seconds: the leases claim_tasks accepts
 MAX_CLAIM_TASKS = 1000  # claim_tasks' bound on max_tasks
 DEFAULT_POOL_SIZE = 10
 MAX_RUN_BATCH = 256  # run_flow requests started in one transaction (group commit)
-# Subscriptions' first reads in one query, and such queries at once: each position brings up to
-# an outbox's worth of events into the gateway, so 2 x 8 bounds what replays hold at once near
-# what the pool's connections did one read each.
-MAX_REPLAY_BATCH = 8
+# Subscriptions' first reads in one query. Each position brings up to an outbox's worth of
+# events into the gateway, so 16, one query at a time, bounds what replays hold at once near
+# what the pool's connections did with one read each.
+MAX_REPLAY_BATCH = 16
 PRUNE_BATCH = 1000  # runs per prune_runs call: one short transaction
 MAX_PRUNE_BATCH = 10000  # prune_runs' bound on batch_size
 MAX_PRUNE_AGE = timedelta(days=36500)  # prune_runs' bound on older_than
@@ -155,13 +155,16 @@ class Store:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        # concurrent run_flow calls share a transaction, a commit and a notification
+        # Concurrent run_flow calls share a transaction, a commit and a notification. One batch
+        # in flight at a time: fewer, larger transactions beat two in flight on every measure
+        # at 50 users (runs/s, p50, CPU per run; BENCHMARKS.md), the database's commits being
+        # the cost that batching saves.
         self.run_starter: Coalescer[RunRequest, uuid.UUID] = Coalescer(
-            self._start_batch, max_batch=MAX_RUN_BATCH, max_in_flight=2
+            self._start_batch, max_batch=MAX_RUN_BATCH, max_in_flight=1
         )
         # concurrent subscriptions' first reads share a query
         self.replay_reader: Coalescer[ReplayRequest, RunReplay | None] = Coalescer(
-            self.get_run_replays, max_batch=MAX_REPLAY_BATCH, max_in_flight=2
+            self.get_run_replays, max_batch=MAX_REPLAY_BATCH, max_in_flight=1
         )
 
     @classmethod
