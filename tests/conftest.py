@@ -149,16 +149,12 @@ def embedded_data_dir(open_tmp_path: Path) -> Iterator[Path]:
             PostgresCluster(data).kill()
 
 
-@pytest.fixture
-async def private_server() -> AsyncIterator[Server]:
-    """A server of this test's own, migrated, for tests that restart or kill PostgreSQL.
-
-    ``server.cluster.restart()`` restarts it on the same port; ``server.url`` is its database.
-    """
+@contextlib.asynccontextmanager
+async def _migrated_cluster(settings: dict[str, str]) -> AsyncIterator[Server]:
     bin_dir = os.environ.get("PGFLOW_TEST_PG_BIN")
     directory = Path(tempfile.mkdtemp(prefix="pgflow-private-"))
     cluster = PostgresCluster(
-        directory, bin_dir=Path(bin_dir) if bin_dir else None, settings=FAST_SETTINGS
+        directory, bin_dir=Path(bin_dir) if bin_dir else None, settings=settings
     )
     cluster.start()
     try:
@@ -171,3 +167,20 @@ async def private_server() -> AsyncIterator[Server]:
     finally:
         cluster.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def private_server() -> AsyncIterator[Server]:
+    """A server of this test's own, migrated, for tests that restart or kill PostgreSQL.
+
+    ``server.cluster.restart()`` restarts it on the same port; ``server.url`` is its database.
+    """
+    async with _migrated_cluster(FAST_SETTINGS) as server:
+        yield server
+
+
+@pytest.fixture
+async def durable_server() -> AsyncIterator[Server]:
+    """``private_server`` with production's durability: fsync and synchronous_commit on."""
+    async with _migrated_cluster({"max_connections": "50"}) as server:
+        yield server

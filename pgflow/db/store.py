@@ -62,6 +62,19 @@ class RunRequest:
     owner: str | None = None
 
 
+def _report_arrays(done: list[Completion], failed: list[Failure]) -> list[list[Any]]:
+    """report_steps' five arrays: run_ids, step_slugs, attempts, outputs (completions' JSON
+    text, null for failures), errors (null for completions)."""
+    items: list[Completion | Failure] = [*done, *failed]
+    return [
+        [i.run_id for i in items],
+        [i.step_slug for i in items],
+        [i.attempt for i in items],
+        [dumps(i.output) for i in done] + [None] * len(failed),
+        [None] * len(done) + [i.error for i in failed],
+    ]
+
+
 def _unknown_flow(flow_slug: str) -> UnknownFlowError:
     # the words run_flow raises (PF404) with, the slug quoted as quote_literal quotes it
     return UnknownFlowError("unknown flow '" + flow_slug.replace("'", "''") + "'")
@@ -382,16 +395,10 @@ class Store:
         failed = list(failures)
         if not done and not failed:
             return [], []
-        items: list[Completion | Failure] = [*done, *failed]
         async with self._connection() as connection:
             applied: list[bool] = await connection.fetchval(
                 "select pgflow.report_steps($1, $2, $3, $4, $5::text[]::jsonb[], $6)",
-                worker_id,
-                [i.run_id for i in items],
-                [i.step_slug for i in items],
-                [i.attempt for i in items],
-                [dumps(i.output) for i in done] + [None] * len(failed),
-                [None] * len(done) + [i.error for i in failed],
+                worker_id, *_report_arrays(done, failed),
             )
         return applied[: len(done)], applied[len(done) :]
 
@@ -409,17 +416,11 @@ class Store:
         transaction: the steps the report made ready go straight to this worker."""
         done = list(completions)
         failed = list(failures)
-        items: list[Completion | Failure] = [*done, *failed]
         async with self._connection() as connection:
             rows = await connection.fetch(
                 "select * from pgflow.report_and_claim("
                 "$1, $2, $3, $4, $5::text[]::jsonb[], $6, $7, $8, $9)",
-                worker_id,
-                [i.run_id for i in items],
-                [i.step_slug for i in items],
-                [i.attempt for i in items],
-                [dumps(i.output) for i in done] + [None] * len(failed),
-                [None] * len(done) + [i.error for i in failed],
+                worker_id, *_report_arrays(done, failed),
                 min(max_tasks, MAX_CLAIM_TASKS),
                 list(flow_slugs) if flow_slugs is not None else None,
                 lease_seconds,

@@ -4,19 +4,15 @@ and still fail alone, and an acknowledged run survives a crash of the database."
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from pgflow.db.local_server import PostgresCluster
-from pgflow.db.migrate import migrate
 from pgflow.db.store import Store
 from pgflow.errors import DatabaseUnavailableError, UnknownFlowError, ValueRejectedError
+from tests.conftest import Server
 from tests.integration.gateway_harness import CHAIN, TIMEOUT, running_gateway
 
 CONCURRENT = 40
@@ -68,7 +64,7 @@ async def test_a_value_the_database_refuses_fails_its_request_alone(store: Store
 
 
 async def test_a_database_crash_mid_batch_loses_no_acknowledged_run(
-    open_tmp_path: Path,
+    durable_server: Server,
 ) -> None:
     """Users keep starting runs while PostgreSQL crashes (immediate shutdown: no checkpoint,
     whatever is in flight lost, the way a killed server stops). After recovery, every run a
@@ -76,60 +72,49 @@ async def test_a_database_crash_mid_batch_loses_no_acknowledged_run(
     given only once its batch has committed, and the batches in flight fail every request in
     them with DatabaseUnavailableError. (What this cannot show is a power loss: the operating
     system keeps what PostgreSQL wrote, flushed or not; run_flows commits synchronously.)"""
-    directory = Path(tempfile.mkdtemp(prefix="pgflow-crash-", dir=open_tmp_path))
-    # durable, as production: fsync and synchronous_commit at their defaults
-    cluster = PostgresCluster(directory, settings={"max_connections": "50"})
-    cluster.start()
+    cluster = durable_server.cluster
+    assert cluster is not None
+    store = await Store.open(durable_server.url, max_size=5)
+    await store.define_flow(CHAIN)
+    acknowledged: list[uuid.UUID] = []
+    refused: list[BaseException] = []
+    stop = asyncio.Event()
+    enough = asyncio.Event()  # 400 runs acknowledged: time to crash
+
+    async def user(i: int) -> None:
+        while not stop.is_set():
+            try:
+                acknowledged.append(await store.run_flow("chain", {"user": i}))
+            except DatabaseUnavailableError as error:
+                refused.append(error)
+                return
+            if len(acknowledged) >= 400:
+                enough.set()
+
+    users = [asyncio.create_task(user(i)) for i in range(CONCURRENT)]
+    await asyncio.wait_for(enough.wait(), TIMEOUT)
+    await asyncio.to_thread(cluster.kill)  # mid-batch: the users are still starting runs
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*users), TIMEOUT)
+    store.terminate()
+    assert refused, "no request was in flight when the server crashed"
+
+    cluster.start()  # crash recovery replays the WAL (on a port of its own: uri() tells)
+    connection = await asyncpg.connect(cluster.uri())
     try:
-        connection = await asyncpg.connect(cluster.uri())
-        try:
-            await migrate(connection)
-        finally:
-            await connection.close()
-        store = await Store.open(cluster.uri(), max_size=5)
-        await store.define_flow(CHAIN)
-        acknowledged: list[uuid.UUID] = []
-        refused: list[BaseException] = []
-        stop = asyncio.Event()
-        enough = asyncio.Event()  # 400 runs acknowledged: time to crash
-
-        async def user(i: int) -> None:
-            while not stop.is_set():
-                try:
-                    acknowledged.append(await store.run_flow("chain", {"user": i}))
-                except DatabaseUnavailableError as error:
-                    refused.append(error)
-                    return
-                if len(acknowledged) >= 400:
-                    enough.set()
-
-        users = [asyncio.create_task(user(i)) for i in range(CONCURRENT)]
-        await asyncio.wait_for(enough.wait(), TIMEOUT)
-        await asyncio.to_thread(cluster.kill)  # mid-batch: the users are still starting runs
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*users), TIMEOUT)
-        store.terminate()
-        assert refused, "no request was in flight when the server crashed"
-
-        cluster.start()  # crash recovery replays the WAL
-        connection = await asyncpg.connect(cluster.uri())
-        try:
-            found = await connection.fetch(
-                "select r.run_id,"
-                " (select count(*) from pgflow.run_events as e where e.run_id = r.run_id)"
-                "   as events,"
-                " (select s.status from pgflow.step_states as s"
-                "  where s.run_id = r.run_id and s.step_slug = 'a') as root"
-                " from pgflow.runs as r where r.run_id = any($1::uuid[])",
-                acknowledged,
-            )
-        finally:
-            await connection.close()
-        assert len(found) == len(set(acknowledged)) == len(acknowledged)
-        assert {(row["events"], row["root"]) for row in found} == {(2, "started")}
+        found = await connection.fetch(
+            "select r.run_id,"
+            " (select count(*) from pgflow.run_events as e where e.run_id = r.run_id)"
+            "   as events,"
+            " (select s.status from pgflow.step_states as s"
+            "  where s.run_id = r.run_id and s.step_slug = 'a') as root"
+            " from pgflow.runs as r where r.run_id = any($1::uuid[])",
+            acknowledged,
+        )
     finally:
-        cluster.kill()
-        shutil.rmtree(directory, ignore_errors=True)
+        await connection.close()
+    assert len(found) == len(set(acknowledged)) == len(acknowledged)
+    assert {(row["events"], row["root"]) for row in found} == {(2, "started")}
 
 
 async def test_concurrent_first_reads_share_a_query_and_equal_ones_one_result(
