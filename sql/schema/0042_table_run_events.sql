@@ -32,7 +32,7 @@ create table pgflow.run_events (
   constraint seq_is_positive check (seq >= 1),
   constraint event_is_known check (
     event in ('run:started', 'run:completed', 'run:failed',
-              'step:started', 'step:completed', 'step:failed', 'step:retrying')
+              'step:started', 'step:completed', 'step:failed', 'step:retrying', 'step:stream')
   )
 );
 

@@ -28,11 +28,15 @@ begin
   end if;
   return query
   -- the same rebuild as get_run_events' and _notify_events'
-  select r.o, e.run_id, e.seq, jsonb_build_object(
+  select r.o, e.run_id, e.seq, (case when e.event = 'step:stream' then jsonb_build_object(
+      'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
+      'attempt', e.attempt,
+      'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    else jsonb_build_object(
       'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
       'status', split_part(e.event, ':', 2), 'output', null, 'error', null, 'attempt', e.attempt,
-      'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-    ) || e.payload
+      'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    end) || e.payload
   from unnest(get_runs_events.run_ids, get_runs_events.since, get_runs_events.until)
     with ordinality as r (run_id, since, until, o)
   join pgflow.run_events as e

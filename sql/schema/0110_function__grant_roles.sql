@@ -39,7 +39,7 @@ begin
   if not 'pgflow_worker' = any (v_missing) then
     grant execute on function
       pgflow.claim_tasks, pgflow.report_steps, pgflow.report_and_claim, pgflow.complete_step,
-      pgflow.fail_step,
+      pgflow.fail_step, pgflow.stream_steps,
       pgflow.extend_leases, pgflow.release_tasks, pgflow.define_flow, pgflow.get_flow
       to pgflow_worker;
     -- Store.retry_delays: when a reported failure's retry may be claimed

@@ -70,11 +70,15 @@ begin
     select string_agg(p.payload, ',' order by p.run_id, p.seq), sum(octet_length(p.payload))
       into v_events, v_bytes
     from (
-      select e.run_id, e.seq, (jsonb_build_object(
+      select e.run_id, e.seq, ((case when e.event = 'step:stream' then jsonb_build_object(
+          'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
+          'attempt', e.attempt,
+          'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+        else jsonb_build_object(
           'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
           'status', split_part(e.event, ':', 2), 'output', null, 'error', null, 'attempt', e.attempt,
-          'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-        ) || e.payload)::text as payload
+          'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+        end) || e.payload)::text as payload
       from unnest(v_runs, v_from, v_to) as r (run_id, lo, hi)
       join pgflow.run_events as e on e.run_id = r.run_id and e.seq between r.lo and r.hi
     ) as p;

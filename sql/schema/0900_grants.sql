@@ -41,6 +41,7 @@ alter function pgflow.complete_step security definer;
 alter function pgflow.fail_step security definer;
 alter function pgflow.report_steps security definer;
 alter function pgflow.report_and_claim security definer;
+alter function pgflow.stream_steps security definer;
 alter function pgflow.extend_leases security definer;
 alter function pgflow.release_tasks security definer;
 alter function pgflow.prune_runs security definer;
