@@ -55,6 +55,23 @@ export interface StepRetryingEvent extends EventBase {
   attempt: number;
 }
 
+/**
+ * Chunks a step streamed while it ran: one or more, of one attempt, in order. Every chunk of an
+ * attempt comes before that attempt's step:completed, step:failed or step:retrying.
+ */
+export interface StepStreamEvent extends EventBase {
+  event: "step:stream";
+  step_slug: string;
+  /** The attempt that streamed them; a retry streams again under its own. */
+  attempt: number;
+  /** Strings or any JSON values, in the order the step streamed them. */
+  chunks: unknown[];
+  /** Not on the wire: a stream event carries no status, output or error. */
+  status?: undefined;
+  output?: undefined;
+  error?: undefined;
+}
+
 export interface StepFailedEvent extends EventBase {
   event: "step:failed";
   step_slug: string;
@@ -91,6 +108,7 @@ export type FlowEvent<TOutput = unknown> =
   | StepStartedEvent
   | StepCompletedEvent
   | StepRetryingEvent
+  | StepStreamEvent
   | StepFailedEvent
   | RunCompletedEvent<TOutput>
   | RunFailedEvent;
@@ -101,6 +119,9 @@ export type FlowEventName = FlowEvent["event"];
 export type EventOf<N extends FlowEventName, TOutput = unknown> = Extract<FlowEvent<TOutput>, { event: N }>;
 
 export type EventListener<E = FlowEvent> = (event: E) => void;
+
+/** Called with each chunk a step streams, in order (`onChunk`). */
+export type ChunkListener = (stepSlug: string, chunk: unknown) => void;
 
 // ---- graph and state --------------------------------------------------------------------------
 
@@ -134,6 +155,51 @@ export interface StepState {
   readonly startedAt: string | null;
   readonly completedAt: string | null;
   readonly failedAt: string | null;
+  /**
+   * The chunks the step streamed (`step:stream`) in attempt `streamAttempt`, in order; `[]`
+   * before any. A new attempt's first chunk replaces them with a new array.
+   */
+  readonly chunks: readonly unknown[];
+  /** The string chunks of `chunks` joined (other values skipped); `""` before any. */
+  readonly text: string;
+  /**
+   * The attempt `chunks` belong to, null before any chunk. It lags `attempt` while a retry has
+   * started but not streamed yet: the failed attempt's chunks stay until then.
+   */
+  readonly streamAttempt: number | null;
+}
+
+/**
+ * `run.stream(slug)`: an async iterator of the step's chunks, that also tells which attempt
+ * each one came from.
+ */
+export interface StepStream<TChunk = unknown> extends AsyncIterableIterator<TChunk> {
+  /** The attempt of the chunk yielded last; null before the first. */
+  readonly attempt: number | null;
+}
+
+/** `run.snapshot()`: the run's state as a frozen plain object, replaced on each change. */
+export interface RunSnapshot<TOutput = unknown> {
+  readonly runId: string;
+  readonly flowSlug: string | null;
+  readonly status: RunStatus;
+  readonly output: TOutput | null;
+  readonly error: string | null;
+  readonly startedAt: string | null;
+  readonly completedAt: string | null;
+  readonly failedAt: string | null;
+  readonly lastSeq: number;
+  readonly graph: FlowGraph | null;
+  /**
+   * Each step known at the last change, by slug: frozen copies of `run.step(slug)` (`chunks`
+   * included). A step that did not change keeps the same object from one snapshot to the next.
+   */
+  readonly steps: Readonly<Record<string, StepState>>;
+  /**
+   * Why the client stopped following the run before it ended (`client_closed`, `detached`, a
+   * refused subscription, …); null otherwise. A `run:failed` is `status`, not this.
+   */
+  readonly followError: PGFlowError | null;
 }
 
 // ---- errors -----------------------------------------------------------------------------------
@@ -263,6 +329,8 @@ export interface StartFlowOptions<TOutput = unknown> {
   signal?: AbortSignal;
   /** Sees every event of the run exactly once, in seq order. */
   onEvent?: EventListener<FlowEvent<TOutput>>;
+  /** Called with each chunk any step streams, once, in order. */
+  onChunk?: ChunkListener;
   /** Also fetch the flow's graph before resolving (default true). */
   graph?: boolean;
 }
@@ -272,6 +340,8 @@ export interface GetRunOptions<TOutput = unknown> {
   flowSlug?: string;
   /** Sees every event of the run exactly once, in seq order (replayed ones included). */
   onEvent?: EventListener<FlowEvent<TOutput>>;
+  /** Called with each chunk any step streams, once, in order (replayed ones included). */
+  onChunk?: ChunkListener;
 }
 
 export interface TriggerFlowOptions<TOutput = unknown> extends WaitOptions {
@@ -282,6 +352,11 @@ export interface TriggerFlowOptions<TOutput = unknown> extends WaitOptions {
   client?: PGFlowClient;
   /** Sees every event of the run exactly once, in seq order. */
   onEvent?: EventListener<FlowEvent<TOutput>>;
+  /**
+   * Called with `(stepSlug, chunk)` for each chunk any step streams (`step:stream`), once, in
+   * order. One that throws is reported (`reportError`) and the run goes on.
+   */
+  onChunk?: ChunkListener;
 }
 
 // ---- classes ----------------------------------------------------------------------------------
@@ -316,6 +391,23 @@ export class FlowRun<TOutput = unknown> {
   /** Listen to one event name, or "*" for every event; returns the unsubscribe function. */
   on<N extends FlowEventName>(event: N, listener: EventListener<EventOf<N, TOutput>>): () => void;
   on(event: "*", listener: EventListener<FlowEvent<TOutput>>): () => void;
+  /**
+   * The chunks step `stepSlug` streams: those received so far, then each as it arrives (a
+   * retry's too: see `attempt`), until the step completes or fails, the run ends, or the client
+   * stops following it. Breaking out of the loop removes its listener.
+   */
+  stream<TChunk = unknown>(stepSlug: string): StepStream<TChunk>;
+  /**
+   * Calls `listener` (without arguments) after each change of the run's state: each event
+   * applied, the graph loaded, the client giving up on the run. Returns the unsubscribe
+   * function. Bound to the run, like `snapshot`.
+   */
+  readonly subscribe: (listener: () => void) => () => void;
+  /**
+   * The run's state as a frozen plain object: the same object until the state changes, so
+   * `useSyncExternalStore(run.subscribe, run.snapshot)` works as it is.
+   */
+  readonly snapshot: () => RunSnapshot<TOutput>;
   /** The run's output; rejects with FlowFailedError on run:failed. */
   result(options?: WaitOptions): Promise<TOutput>;
   /** Resolves with this run once it has `status`; rejects once it never can. */

@@ -22,6 +22,7 @@ export { FlowRun } from "./client/run.js";
 
 /** @typedef {import("./client.js").ClientOptions} ClientOptions */
 /** @typedef {import("./client.js").FlowEvent} FlowEvent */
+/** @typedef {import("./client.js").ChunkListener} ChunkListener */
 /** @typedef {(event: FlowEvent) => void} Listener */
 
 // Where this module was served from, minus "client.js": the gateway's base URL, prefix
@@ -50,6 +51,27 @@ function gatewayBase(url) {
   parsed.search = "";
   parsed.hash = "";
   return parsed.href.replace(/\/+$/, "");
+}
+
+/**
+ * An event listener that hands `onChunk` each chunk of every `step:stream` event, one call per
+ * chunk: one that throws is reported and costs none of the chunks after it.
+ * @param {ChunkListener | undefined} onChunk
+ * @returns {Listener | undefined}
+ */
+function chunkListener(onChunk) {
+  if (onChunk === undefined) return undefined;
+  if (typeof onChunk !== "function") throw new TypeError("pgflow client: onChunk must be a function");
+  return (event) => {
+    if (event.event !== "step:stream" || !Array.isArray(event.chunks)) return;
+    for (const chunk of event.chunks) {
+      try {
+        onChunk(event.step_slug, chunk);
+      } catch (err) {
+        reportListenerError(err);
+      }
+    }
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -98,11 +120,13 @@ class Client {
    * POST /rpc/run_flow, then follow the new run's events.
    * @param {string} name
    * @param {unknown} [input]
-   * @param {{signal?: AbortSignal | undefined, onEvent?: Listener | undefined, graph?: boolean}} [options]
+   * @param {{signal?: AbortSignal | undefined, onEvent?: Listener | undefined,
+   *   onChunk?: ChunkListener | undefined, graph?: boolean}} [options]
    */
-  async startFlow(name, input, { signal, onEvent, graph = true } = {}) {
+  async startFlow(name, input, { signal, onEvent, onChunk, graph = true } = {}) {
     this._checkOpen();
     this._transport.checkSupported();
+    const chunks = chunkListener(onChunk); // before the POST: a bad option starts no run
     const label = `startFlow(${JSON.stringify(name)})`;
     // The graph is cached per flow and fetched alongside the run, so `run.graph` is
     // usually ready when this resolves; a graph that fails to load just stays null.
@@ -112,7 +136,7 @@ class Client {
     if (typeof body?.run_id !== "string") {
       throw new PGFlowError(`${label}: the gateway answered without a run_id`, { code: "bad_response" });
     }
-    const run = this._track(new FlowRun(this._host, body.run_id, body.flow_slug ?? name, input), onEvent);
+    const run = this._track(new FlowRun(this._host, body.run_id, body.flow_slug ?? name, input), onEvent, chunks);
     if (graphPromise) {
       try {
         run._setGraph(await race(graphPromise, { signal }, `run ${run.runId}`));
@@ -127,17 +151,19 @@ class Client {
   /**
    * Follow a run started elsewhere: subscribes since 0, so its events replay to now.
    * @param {string} runId
-   * @param {{flowSlug?: string | undefined, onEvent?: Listener | undefined}} [options]
+   * @param {{flowSlug?: string | undefined, onEvent?: Listener | undefined,
+   *   onChunk?: ChunkListener | undefined}} [options]
    */
-  getRun(runId, { flowSlug, onEvent } = {}) {
+  getRun(runId, { flowSlug, onEvent, onChunk } = {}) {
     this._checkOpen();
     if (typeof runId !== "string" || !runId) throw new TypeError(`getRun: run id must be a string, got ${runId}`);
     this._transport.checkSupported();
+    const chunks = chunkListener(onChunk);
     const known = this._runs.get(runId);
-    if (known) return this._listen(known, onEvent);
+    if (known) return this._listen(known, onEvent, chunks);
     const run = new FlowRun(this._host, runId, flowSlug);
     if (flowSlug) run.loadGraph().catch(() => {});
-    return this._track(run, onEvent);
+    return this._track(run, onEvent, chunks);
   }
 
   /** Close the socket and reject every followed run. Idempotent. */
@@ -156,32 +182,33 @@ class Client {
 
   /**
    * @param {FlowRun} run
-   * @param {Listener | undefined} onEvent
+   * @param {...(Listener | undefined)} listeners
    */
-  _listen(run, onEvent) {
-    if (onEvent) {
+  _listen(run, ...listeners) {
+    for (const listener of listeners) {
+      if (!listener) continue;
       // A late listener first catches up, so it too sees every event once, in order.
       for (const event of run.events) {
         try {
-          onEvent(event);
+          listener(event);
         } catch (err) {
           reportListenerError(err);
         }
       }
-      run.on("*", onEvent);
+      run.on("*", listener);
     }
     return run;
   }
 
   /**
    * @param {FlowRun} run
-   * @param {Listener | undefined} onEvent
+   * @param {...(Listener | undefined)} listeners
    */
-  _track(run, onEvent) {
+  _track(run, ...listeners) {
     // close() may have run while startFlow's request was in flight: nothing would ever
     // settle this run, so refuse it (the run itself goes on in the gateway).
     this._checkOpen();
-    this._listen(run, onEvent);
+    this._listen(run, ...listeners);
     this._runs.set(run.runId, run);
     // Not open yet: the transport's onOpen subscribes every followed run.
     if (this._transport.wake()) this._subscribe(run);
@@ -338,16 +365,16 @@ function clientFor({ client, url, token }) {
  * Start flow `name` and resolve with its output; rejects with FlowFailedError on run:failed.
  * @param {string} name
  * @param {unknown} [input]
- * @param {{signal?: AbortSignal, timeout?: number, onEvent?: Listener, client?: Client, url?: string,
- *   token?: import("./client.js").TokenSource}} [options]
+ * @param {{signal?: AbortSignal, timeout?: number, onEvent?: Listener, onChunk?: ChunkListener, client?: Client,
+ *   url?: string, token?: import("./client.js").TokenSource}} [options]
  */
 export async function triggerFlow(name, input, options = {}) {
-  const { signal, timeout, onEvent } = options;
+  const { signal, timeout, onEvent, onChunk } = options;
   const d = deadline(signal, timeout, `triggerFlow(${JSON.stringify(name)})`);
   let run;
   try {
     const client = clientFor(options);
-    run = await client.startFlow(name, input, { signal: d.signal, onEvent, graph: false });
+    run = await client.startFlow(name, input, { signal: d.signal, onEvent, onChunk, graph: false });
     d.label = `run ${run.runId}`;
     return await run.result({ signal: d.signal });
   } finally {

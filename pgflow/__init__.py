@@ -8,6 +8,8 @@ from pgflow.errors import (
     FlowShapeConflictError,
     InvalidFlowError,
     PGFlowError,
+    StreamBufferFullError,
+    StreamError,
     UnknownFlowError,
     UnknownRunError,
 )
@@ -21,6 +23,8 @@ __all__ = [
     "InvalidFlowError",
     "PGFlowError",
     "StepContext",
+    "StreamBufferFullError",
+    "StreamError",
     "UnknownFlowError",
     "UnknownRunError",
 ]

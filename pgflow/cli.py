@@ -99,6 +99,13 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
         help="seconds between claims when no NOTIFY arrives (default: 1)",
     )
     parser.add_argument(
+        "--stream-interval",
+        type=positive_seconds,
+        default=0.02,
+        help="seconds at most between writes of what running steps stream with ctx.emit: "
+        "every step's chunks go in one transaction (default: 0.02)",
+    )
+    parser.add_argument(
         "--max-stuck-threads",
         type=positive_int,
         default=None,

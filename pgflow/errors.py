@@ -65,3 +65,13 @@ class TransientDatabaseError(DatabaseError):
 
 class ConfigurationError(PGFlowError):
     """The configuration is invalid."""
+
+
+class StreamError(PGFlowError):
+    """A chunk a step cannot stream (``StepContext.emit``): not JSON, too large, or emitted
+    after its attempt ended."""
+
+
+class StreamBufferFullError(StreamError):
+    """``emit`` from an async handler while its attempt's buffer is full: ``await
+    context.emit_async(value)`` waits for room instead."""

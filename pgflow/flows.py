@@ -14,7 +14,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pgflow.errors import ConfigurationError, InvalidFlowError
 
@@ -28,9 +28,18 @@ DEFAULT_BASE_DELAY = 1.0  # seconds
 DEFAULT_TIMEOUT = 60  # seconds
 
 
+class ChunkSink(Protocol):
+    """Where an attempt's streamed chunks go (the worker's ``_streams.StreamBuffer``)."""
+
+    def emit(self, value: Any) -> None: ...
+
+    async def emit_async(self, value: Any) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StepContext:
-    """What a handler declared as ``def handler(input, context)`` is told about its task."""
+    """What a handler declared as ``def handler(input, context)`` is told about its task, and
+    how it streams partial output into the run's log (``emit``)."""
 
     run_id: uuid.UUID
     flow_slug: str
@@ -39,6 +48,31 @@ class StepContext:
     max_attempts: int
     timeout: int  # seconds this attempt may run
     worker_id: str
+    stream: ChunkSink | None = field(default=None, repr=False, compare=False)
+
+    def emit(self, value: Any) -> None:
+        """Streams ``value`` (a string or any JSON value) as the next chunk of this attempt.
+
+        Returns at once; the worker writes the chunks of all its running steps together, at
+        most every ``--stream-interval``. Chunks keep their order, and all of them are in the
+        run's log before the attempt's step:completed / step:failed. Callable from a plain
+        handler's thread. When the attempt has 1 MiB of chunks not yet written, a plain handler
+        waits here for room, and an async one gets ``StreamBufferFullError``: it should
+        ``await context.emit_async(value)``, which waits instead.
+
+        Raises:
+            StreamError: not JSON (or not storable in ``jsonb``), over 64 KiB as JSON, or
+                emitted after the attempt ended.
+        """
+        if self.stream is None:
+            raise RuntimeError("this StepContext has no stream: it was not made by a worker")
+        self.stream.emit(value)
+
+    async def emit_async(self, value: Any) -> None:
+        """``emit``, waiting for room in the attempt's buffer instead of refusing."""
+        if self.stream is None:
+            raise RuntimeError("this StepContext has no stream: it was not made by a worker")
+        await self.stream.emit_async(value)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ const STEP_FINAL_STATUSES = new Set(["completed", "failed", "cancelled"]);
 /** @typedef {import("../client.js").FlowEvent} FlowEvent */
 /** @typedef {import("../client.js").FlowGraph} FlowGraph */
 /** @typedef {{-readonly [K in keyof import("../client.js").StepState]: import("../client.js").StepState[K]}} StepState */
+/** @typedef {import("../client.js").RunSnapshot} RunSnapshot */
+/** @typedef {import("../client.js").StepStream<unknown>} StepStream */
 
 /**
  * What a run needs from the client that follows it.
@@ -31,7 +33,7 @@ const STEP_FINAL_STATUSES = new Set(["completed", "failed", "cancelled"]);
 function newStepState(slug) {
   return {
     slug: /** @type {string} */ (slug), status: "created", output: null, error: null, attempt: null,
-    startedAt: null, completedAt: null, failedAt: null,
+    startedAt: null, completedAt: null, failedAt: null, chunks: [], text: "", streamAttempt: null,
   };
 }
 
@@ -76,6 +78,17 @@ export class FlowRun {
     this._retryTimer = undefined;
     /** @type {Map<string, Set<(event: FlowEvent) => void>>} */
     this._listeners = new Map();
+    /** @type {Set<() => void>} subscribe()'s listeners, told of every change */
+    this._subscribers = new Set();
+    /** @type {RunSnapshot | null} null once the state changed: snapshot() rebuilds it lazily */
+    this._snapshot = null;
+    /** @type {Map<string, StepState>} frozen step snapshots still current, so an unchanged step keeps its identity */
+    this._stepSnapshots = new Map();
+    /** @type {import("../client.js").PGFlowError | null} why the client stopped following the run before it ended */
+    this._followError = null;
+    // Bound, so React's useSyncExternalStore(run.subscribe, run.snapshot) takes them as they are.
+    this.subscribe = this.subscribe.bind(this);
+    this.snapshot = this.snapshot.bind(this);
     // Settled by run:completed / run:failed, or by a client-side failure (refused
     // subscription, close 1008, client closed, detach).
     this._settled = false;
@@ -126,6 +139,120 @@ export class FlowRun {
     if (!set) this._listeners.set(event, (set = new Set()));
     set.add(fn);
     return () => set.delete(fn);
+  }
+
+  /**
+   * The chunks step `slug` streams (`step:stream`): those received so far, then each one as it
+   * arrives, a retry's included, until the step or the run ends or the client stops following
+   * the run. Leaving the loop early removes its listener.
+   * @param {string} slug
+   * @returns {StepStream}
+   */
+  stream(slug) {
+    const step = this.step(slug);
+    /** @type {[number | null, unknown][]} chunks received and not yet yielded, with their attempt */
+    const queue = [];
+    let head = 0; // index of the next one: shift() would make a long stream quadratic
+    /** @type {((result: IteratorResult<unknown, undefined>) => void)[]} */
+    const waiting = [];
+    let attempt = step.streamAttempt; // the attempt step.chunks held when last read
+    let read = 0; // how many of step.chunks are queued already
+    /** @type {number | null} */
+    let yielded = null; // the attempt of the chunk yielded last
+    let ended = false;
+    let off = () => {};
+    const flush = () => {
+      while (waiting.length > 0 && (head < queue.length || ended)) {
+        const resolve = /** @type {(result: IteratorResult<unknown, undefined>) => void} */ (waiting.shift());
+        if (head < queue.length) {
+          const [chunkAttempt, chunk] = /** @type {[number | null, unknown]} */ (queue[head++]);
+          yielded = chunkAttempt;
+          resolve({ done: false, value: chunk });
+        } else {
+          resolve({ done: true, value: undefined });
+        }
+      }
+      if (head === queue.length) queue.length = head = 0;
+    };
+    // Called after every change of the run: queue what step.chunks gained, then see if it ended.
+    const pull = () => {
+      // A new attempt's stream replaced step.chunks: read it from its start.
+      if (step.streamAttempt !== attempt) [attempt, read] = [step.streamAttempt, 0];
+      while (read < step.chunks.length) queue.push([attempt, step.chunks[read++]]);
+      if (STEP_FINAL_STATUSES.has(step.status)) {
+        ended = true;
+        off();
+      }
+      flush();
+    };
+    pull();
+    if (!ended) off = this.subscribe(pull);
+    return {
+      get attempt() {
+        return yielded;
+      },
+      next: () => new Promise((resolve) => {
+        waiting.push(resolve);
+        flush();
+      }),
+      return: () => {
+        ended = true;
+        off();
+        queue.length = head = 0;
+        flush(); // a next() still pending ends too
+        return Promise.resolve({ done: true, value: undefined });
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+
+  /**
+   * Call `listener` (without arguments) after each change of the run's state; returns the
+   * unsubscribe function. With snapshot(), a store any UI framework can read.
+   * @param {() => void} listener
+   */
+  subscribe(listener) {
+    if (typeof listener !== "function") throw new TypeError(`run ${this.runId}: listener must be a function`);
+    const entry = () => listener(); // its own entry: the same function subscribed twice is called twice
+    this._subscribers.add(entry);
+    return () => {
+      this._subscribers.delete(entry);
+    };
+  }
+
+  /**
+   * The run's state as a frozen plain object, the same object until the state changes.
+   * @returns {RunSnapshot}
+   */
+  snapshot() {
+    if (this._snapshot) return this._snapshot;
+    /** @type {[string, StepState][]} */
+    const steps = [];
+    for (const [slug, step] of this._steps) {
+      let snap = this._stepSnapshots.get(slug);
+      if (!snap) {
+        snap = Object.freeze({ ...step, chunks: Object.freeze(step.chunks.slice()) });
+        this._stepSnapshots.set(slug, snap);
+      }
+      steps.push([slug, snap]);
+    }
+    return (this._snapshot = Object.freeze({
+      runId: this.runId,
+      flowSlug: this.flowSlug,
+      status: this.status,
+      output: this.output,
+      error: this.error,
+      startedAt: this.startedAt,
+      completedAt: this.completedAt,
+      failedAt: this.failedAt,
+      lastSeq: this.lastSeq,
+      graph: this._graph,
+      // fromEntries, not assignment: a step named "__proto__" stays a step
+      steps: Object.freeze(Object.fromEntries(steps)),
+      followError: this._followError,
+    }));
   }
 
   /**
@@ -190,6 +317,7 @@ export class FlowRun {
   _setGraph(graph) {
     this._graph = graph;
     for (const s of graph?.steps ?? []) this.step(s.slug);
+    this._changed();
   }
 
   /**
@@ -228,6 +356,17 @@ export class FlowRun {
       case "step:failed":
         Object.assign(step, { status: status("failed"), attempt, error: event.error, failedAt: event.at });
         break;
+      case "step:stream": {
+        // The chunks are one attempt's: a retry's stream replaces the failed attempt's. Status
+        // and attempt stay: the attempt's step:started set them.
+        if (attempt !== step.streamAttempt) Object.assign(step, { chunks: [], text: "", streamAttempt: attempt });
+        const chunks = /** @type {unknown[]} */ (step.chunks);
+        for (const chunk of Array.isArray(event.chunks) ? event.chunks : []) {
+          chunks.push(chunk);
+          if (typeof chunk === "string") step.text += chunk;
+        }
+        break;
+      }
       case "run:completed":
         Object.assign(this, { status: "completed", output: event.output, completedAt: event.at });
         break;
@@ -245,6 +384,10 @@ export class FlowRun {
     this._emit(event);
     if (this.status === "completed") this._settle(() => this._resolve(this.output));
     else if (this.status === "failed") this._settle(() => this._reject(new FlowFailedError(event)));
+    // Only the step the event names changed, except that run:failed may cancel any of them.
+    if (event.event === "run:failed") this._stepSnapshots.clear();
+    else this._stepSnapshots.delete(event.step_slug);
+    this._changed();
     return true;
   }
 
@@ -286,9 +429,25 @@ export class FlowRun {
     }
   }
 
-  /** @param {unknown} err */
+  /** @param {unknown} err a PGFlowError, from every caller */
   _fail(err) {
+    if (this._settled) return;
+    this._followError = /** @type {import("../client.js").PGFlowError} */ (err);
     this._settle(() => this._reject(err));
+    this._changed();
+  }
+
+  /** The state changed: drop the snapshot and tell subscribe()'s listeners. */
+  _changed() {
+    this._snapshot = null;
+    for (const fn of [...this._subscribers]) {
+      if (!this._subscribers.has(fn)) continue; // unsubscribed by a listener before it this round
+      try {
+        fn();
+      } catch (err) {
+        reportListenerError(err);
+      }
+    }
   }
 
   /** @param {() => void} fn */

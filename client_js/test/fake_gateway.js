@@ -29,6 +29,8 @@ export const ev = {
   stepCompleted: (slug, output, attempt = 1) => ({ event: "step:completed", step_slug: slug, status: "completed", output, error: null, attempt }),
   stepRetrying: (slug, error, attempt) => ({ event: "step:retrying", step_slug: slug, status: "retrying", output: null, error, attempt }),
   stepFailed: (slug, error, attempt) => ({ event: "step:failed", step_slug: slug, status: "failed", output: null, error, attempt }),
+  // No status, output or error: a stream event carries chunks only.
+  stepStream: (slug, chunks, attempt = 1) => ({ event: "step:stream", step_slug: slug, attempt, chunks }),
   runCompleted: (output) => ({ event: "run:completed", step_slug: null, status: "completed", output, error: null, attempt: null }),
   runFailed: (slug, error, attempt) => ({ event: "run:failed", step_slug: slug, status: "failed", output: null, error, attempt }),
 };

@@ -433,6 +433,21 @@ class Store:
         ]
         return applied[: len(done)], applied[len(done) :], tasks
 
+    async def stream_steps(
+        self, worker_id: str, items: Sequence[tuple[tuple[uuid.UUID, str, int], bytes]]
+    ) -> list[bool]:
+        """Appends running steps' chunks: each item is ((run_id, step_slug, attempt), its
+        chunks as one JSON array's text). Returns, per item, whether it was written (False:
+        the attempt no longer holds its lease)."""
+        async with self._connection() as connection:
+            applied: list[bool] = await connection.fetchval(
+                "select pgflow.stream_steps($1, $2, $3, $4, $5::text[]::jsonb[])",
+                worker_id,
+                [key[0] for key, _ in items], [key[1] for key, _ in items],
+                [key[2] for key, _ in items], [chunks.decode() for _, chunks in items],
+            )
+            return applied
+
     async def retry_delays(self, failures: Sequence[Failure]) -> list[float | None]:
         """Seconds until each reported failure's retry may be claimed, as the engine set it
         (``_fail_attempt``); None where the step is not waiting for that retry (its last

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from pgflow.db.store import Task
-from pgflow.flows import Flow, StepContext
+from pgflow.flows import ChunkSink, Flow, StepContext
 
 logger = logging.getLogger(__name__)
 
@@ -165,16 +165,17 @@ class Attempts:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, task: Task, runner: Runner | None) -> tuple[str | None, Any]:
+    async def run(self, task: Task, runner: Runner | None,
+                  stream: ChunkSink | None = None) -> tuple[str | None, Any]:
         """(error, output) of one attempt: error is None when it succeeded, and the output is
-        then its JSON text (an ``orjson.Fragment``)."""
+        then its JSON text (an ``orjson.Fragment``). ``stream``: where its ``emit`` goes."""
         if runner is None:
             return (f"worker {self.worker_id} has no handler for step {task.step_slug!r} "
                     f"of flow {task.flow_slug!r}"), None
         if runner.takes_context:
             args: tuple[Any, ...] = (task.input, StepContext(
                 task.run_id, task.flow_slug, task.step_slug, task.attempt, task.max_attempts,
-                task.timeout, self.worker_id,
+                task.timeout, self.worker_id, stream,
             ))
         else:
             args = (task.input,)

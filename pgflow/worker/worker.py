@@ -34,7 +34,7 @@ from typing import Any
 
 from pgflow.db.definitions import sync_flows
 from pgflow.db.store import Completion, Failure, Store, Task
-from pgflow.errors import DatabaseUnavailableError, PGFlowError
+from pgflow.errors import ConfigurationError, DatabaseUnavailableError, PGFlowError
 from pgflow.flows import Flow
 from pgflow.worker._attempts import Attempts, Runner, describe_error, runners
 from pgflow.worker._heartbeat import heartbeat
@@ -50,6 +50,7 @@ from pgflow.worker._options import (
 from pgflow.worker._reporter import REPORTERS, Reporter
 from pgflow.worker._retention import retention
 from pgflow.worker._retry import DB_CALL_TIMEOUT, Retry
+from pgflow.worker._streams import DEFAULT_STREAM_INTERVAL, Streams
 from pgflow.worker._wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,11 @@ class Worker:
         pgbouncer: bool = False,
         retention: timedelta | None = None,
         retention_interval: float = DEFAULT_RETENTION_INTERVAL,
+        stream_interval: float = DEFAULT_STREAM_INTERVAL,
     ) -> None:
+        if not stream_interval > 0:
+            raise ConfigurationError(
+                f"the stream interval must be positive seconds, not {stream_interval!r}")
         check_options(
             flows, concurrency=concurrency, batch_size=batch_size, lease_seconds=lease_seconds,
             poll_interval=poll_interval, shutdown_grace=shutdown_grace,
@@ -128,6 +133,8 @@ class Worker:
         self.flow_slugs = sorted(self._slugs)  # what its claims ask for
         self._claiming = 0  # slots held for claims in flight (the claim loop's, the reports')
         self._reporter = Reporter(self.worker_id, self._wakeup.after, self)
+        # what running steps stream (ctx.emit), written together every stream_interval
+        self._streams = Streams(self.worker_id, stream_interval)
         self._too_many_stuck = False
 
         self._stopping = asyncio.Event()
@@ -280,6 +287,8 @@ class Worker:
                 heartbeat(store, self.worker_id, self.lease_seconds, self._held),
                 name="pgflow-worker-heartbeat",
             )
+            streamer = group.create_task(self._streams.run(store),
+                                         name="pgflow-worker-streams")
             reporters = [
                 group.create_task(self._reporter.run(store, Retry("reporting results")),
                                   name=f"pgflow-worker-report-{n}")
@@ -314,7 +323,7 @@ class Worker:
                 await self._release(store, final_report=True)
                 raise
             finally:
-                for side in (listener, beat, *reporters, pruner):
+                for side in (listener, beat, streamer, *reporters, pruner):
                     if side is not None:
                         side.cancel()
 
@@ -467,11 +476,19 @@ class Worker:
     # -- running handlers ----------------------------------------------------------------------
 
     async def _execute(self, task: Task, runner: Runner | None, key: _Key) -> None:
+        stream = (self._streams.open(key)
+                  if runner is not None and runner.takes_context else None)
         try:
-            error, output = await self._attempts.run(task, runner)
+            error, output = await self._attempts.run(task, runner, stream)
+        except BaseException:
+            self._streams.abandon(key)  # cancelled: the task goes back, its stream with it
+            raise
         finally:
             self._running.pop(key, None)
             self._slot_freed.set()
+        if stream is not None:
+            # every chunk of the attempt is in the log before its result is reported
+            await self._streams.close(key)
         if error is None:
             self._reporter.add(Completion(task.run_id, task.step_slug, task.attempt, output))
             return

@@ -4,11 +4,9 @@ batching, leases, shutdown and lost connections."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,34 +21,10 @@ from pgflow.errors import DatabaseUnavailableError
 from pgflow.worker import StuckThreadsError, Worker, _attempts, sync_flows
 from pgflow.worker._retry import RETRY_MAX_DELAY, retry_delay
 from tests.integration.gateway_harness import running_gateway
-from tests.integration.worker_helpers import step_of, wait_for_run, wait_until
+from tests.integration.worker_helpers import QUICK_POLL, running, step_of, wait_for_run, wait_until
 
-QUICK_POLL = 0.1  # seconds: in-process workers poll often, so that tests never wait long
 NO_POLL = 30.0  # seconds: longer than any test, so that only a NOTIFY or a timer wakes it
 BLOCK_LIMIT = 10.0  # seconds a gated handler waits at most, so a failing test cannot hang
-
-
-@contextlib.asynccontextmanager
-async def running(
-    db_url: str, flows: Sequence[Flow], **options: Any
-) -> AsyncIterator[Worker]:
-    """A Worker running in this loop for the block; aborted at the end."""
-    options.setdefault("poll_interval", QUICK_POLL)
-    worker = Worker(db_url, flows, **options)
-    task = asyncio.create_task(worker.run())
-    started = asyncio.create_task(worker.started.wait())
-    await asyncio.wait({task, started}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    started.cancel()
-    if task.done():
-        task.result()
-    assert worker.started.is_set(), "the worker did not start"
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        worker.stop()  # tests that care about a graceful stop do it themselves
-        async with asyncio.timeout(10):
-            await task
 
 
 async def events_of(store: Store, run_id: uuid.UUID) -> list[dict[str, Any]]:

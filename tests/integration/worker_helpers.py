@@ -8,12 +8,14 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pgflow.db.local_server import PostgresCluster
 from pgflow.db.store import Store
+from pgflow.flows import Flow
+from pgflow.worker import Worker
 
 T = TypeVar("T")
 
@@ -159,3 +161,29 @@ async def server_down(cluster: PostgresCluster) -> AsyncIterator[None]:
             cluster._pg_ctl, "-w", "-l", str(cluster.data_dir / "server.log"), "-o", options,
             "start",
         )
+
+
+QUICK_POLL = 0.1  # seconds: in-process workers poll often, so that tests never wait long
+
+
+@contextlib.asynccontextmanager
+async def running(
+    db_url: str, flows: Sequence[Flow], **options: Any
+) -> AsyncIterator[Worker]:
+    """A Worker running in this loop for the block; aborted at the end."""
+    options.setdefault("poll_interval", QUICK_POLL)
+    worker = Worker(db_url, flows, **options)
+    task = asyncio.create_task(worker.run())
+    started = asyncio.create_task(worker.started.wait())
+    await asyncio.wait({task, started}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+    if task.done():
+        task.result()
+    assert worker.started.is_set(), "the worker did not start"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        worker.stop()  # tests that care about a graceful stop do it themselves
+        async with asyncio.timeout(10):
+            await task
