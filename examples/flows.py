@@ -4,6 +4,7 @@
     fanout   split -> 12 parallel branches -> total
     flaky    a step that fails on its first two attempts, then succeeds
     doomed   a step that always fails: the run fails for good, the rest is cancelled
+    story    a step that writes a story word by word, streaming each word as it goes
 
 ``PGFLOW_EXAMPLE_DELAY_SCALE`` (default 1.0) scales every simulated latency: the demo keeps 1.0
 so that each step is visible; tests set 0.05. Only latencies scale, never the flows' shapes
@@ -46,6 +47,7 @@ FANOUT_LATENCY = 0.3  # seconds for the first branch
 FANOUT_LATENCY_STEP = 0.05  # seconds more for each next one, so they finish one by one
 FLAKY_FAILURES = 2  # attempts of flaky's `charge` that fail before one succeeds
 RETRY_BASE_DELAY = 0.2  # seconds: retries are visible but quick
+STORY_WORD_DELAY = 0.06  # seconds between streamed words, before scaling
 
 
 async def _pause(seconds: float) -> None:
@@ -211,3 +213,40 @@ async def launch(input: dict[str, Any]) -> dict[str, Any]:
 @doomed.step(depends_on=[launch], output=True)
 async def celebrate(input: dict[str, Any]) -> dict[str, Any]:
     return {"celebrated": True}  # never runs
+
+
+# -- story --------------------------------------------------------------------------------------
+
+story = Flow(
+    "story",
+    base_delay=RETRY_BASE_DELAY,
+    timeout=60,
+    description="Plans a short story, then writes it word by word: each word streams to the "
+    "page as it is written.",
+    example_input={"hero": "a lighthouse keeper", "place": "a windy island"},
+)
+
+_STORY = (
+    "Once upon a time {hero} lived on {place}. Every night the keeper climbed the stairs and "
+    "lit the lamp, and every morning the ships that had passed safely sent back a small "
+    "wooden bird. After many years the room at the top of the tower was full of birds, and "
+    "one stormy night, when the lamp went out, the birds began to sing, and the ships "
+    "followed the song home."
+)
+
+
+@story.step()
+async def plan(input: dict[str, Any]) -> dict[str, Any]:
+    await _pause(FETCH_LATENCY)
+    run = input["run"] if isinstance(input["run"], dict) else {}
+    return {"hero": str(run.get("hero", "a traveller")), "place": str(run.get("place", "a road"))}
+
+
+@story.step(depends_on=[plan], output=True)
+async def write(input: dict[str, Any], context: StepContext) -> dict[str, Any]:
+    text = _STORY.format(**input["plan"])
+    words = text.split(" ")
+    for index, word in enumerate(words):
+        context.emit(word if index == 0 else " " + word)
+        await _pause(STORY_WORD_DELAY)
+    return {"words": len(words), "story": text}

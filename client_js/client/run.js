@@ -179,7 +179,7 @@ export class FlowRun {
       // A new attempt's stream replaced step.chunks: read it from its start.
       if (step.streamAttempt !== attempt) [attempt, read] = [step.streamAttempt, 0];
       while (read < step.chunks.length) queue.push([attempt, step.chunks[read++]]);
-      if (STEP_FINAL_STATUSES.has(step.status)) {
+      if (STEP_FINAL_STATUSES.has(step.status) || this._settled) {
         ended = true;
         off();
       }

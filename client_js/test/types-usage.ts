@@ -11,8 +11,12 @@ import {
   type EventOf,
   type FlowEvent,
   type FlowGraph,
+  type ChunkListener,
   type PGFlowClient,
+  type RunSnapshot,
   type StepState,
+  type StepStream,
+  type StepStreamEvent,
 } from "../client.js";
 
 interface Summary {
@@ -70,6 +74,60 @@ export async function usage(): Promise<void> {
   if (step.status === "cancelled" || step.status === "retrying") void step.error;
   // @ts-expect-error step state is read-only for users
   step.status = "completed";
+
+  // Streaming: the event, the step's chunks and text, the async iterator.
+  run.on("step:stream", (e) => {
+    const chunks: unknown[] = e.chunks;
+    const attempt: number = e.attempt;
+    void chunks, attempt;
+  });
+  run.on("*", (e) => {
+    if (e.event === "step:stream") {
+      const streamed: StepStreamEvent = e;
+      void streamed;
+    }
+    const output: unknown = e.output; // every event has output, error and status to read
+    void output, e.error, e.status;
+  });
+  const chunks: readonly unknown[] = step.chunks;
+  const text: string = step.text;
+  const streamAttempt: number | null = step.streamAttempt;
+  void chunks, text, streamAttempt;
+  // @ts-expect-error the chunks are read-only for users
+  step.chunks.push("x");
+  const words: StepStream<string> = run.stream<string>("summarize");
+  for await (const word of words) {
+    const w: string = word;
+    const from: number | null = words.attempt;
+    void w, from;
+    break;
+  }
+  for await (const chunk of run.stream("summarize")) {
+    // @ts-expect-error a chunk is unknown unless the type argument says otherwise
+    const s: string = chunk;
+    void s;
+  }
+
+  // The store: subscribe()/snapshot(), bound to the run.
+  const { subscribe, snapshot } = run;
+  const unsubscribe: () => void = subscribe(() => {});
+  unsubscribe();
+  const snap: RunSnapshot<Summary> = snapshot();
+  const snapOutput: Summary | null = snap.output;
+  const snapText: string | undefined = snap.steps["summarize"]?.text;
+  const stopped: string | undefined = snap.followError?.code;
+  void snapOutput, snapText, stopped, snap.lastSeq, snap.status, snap.graph;
+  // @ts-expect-error a snapshot is read-only
+  snap.status = "completed";
+  // @ts-expect-error a subscribe listener takes no arguments
+  subscribe((x: number) => void x);
+
+  const onChunk: ChunkListener = (stepSlug, chunk) => void [stepSlug, chunk];
+  await triggerFlow("analyze", {}, { onChunk });
+  await client.startFlow("analyze", {}, { onChunk: (slug: string) => void slug });
+  client.getRun("3f1c…", { onChunk });
+  // @ts-expect-error onChunk takes the step's slug first
+  await triggerFlow("analyze", {}, { onChunk: (slug: number) => void slug });
 
   const lastSeq: number = run.lastSeq;
   const events: readonly FlowEvent<Summary>[] = run.events;

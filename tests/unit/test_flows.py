@@ -277,7 +277,7 @@ def test_a_flow_error_in_a_module_surfaces_with_the_flow_and_step_named(
 
 def test_every_example_flow_has_a_description_and_an_example_input() -> None:
     flows = load_flows(["examples.flows"])
-    assert {f.slug for f in flows} == {"diamond", "fanout", "flaky", "doomed"}
+    assert {f.slug for f in flows} == {"diamond", "fanout", "flaky", "doomed", "story"}
     for flow in flows:
         assert flow.description, flow.slug
         assert flow.example_input is not None, flow.slug
