@@ -381,12 +381,14 @@ export class FlowRun {
       default:
         break; // a newer gateway's event: kept in `events` and emitted, no state to change
     }
+    // Stale from here, before any listener can read it. Of the steps only the one the event names
+    // changed, except that run:failed may cancel any of them.
+    this._snapshot = null;
+    if (event.event === "run:failed") this._stepSnapshots.clear();
+    else this._stepSnapshots.delete(event.step_slug);
     this._emit(event);
     if (this.status === "completed") this._settle(() => this._resolve(this.output));
     else if (this.status === "failed") this._settle(() => this._reject(new FlowFailedError(event)));
-    // Only the step the event names changed, except that run:failed may cancel any of them.
-    if (event.event === "run:failed") this._stepSnapshots.clear();
-    else this._stepSnapshots.delete(event.step_slug);
     this._changed();
     return true;
   }

@@ -294,6 +294,10 @@ test("snapshot: one frozen object until the state changes; subscribe's listener 
     assert.equal(before.steps.summarize, undefined, "no graph, no event: not known yet");
     assert.throws(() => subscribe("nope"), TypeError);
 
+    // An event listener reading the snapshot sees the event applied.
+    const fresh = [];
+    run.on("*", (e) => fresh.push(run.snapshot().lastSeq === e.seq && run.snapshot().steps[e.step_slug]?.chunks.length));
+
     let calls = 0;
     const off = subscribe(() => {
       calls += 1;
@@ -308,6 +312,7 @@ test("snapshot: one frozen object until the state changes; subscribe's listener 
     assert.deepEqual(after.steps.fetch.chunks, ["a", "b"]);
     assert.equal(after.steps.fetch.text, "ab");
     assert.deepEqual(before.steps.fetch.chunks, ["a"], "an old snapshot does not change");
+    assert.deepEqual(fresh, [2]);
 
     gw.append(run.runId, ev.stepCompleted("fetch", "ab"), ev.stepStarted("summarize"));
     await seqReached(run, 6);
