@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import uvloop
 from _common import emit, machine, private_server
 from interactive import cpu_seconds, postgres_cpu, postmaster_of
@@ -91,13 +92,15 @@ async def wait_run(url: str, run_id: str) -> None:
 async def follow(port: int, run_id: str, on_chunk: Any) -> None:
     """Subscribes one socket to ``run_id`` and calls ``on_chunk(chunk, now)`` per chunk until
     the run ends."""
+    # no compression: a browser would negotiate it, but these frames are below the gateway's
+    # --deflate-min-bytes and go uncompressed anyway
     async with connect(f"ws://127.0.0.1:{port}/realtime", max_size=None, proxy=None,
-                       open_timeout=60, ping_interval=None) as ws:
+                       open_timeout=60, ping_interval=None, compression=None) as ws:
         await ws.send(json.dumps({"type": "subscribe", "run_id": run_id, "since": 0}))
         async with asyncio.timeout(RUN_TIMEOUT):
             async for raw in ws:
                 now = time.time()
-                message = json.loads(raw)
+                message = orjson.loads(raw)
                 if message.get("type") != "event":
                     continue
                 if message["event"] == "step:stream":
