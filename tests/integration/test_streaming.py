@@ -11,7 +11,13 @@ import pytest
 from pgflow import Flow, StepContext, StreamBufferFullError, StreamError
 from pgflow.db.store import Store
 from pgflow.worker._streams import MAX_CHUNK_BYTES
-from tests.integration.gateway_harness import Follower, log_of, running_gateway, strip
+from tests.integration.gateway_harness import (
+    Follower,
+    log_of,
+    running_gateway,
+    strip,
+    wait_until,
+)
 from tests.integration.worker_helpers import running, wait_for_run
 
 WORDS = 200
@@ -137,3 +143,46 @@ def test_a_context_made_outside_a_worker_says_so() -> None:
     ctx = StepContext(uuid.uuid4(), "f", "s", 1, 1, 60, "w")
     with pytest.raises(RuntimeError, match="not made by a worker"):
         ctx.emit("x")
+
+
+slow_writer = Flow("slow_writer", max_attempts=1)
+SLOW_CHUNKS = 120
+
+
+@slow_writer.step()
+async def write_slowly(input: Any, ctx: StepContext) -> int:
+    for i in range(SLOW_CHUNKS):
+        ctx.emit(i)
+        await asyncio.sleep(0.005)
+    return SLOW_CHUNKS
+
+
+async def test_a_gateway_restart_mid_stream_loses_and_repeats_no_chunk(
+    db_url: str, store: Store
+) -> None:
+    """A socket follows a streaming run on one gateway, which stops mid-stream; the client
+    resumes on a new gateway with ``since`` = the last seq it saw: every chunk once, in order."""
+    async with running(db_url, [slow_writer]):
+        run_id = str(await store.run_flow("slow_writer", None))
+        seen: list[dict[str, Any]] = []
+        async with running_gateway(db_url) as first:
+            follower = await Follower.open(first.ws_url)
+            await follower.subscribe(run_id)
+
+            def some_chunks() -> bool:
+                return len(chunks_of(strip(follower.events.get(run_id, [])), "write_slowly")) >= 10
+
+            await wait_until(some_chunks)
+            seen = strip(follower.events[run_id])
+            await follower.close()
+        async with running_gateway(db_url) as second:
+            follower = await Follower.open(second.ws_url)
+            await follower.subscribe(run_id, since=seen[-1]["seq"])
+            rest = strip(await follower.wait_done(run_id))
+            await follower.close()
+    events = seen + rest
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert chunks_of(events, "write_slowly") == list(range(SLOW_CHUNKS))
+    assert events == await log_of(store, run_id)
+    assert chunks_of(seen, "write_slowly")
+    assert chunks_of(rest, "write_slowly")

@@ -13,6 +13,7 @@ from pgflow.db.store import Store
 from pgflow.flows import load_flows
 from pgflow.worker import sync_flows
 from tests.conftest import Server
+from tests.integration.worker_flows import STREAMED_BEFORE_HANG
 from tests.integration.worker_helpers import (
     REPO_ROOT,
     WorkerProcess,
@@ -109,6 +110,41 @@ async def test_a_step_killed_with_its_worker_runs_again_after_its_lease(
     assert run["output"] == {"attempt": 2}
     retrying = [e for e in await store.get_run_events(run_id) if e["event"] == "step:retrying"]
     assert [(e["error"], e["attempt"]) for e in retrying] == [("lease expired", 1)]
+
+
+async def test_a_worker_killed_mid_stream_the_retry_streams_anew_after_the_lost_attempt(
+    db_url: str, store: Store
+) -> None:
+    """The first attempt streams, then its worker is SIGKILLed. Its chunks stay in the log, all
+    before the attempt's end (step:retrying, lease expired); the retry streams under attempt 2,
+    all before step:completed. A client showing the current attempt's chunks shows the
+    retry's."""
+    lease = ("--lease", "1")
+    async with running_worker(db_url, *FAST, *lease) as doomed_worker:
+        run_id = await store.run_flow("streams_then_hangs", {})
+
+        async def streamed() -> bool:
+            log = await store.get_run_events(run_id)
+            return sum(len(e.get("chunks", [])) for e in log) >= STREAMED_BEFORE_HANG
+
+        await wait_until(streamed, timeout=10, what="the first attempt's chunks in the log")
+        sigkill(doomed_worker)
+        await doomed_worker.wait()
+    async with running_worker(db_url, *FAST, *lease):
+        run = await wait_for_run(store, run_id, timeout=10)
+    assert run["output"] == {"attempt": 2}
+    log = await store.get_run_events(run_id)
+    kinds = [(e["event"], e.get("attempt")) for e in log if e["event"] != "step:stream"]
+    assert kinds == [("run:started", None), ("step:started", 1), ("step:retrying", 1),
+                     ("step:started", 2), ("step:completed", 2), ("run:completed", None)]
+    for attempt in (1, 2):
+        ended = next(i for i, e in enumerate(log) if e["event"] in (
+            "step:retrying", "step:completed") and e["attempt"] == attempt)
+        chunks = [(i, c) for i, e in enumerate(log) if e["event"] == "step:stream"
+                  and e["attempt"] == attempt for c in e["chunks"]]
+        assert [c for _, c in chunks] == [f"attempt {attempt} chunk {i}"
+                                          for i in range(STREAMED_BEFORE_HANG)]
+        assert all(i < ended for i, _ in chunks), "a chunk came after its attempt ended"
 
 
 async def test_sigterm_finishes_running_handlers_releases_the_rest_and_exits_0(

@@ -30,6 +30,20 @@ async def hang_first(input: Any, context: StepContext) -> dict[str, Any]:
     return {"attempt": context.attempt}
 
 
+# Streams, then its first attempt never ends: the worker is killed mid-stream.
+streams_then_hangs = Flow("streams_then_hangs", max_attempts=3, base_delay=0.1, timeout=60)
+STREAMED_BEFORE_HANG = 20
+
+
+@streams_then_hangs.step()
+async def stream_then_hang(input: Any, context: StepContext) -> dict[str, Any]:
+    for i in range(STREAMED_BEFORE_HANG):
+        context.emit(f"attempt {context.attempt} chunk {i}")
+    if context.attempt == 1:
+        await _forever()
+    return {"attempt": context.attempt}
+
+
 # SIGTERM: {"hang": false} finishes quickly, {"hang": true} outlives any grace.
 drains = Flow("drains", max_attempts=3, base_delay=0.1, timeout=60)
 
