@@ -106,6 +106,12 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
         "every step's chunks go in one transaction (default: 0.02)",
     )
     parser.add_argument(
+        "--stream-logs",
+        action="store_true",
+        help="forward what handlers log (logging) into their step's stream, for every flow "
+        "(a Flow(stream_logs=True) does it for its own steps)",
+    )
+    parser.add_argument(
         "--max-stuck-threads",
         type=positive_int,
         default=None,

@@ -99,6 +99,8 @@ class Flow:
         max_attempts, base_delay, timeout: defaults for its steps.
         output_step: the step whose output is the run's output (default: the single leaf).
         public: whether callers without a token may start it and read its runs.
+        stream_logs: forward what its handlers log (``logging``) into their step's stream
+            as ``{"level", "logger", "message"}`` chunks, for a page to show live.
     """
 
     slug: str
@@ -109,6 +111,7 @@ class Flow:
     public: bool = True
     description: str = ""
     example_input: Any = None
+    stream_logs: bool = False
     steps: dict[str, Step] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
 import enum
 import inspect
@@ -20,6 +21,7 @@ import orjson
 
 from pgflow.db.store import Task
 from pgflow.flows import ChunkSink, Flow, StepContext
+from pgflow.worker._log_stream import current_stream
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +45,22 @@ class Runner:
     handler: Callable[..., Any]
     is_async: bool
     takes_context: bool
+    stream_logs: bool = False  # its logging records go to its stream (_log_stream.py)
+
+    @property
+    def streams(self) -> bool:
+        return self.takes_context or self.stream_logs
 
 
-def runners(flows: list[Flow]) -> dict[tuple[str, str], Runner]:
-    """(flow slug, step slug) -> Runner, for every step of ``flows``."""
+def runners(flows: list[Flow], *, stream_logs: bool = False) -> dict[tuple[str, str], Runner]:
+    """(flow slug, step slug) -> Runner, for every step of ``flows``; ``stream_logs``: every
+    flow's handlers stream their logs, whatever the flow says."""
     found = {}
     for flow in flows:
         flow.definition()  # an incomplete flow fails here, not at its first task
         for step in flow.steps.values():
             found[(flow.slug, step.slug)] = Runner(
-                step.handler, step.is_async, step.takes_context
+                step.handler, step.is_async, step.takes_context, stream_logs or flow.stream_logs
             )
     return found
 
@@ -180,6 +188,8 @@ class Attempts:
         else:
             args = (task.input,)
         deadline = asyncio.timeout(task.timeout)
+        # the handler's own task, or its thread's copy of this context, logs into its stream
+        logging_into = current_stream.set(stream) if runner.stream_logs else None
         try:
             async with deadline:
                 if runner.is_async:
@@ -195,6 +205,9 @@ class Attempts:
                 logger.debug("step %s raised", task.step_slug, exc_info=exc,
                              extra={"action": "step_traceback", "run_id": str(task.run_id)})
             return describe_error(exc), None
+        finally:
+            if logging_into is not None:
+                current_stream.reset(logging_into)
         try:
             encoded = encode_output(output)
         except OutputError as exc:
@@ -210,7 +223,8 @@ class Attempts:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._threads, thread_name_prefix="pgflow-handler"
             )
-        future = self._executor.submit(handler, *args)
+        # the thread runs in a copy of this context: what the handler logs finds its stream
+        future = self._executor.submit(contextvars.copy_context().run, handler, *args)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:

@@ -49,7 +49,7 @@ async def _worker_main(args: argparse.Namespace, flows: Sequence[Flow]) -> Worke
         worker = Worker(
             url, flows, concurrency=args.concurrency, batch_size=args.batch_size,
             lease_seconds=args.lease, poll_interval=args.poll_interval,
-            stream_interval=args.stream_interval,
+            stream_interval=args.stream_interval, stream_logs=args.stream_logs,
             shutdown_grace=args.shutdown_grace, max_stuck_threads=args.max_stuck_threads,
             listen_database_url=args.listen_database_url, pgbouncer=args.pgbouncer,
             retention=args.retention, retention_interval=args.retention_interval,

@@ -36,6 +36,7 @@ from pgflow.db.definitions import sync_flows
 from pgflow.db.store import Completion, Failure, Store, Task
 from pgflow.errors import ConfigurationError, DatabaseUnavailableError, PGFlowError
 from pgflow.flows import Flow
+from pgflow.worker import _log_stream as log_stream
 from pgflow.worker._attempts import Attempts, Runner, describe_error, runners
 from pgflow.worker._heartbeat import heartbeat
 from pgflow.worker._options import (
@@ -95,6 +96,7 @@ class Worker:
         retention: timedelta | None = None,
         retention_interval: float = DEFAULT_RETENTION_INTERVAL,
         stream_interval: float = DEFAULT_STREAM_INTERVAL,
+        stream_logs: bool = False,
     ) -> None:
         if not stream_interval > 0:
             raise ConfigurationError(
@@ -124,7 +126,7 @@ class Worker:
         self.started = asyncio.Event()
 
         self._slugs = frozenset(f.slug for f in self.flows)
-        self._runners = runners(self.flows)
+        self._runners = runners(self.flows, stream_logs=stream_logs)
         self._attempts = Attempts(
             self.worker_id, concurrency, self._slot_freed_by_thread,
             max_stuck=self.max_stuck_threads, on_stuck=self._on_stuck,
@@ -222,10 +224,15 @@ class Worker:
         if store is None:
             self._finished = True
             return
+        streams_logs = any(r.stream_logs for r in self._runners.values())
+        if streams_logs:
+            log_stream.install()
         try:
             if await self._sync_flows(store):
                 await self._work(store)
         finally:
+            if streams_logs:
+                log_stream.uninstall()
             self._finished = True
             for _, handler in self._running.values():
                 handler.cancel()
@@ -476,8 +483,7 @@ class Worker:
     # -- running handlers ----------------------------------------------------------------------
 
     async def _execute(self, task: Task, runner: Runner | None, key: _Key) -> None:
-        stream = (self._streams.open(key)
-                  if runner is not None and runner.takes_context else None)
+        stream = self._streams.open(key) if runner is not None and runner.streams else None
         try:
             error, output = await self._attempts.run(task, runner, stream)
         except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -186,3 +187,45 @@ async def test_a_gateway_restart_mid_stream_loses_and_repeats_no_chunk(
     assert events == await log_of(store, run_id)
     assert chunks_of(seen, "write_slowly")
     assert chunks_of(rest, "write_slowly")
+
+
+app_log = logging.getLogger("myapp.steps")
+logs = Flow("logs", max_attempts=1, stream_logs=True)
+
+
+@logs.step()
+async def logs_async(input: Any) -> int:
+    app_log.warning("async step at %d%%", 50)
+    logging.getLogger("pgflow.internal").warning("the engine's own: not forwarded")
+    return 1
+
+
+@logs.step(depends_on=[logs_async])
+def logs_in_a_thread(input: Any) -> int:
+    app_log.error("plain step in its thread")
+    return 2
+
+
+quiet = Flow("quiet", max_attempts=1)
+
+
+@quiet.step()
+async def logs_quietly(input: Any) -> int:
+    app_log.warning("not forwarded: the flow did not opt in")
+    return 1
+
+
+async def test_a_flow_that_opts_in_streams_its_handlers_logs_and_no_other_does(
+    db_url: str, store: Store
+) -> None:
+    async with running(db_url, [logs, quiet]):
+        logged = await store.run_flow("logs", None)
+        silent = await store.run_flow("quiet", None)
+        for run_id in (logged, silent):
+            assert (await wait_for_run(store, run_id))["status"] == "completed"
+    log = await store.get_run_events(logged)
+    assert chunks_of(log, "logs_async") == [
+        {"level": "WARNING", "logger": "myapp.steps", "message": "async step at 50%"}]
+    assert chunks_of(log, "logs_in_a_thread") == [
+        {"level": "ERROR", "logger": "myapp.steps", "message": "plain step in its thread"}]
+    assert chunks_of(await store.get_run_events(silent), "logs_quietly") == []
