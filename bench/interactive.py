@@ -48,7 +48,7 @@ from latency import percentile
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-FLOW = "bench_diamond"
+FLOWS = {"noop": "bench_diamond", "stream": "bench_diamond_stream"}  # noop_flows.py
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 60.0  # seconds for the gateway to listen and the clients to connect
 READY_TIMEOUT = 30.0  # seconds for the first run to complete (the worker is up)
@@ -187,7 +187,7 @@ def start_server(
 def wait_ready(port: int) -> None:
     """One run completed end to end: the flow is defined and a worker claims its steps."""
     base = f"http://127.0.0.1:{port}"
-    body = json.dumps({"flow_slug": FLOW, "input": None}).encode()
+    body = json.dumps({"flow_slug": FLOWS["noop"], "input": None}).encode()
     deadline = time.monotonic() + READY_TIMEOUT
     run_id = None
     while time.monotonic() < deadline:
@@ -204,7 +204,7 @@ def wait_ready(port: int) -> None:
         except OSError:
             pass  # not_found until the flow is defined; the worker may still be starting
         time.sleep(0.1)
-    raise TimeoutError(f"no run of {FLOW} completed within {READY_TIMEOUT} s")
+    raise TimeoutError(f"no run of {FLOWS['noop']} completed within {READY_TIMEOUT} s")
 
 
 def split(users: int, procs: int) -> list[int]:
@@ -225,7 +225,7 @@ def measure_level(
         for share in split(users, args.client_procs):
             clients.append(subprocess.Popen(
                 [sys.executable, str(BENCH_DIR / "interactive_client.py"), "--port", str(port),
-                 "--users", str(share), "--flow", FLOW, "--run-timeout", str(RUN_TIMEOUT),
+                 "--users", str(share), "--flow", FLOWS[args.flow], "--run-timeout", str(RUN_TIMEOUT),
                  *(["--no-deflate"] if args.no_deflate else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, cwd=REPO))
         for client in clients:
@@ -340,6 +340,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="not counted, per level")
     parser.add_argument("--mode", choices=["with-worker", "separate", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--flow", choices=sorted(FLOWS), default="noop",
+                        help="noop: a no-op diamond; stream: its b streams 100 chunks")
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=200, help="worker --concurrency")
     parser.add_argument("--serve-args", default="", help="more options for `pgflow serve`")
@@ -366,7 +368,7 @@ def main() -> None:
         emit({
             "benchmark": "interactive",
             "mode": mode,
-            "flow": FLOW,
+            "flow": FLOWS[args.flow],
             "seconds": args.seconds,
             "warmup": args.warmup,
             "repeat": args.repeat,

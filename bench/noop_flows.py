@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgflow import Flow
+from pgflow import Flow, StepContext
 
 diamond = Flow("bench_diamond", max_attempts=3, base_delay=1, timeout=60)
 
@@ -26,4 +26,31 @@ async def c(input: Any) -> int:
 
 @diamond.step(depends_on=[b, c])
 async def d(input: Any) -> int:
+    return 4
+
+
+# The same diamond, whose b streams 100 chunks of ~20 bytes (issue 15's "streaming runs").
+streaming = Flow("bench_diamond_stream", max_attempts=3, base_delay=1, timeout=60)
+STREAMED_CHUNKS = 100
+
+
+@streaming.step()
+async def sa(input: Any) -> int:
+    return 1
+
+
+@streaming.step(depends_on=[sa])
+async def sb(input: Any, context: StepContext) -> int:
+    for index in range(STREAMED_CHUNKS):
+        context.emit(f"chunk {index:04d} of the run")
+    return 2
+
+
+@streaming.step(depends_on=[sa])
+async def sc(input: Any) -> int:
+    return 3
+
+
+@streaming.step(depends_on=[sb, sc])
+async def sd(input: Any) -> int:
     return 4

@@ -447,6 +447,9 @@ class Worker:
             # re-read: a report's claim may have taken slots while this loop waited
             wanted = min(self._free_slots(), self.batch_size)
             if wanted <= 0:
+                # a report's claim holds the slots: the hint just taken is not lost, this loop
+                # claims as soon as they are freed instead of waiting for the next hint
+                claim_now = True
                 continue
             self._claiming += wanted
             tasks: list[Task] = []

@@ -808,3 +808,53 @@ async def test_the_heartbeat_does_not_keep_the_lease_of_a_result_that_cannot_be_
         run = await wait_for_run(store, run_id)
     assert (run["status"], run["output"]) == ("completed", 2)
     assert step_of(run, "reported_late_step")["attempt"] >= 2
+
+
+one_step = Flow("one_step", max_attempts=1)
+
+
+@one_step.step()
+async def only_step(input: Any) -> int:
+    return int(input["run"]) * 10
+
+
+async def test_a_hint_that_comes_while_a_reports_claim_holds_every_slot_is_not_lost(
+    db_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report's claim holds the free slots; meanwhile a new run's wake-up comes, and the claim
+    loop finds no slot to claim with. Once the report's claim gives its slots back (it found
+    nothing: it ran before the new run committed), the claim loop claims at once; it used to
+    wait for the next hint or its poll (here 30 s)."""
+    in_report = asyncio.Event()
+    let_go = asyncio.Event()
+
+    async def slow_report_and_claim(self: Store, worker_id: str, done: Any, failed: Any,
+                                    **_: Any) -> Any:
+        in_report.set()
+        await let_go.wait()
+        applied_done, applied_failed = await self.report(worker_id, done, failed)
+        return applied_done, applied_failed, []  # as if its claim found nothing
+
+    monkeypatch.setattr(Store, "report_and_claim", slow_report_and_claim)
+    await sync_flows(store, [one_step])
+    async with running(db_url, [one_step], concurrency=2, batch_size=2,
+                       poll_interval=30) as worker:
+        first = await store.run_flow("one_step", 1)
+        # its result is being reported, holding the slots; the report readies nothing, so
+        # it sends no wake-up of its own
+        await asyncio.wait_for(in_report.wait(), 10)
+        hint_taken = asyncio.Event()
+        wakeup = worker._wakeup
+        clear = wakeup.clear
+
+        def taking_clear() -> None:
+            if wakeup._event.is_set():
+                hint_taken.set()
+            clear()
+
+        monkeypatch.setattr(wakeup, "clear", taking_clear)
+        second = await store.run_flow("one_step", 2)  # its wake-up finds no free slot
+        await asyncio.wait_for(hint_taken.wait(), 10)
+        let_go.set()
+        assert (await wait_for_run(store, first, timeout=5))["output"] == 10
+        assert (await wait_for_run(store, second, timeout=5))["output"] == 20
