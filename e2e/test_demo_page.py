@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from typing import Any
 
@@ -19,11 +20,13 @@ def get_json(url: str) -> Any:
         return json.load(response)
 
 
-async def open_run(page: Page, demo: Demo, flow: str) -> str:
+async def open_run(page: Page, demo: Demo, flow: str, input: Any = None) -> str:
     await page.goto(demo.url + "/")
     picker = page.get_by_test_id("flow-select")
     await expect(picker).to_be_enabled()
     await picker.select_option(flow)
+    if input is not None:
+        await page.get_by_test_id("input-editor").fill(json.dumps(input))
     await page.get_by_test_id("run-button").click()
     await expect(page.get_by_test_id("run-status")).to_be_visible()
     await page.wait_for_url("**/?run=*")
@@ -168,4 +171,214 @@ async def test_bad_json_input_is_refused_inline_without_starting_a_run(
     await page.page.get_by_test_id("run-button").click()
     await expect(page.page.get_by_test_id("input-error")).to_be_visible()
     assert get_json(f"{demo.url}/runs?limit=100") == before
+    assert page.problems == []
+
+
+# What the step details' stream text of node-write shows, each time it or the node changes:
+# its length, and the node's status and streaming mark at that moment.
+WATCH_STREAM = """{
+  window.streamSeen = [];
+  const record = () => {
+    const text = document.querySelector('[data-testid="step-stream-text"]');
+    const node = document.querySelector('[data-testid="node-write"]');
+    if (!text || !node) return;
+    const seen = { len: text.textContent.length, status: node.dataset.status,
+                   streaming: node.dataset.streaming === "true" };
+    const last = window.streamSeen.at(-1);
+    const same = last && ["len", "status", "streaming"].every((k) => last[k] === seen[k]);
+    if (!same) window.streamSeen.push(seen);
+  };
+  new MutationObserver(record).observe(document, {
+    subtree: true, childList: true, characterData: true,
+    attributes: true, attributeFilter: ["data-status", "data-streaming"],
+  });
+}"""
+
+# Resolves with the text lengths seen while node-write was running and streaming, once `count`
+# different ones were.
+GREW_WHILE_STREAMING = """(count) => {
+  const lengths = [...new Set(window.streamSeen
+    .filter((s) => s.status === "started" && s.streaming).map((s) => s.len))];
+  return lengths.length >= count ? lengths : null;
+}"""
+
+STREAM_TEXT_LENGTH = """() =>
+  document.querySelector('[data-testid="step-stream-text"]')?.textContent.length ?? 0"""
+
+
+async def stream_text(page: Page) -> str:
+    return await page.get_by_test_id("step-stream-text").text_content() or ""
+
+
+async def test_the_story_streams_into_the_write_node_and_its_details(
+    demo: Demo, page: WatchedPage
+) -> None:
+    await page.page.add_init_script(WATCH_STREAM)
+    run_id = await open_run(page.page, demo, "story")
+    write = page.page.get_by_test_id("node-write")
+    await expect(write).to_have_attribute("data-streaming", "true", timeout=RUN_TIMEOUT)
+    await write.click()
+    details = page.page.get_by_test_id("step-detail")
+    # The text grows at least twice while the node is running and marked streaming.
+    grew = await page.page.wait_for_function(GREW_WHILE_STREAMING, arg=3, timeout=RUN_TIMEOUT)
+    lengths = await grew.json_value()
+    assert lengths == sorted(lengths), lengths
+    assert lengths[0] > 0, lengths
+    label = page.page.get_by_test_id("step-stream-label")
+    await expect(label).to_contain_text("Streaming, attempt 1")
+
+    await expect(page.page.get_by_test_id("run-status")).to_have_attribute(
+        "data-status", "completed", timeout=RUN_TIMEOUT
+    )
+    await expect(write).to_have_attribute("data-status", "completed")
+    await expect(write).not_to_have_attribute("data-streaming", "true")
+    await expect(label).to_contain_text("Streamed, attempt 1")
+    await expect(page.page.get_by_test_id("step-stream-text")).not_to_have_attribute(
+        "aria-busy", "true"
+    )
+    story = get_json(f"{demo.url}/runs/{run_id}")["output"]["story"]
+    assert await stream_text(page.page) == story
+    assert json.loads(await page.page.get_by_test_id("run-output").inner_text())["story"] == story
+    await expect(details).to_contain_text("Output")
+    # every length seen only grew, up to the whole story
+    seen = await page.page.evaluate("window.streamSeen")
+    assert [s["len"] for s in seen] == sorted(s["len"] for s in seen), seen
+    assert seen[-1]["len"] == len(story)
+    # each step:stream row of the events table sums up its chunks
+    rows = page.page.get_by_test_id("timeline").locator('[data-event="step:stream"] td.details')
+    summaries = await rows.all_inner_texts()
+    assert summaries, "no step:stream row"
+    assert all(re.fullmatch(r'\d+ chunks? · ".*', text) for text in summaries), summaries
+    await page.page.screenshot(path=artifact("story-completed.png"), full_page=True)
+    assert page.problems == []
+
+
+async def test_reloading_mid_stream_catches_up_and_keeps_streaming(
+    demo: Demo, page: WatchedPage
+) -> None:
+    await page.page.add_init_script(WATCH_STREAM)
+    # a longer hero, so the story streams for a few seconds: time to reload in the middle
+    hero = "a lighthouse keeper who " + "had seen storms and calm seas and " * 8 + "never slept"
+    run_id = await open_run(page.page, demo, "story", {"hero": hero, "place": "a windy island"})
+    write = page.page.get_by_test_id("node-write")
+    await expect(write).to_have_attribute("data-streaming", "true", timeout=RUN_TIMEOUT)
+    await write.click()
+    await page.page.wait_for_function(f"({STREAM_TEXT_LENGTH})() > 0", timeout=RUN_TIMEOUT)
+    before = await page.page.evaluate(STREAM_TEXT_LENGTH)
+    await page.page.screenshot(path=artifact("story-streaming.png"), full_page=True)
+    assert get_json(f"{demo.url}/runs/{run_id}")["status"] == "started"
+
+    await page.page.reload()
+    assert f"run={run_id}" in page.page.url
+    await page.page.get_by_test_id("node-write").click(timeout=RUN_TIMEOUT)
+    # caught up from the log with at least what was shown, then still growing while streaming
+    await page.page.wait_for_function(
+        f"(before) => ({STREAM_TEXT_LENGTH})() >= before", arg=before, timeout=RUN_TIMEOUT
+    )
+    grew = await page.page.wait_for_function(GREW_WHILE_STREAMING, arg=2, timeout=RUN_TIMEOUT)
+    assert (await grew.json_value())[-1] > before
+    await expect(page.page.get_by_test_id("run-status")).to_have_attribute(
+        "data-status", "completed", timeout=RUN_TIMEOUT
+    )
+    snapshot = get_json(f"{demo.url}/runs/{run_id}")
+    assert await stream_text(page.page) == snapshot["output"]["story"]
+    assert hero in snapshot["output"]["story"]
+    rows = page.page.get_by_test_id("timeline").locator("[data-event]")
+    seqs = [int(s) for s in await rows.evaluate_all("rows => rows.map(r => r.dataset.seq)")]
+    assert sorted(seqs) == list(range(1, snapshot["seq"] + 1))  # each event once
+    assert page.problems == []
+
+
+# The page's step details, driven in the browser by the client's own FlowRun fed events by hand:
+# a retry that streams, and chunks that are not strings (no example flow does either).
+DETAILS_THROUGH_A_RETRY = """async () => {
+  const at = (path) => import(new URL(path, document.baseURI).href);
+  const { FlowRun } = await at("client/run.js");
+  const { stepDetail, updateStream } = await at("static/panels.js");
+  const { stepStream } = await at("static/state.js");
+  const host = { request: async () => ({}), loadGraph: async () => ({}), release: () => {} };
+  const run = new FlowRun(host, "r", "story");
+  const body = document.createElement("div");
+  const shown = (selector) => body.querySelector(selector)?.textContent ?? null;
+  const seen = [];
+  let seq = 0;
+  const apply = (event, fields) => {
+    const at = new Date().toISOString();
+    run._apply({ seq: ++seq, run_id: "r", event, step_slug: "write", at, ...fields });
+    const state = run.step("write");
+    const inPlace = updateStream(body, stepStream(state));
+    if (!inPlace) {
+      const options = { max_attempts: 3 };
+      body.replaceChildren(stepDetail({ slug: "write", options, state, timing: null, now: 0 }));
+    }
+    seen.push({
+      event, inPlace, badge: shown(".badge"), note: shown(".stream .muted"),
+      label: shown('[data-testid="step-stream-label"]'),
+      text: shown('[data-testid="step-stream-text"]'),
+      value: JSON.parse(shown('[data-testid="step-stream-value"]') ?? "null"),
+    });
+  };
+  apply("step:started", { attempt: 1 });
+  apply("step:stream", { attempt: 1, chunks: ["Once", " upon"] });
+  apply("step:stream", { attempt: 1, chunks: [" a"] });
+  apply("step:retrying", { attempt: 1, error: "boom" });
+  apply("step:started", { attempt: 2 });
+  apply("step:stream", { attempt: 2, chunks: [{ progress: 0.1 }] });
+  apply("step:stream", { attempt: 2, chunks: [{ progress: 0.6 }] });
+  apply("step:stream", { attempt: 2, chunks: ["Twice"] });
+  apply("step:completed", { attempt: 2, output: { story: "Twice" } });
+  return seen;
+}"""
+
+
+async def test_the_step_details_show_a_retry_s_stream_in_place_of_the_failed_one(
+    demo: Demo, page: WatchedPage
+) -> None:
+    await page.page.goto(demo.url + "/")
+    await expect(page.page.get_by_test_id("flow-select")).to_be_enabled()
+    seen = await page.page.evaluate(DETAILS_THROUGH_A_RETRY)
+    assert [s["event"] for s in seen] == [
+        "step:started",
+        "step:stream",
+        "step:stream",
+        "step:retrying",
+        "step:started",
+        "step:stream",
+        "step:stream",
+        "step:stream",
+        "step:completed",
+    ]
+    # the text grows in place while its attempt streams; anything else draws the details anew
+    in_place = [i for i, s in enumerate(seen) if s["inPlace"]]
+    assert in_place == [2, 6]
+    assert [s["badge"] for s in seen] == [
+        "running",
+        "streaming",
+        "streaming",
+        "waiting to retry",
+        "running",
+        "streaming",
+        "streaming",
+        "streaming",
+        "completed",
+    ]
+    assert [s["label"] for s in seen] == [
+        None,
+        "Streaming, attempt 1 · 2 chunks",
+        "Streaming, attempt 1 · 3 chunks",
+        "Streamed, attempt 1 · 3 chunks",
+        "Streamed, attempt 1 · 3 chunks",  # attempt 2 runs, and has not streamed yet
+        "Streaming, attempt 2 · 1 chunk",
+        "Streaming, attempt 2 · 2 chunks",
+        "Streaming, attempt 2 · 3 chunks",
+        "Streamed, attempt 2 · 3 chunks",
+    ]
+    # the failed attempt's text until the retry streams, then the retry's own
+    once, twice = "Once upon a", "Twice"
+    texts = [s["text"] for s in seen]
+    assert texts == [None, "Once upon", once, once, once, None, None, twice, twice]
+    # the latest chunk that is not a string, as JSON
+    low, high = {"progress": 0.1}, {"progress": 0.6}
+    assert [s["value"] for s in seen] == [None, None, None, None, None, low, high, high, high]
+    assert "attempt 1, which failed" in seen[4]["note"]
     assert page.problems == []

@@ -1,10 +1,12 @@
 // The live page's state (gateway/static/state.js, pure): entries fed by a run's events, the
-// recent runs list merged from GET /runs and this tab's runs, and the texts derived from them.
+// recent runs list merged from GET /runs and this tab's runs, the texts derived from them, and
+// what a streamed step shows (from the client's FlowRun, fed events by hand).
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
+import { FlowRun } from "../client/run.js";
 import {
-  announcement, documentTitle, eventCount, failureTail, PageState, parseInput, problemText,
+  announcement, documentTitle, eventCount, failureTail, PageState, parseInput, problemText, stepStream,
 } from "../../gateway/static/state.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
@@ -108,4 +110,104 @@ test("texts: announcements, problems, titles, counts", () => {
   assert.equal(eventCount(1), "1 event");
   assert.equal(failureTail(2), " failed after 2 attempts; the steps after it were cancelled.");
   assert.equal(failureTail(null), " failed; the steps after it were cancelled.");
+});
+
+// ---- streamed steps: what the step details show, from the client's own step state ----
+
+/** A real FlowRun (the client's), fed events by hand: no socket, no HTTP. */
+function clientRun(runId = "s1") {
+  const host = { request: async () => ({}), loadGraph: async () => ({ steps: [] }), release: () => {} };
+  return new FlowRun(host, runId, "story");
+}
+
+const STORY = [
+  { seq: 1, event: "run:started", step_slug: null, at: at(0) },
+  { seq: 2, event: "step:started", step_slug: "write", attempt: 1, at: at(10) },
+  { seq: 3, event: "step:stream", step_slug: "write", attempt: 1, chunks: ["Once", " upon"], at: at(20) },
+  { seq: 4, event: "step:stream", step_slug: "write", attempt: 1, chunks: [{ progress: 0.5 }, " a"], at: at(40) },
+  { seq: 5, event: "step:stream", step_slug: "write", attempt: 1, chunks: [" time"], at: at(60) },
+];
+
+test("a step's stream: null before any chunk, then its text growing, live while the attempt runs", () => {
+  const run = clientRun();
+  for (const e of STORY.slice(0, 2)) run._apply({ run_id: "s1", ...e });
+  assert.equal(stepStream(run.step("write")), null, "running, nothing streamed yet");
+  assert.equal(stepStream(run.step("plan")), null, "a step that never ran");
+  assert.equal(stepStream(null), null);
+  run._apply({ run_id: "s1", ...STORY[2] });
+  assert.deepEqual(stepStream(run.step("write")), {
+    attempt: 1, count: 2, text: "Once upon", strings: 2, hasValue: false, value: undefined, live: true, superseded: false,
+  });
+  run._apply({ run_id: "s1", ...STORY[3] });
+  run._apply({ run_id: "s1", ...STORY[4] });
+  const grown = stepStream(run.step("write"));
+  assert.equal(grown.text, "Once upon a time");
+  assert.equal(grown.count, 5);
+  assert.equal(grown.strings, 4);
+  assert.deepEqual([grown.hasValue, grown.value], [true, { progress: 0.5 }], "the latest non-string chunk");
+  run._apply({ run_id: "s1", seq: 6, event: "step:stream", step_slug: "write", attempt: 1, chunks: [{ progress: 1 }], at: at(70) });
+  assert.deepEqual(stepStream(run.step("write")).value, { progress: 1 });
+  run._apply({ run_id: "s1", seq: 7, event: "step:completed", step_slug: "write", attempt: 1, output: { story: "Once upon a time" }, at: at(80) });
+  const done = stepStream(run.step("write"));
+  assert.equal(done.live, false, "completed: streamed, no longer streaming");
+  assert.equal(done.text, "Once upon a time", "the text stays once the step ended");
+  // the store's frozen copy gives the same view
+  assert.deepEqual(stepStream(run.snapshot().steps.write), done);
+});
+
+test("a retry: the failed attempt's text stays, marked superseded, until the retry's first chunk replaces it", () => {
+  const run = clientRun();
+  for (const e of STORY.slice(0, 3)) run._apply({ run_id: "s1", ...e });
+  run._apply({ run_id: "s1", seq: 4, event: "step:retrying", step_slug: "write", attempt: 1, error: "boom", at: at(30) });
+  let view = stepStream(run.step("write"));
+  assert.deepEqual([view.attempt, view.text, view.live, view.superseded], [1, "Once upon", false, false]);
+  run._apply({ run_id: "s1", seq: 5, event: "step:started", step_slug: "write", attempt: 2, at: at(1_000) });
+  view = stepStream(run.step("write"));
+  assert.deepEqual([view.attempt, view.text, view.live, view.superseded], [1, "Once upon", false, true]);
+  run._apply({ run_id: "s1", seq: 6, event: "step:stream", step_slug: "write", attempt: 2, chunks: ["Twice"], at: at(1_010) });
+  view = stepStream(run.step("write"));
+  assert.deepEqual([view.attempt, view.count, view.text, view.live, view.superseded], [2, 1, "Twice", true, false]);
+  assert.equal(view.hasValue, false, "attempt 1 had no value; neither has attempt 2");
+});
+
+test("a run replayed from seq 0 (a reload) shows the same stream as one followed live", () => {
+  const live = clientRun();
+  const views = [];
+  for (const e of STORY) {
+    live._apply({ run_id: "s1", ...e });
+    views.push(stepStream(live.step("write"))?.text ?? null);
+  }
+  assert.deepEqual(views, [null, null, "Once upon", "Once upon a", "Once upon a time"], "the text only grows");
+  const replayed = clientRun();
+  for (const e of STORY) replayed._apply({ run_id: "s1", ...e });
+  assert.deepEqual(stepStream(replayed.step("write")), stepStream(live.step("write")));
+  // the page's entry takes in a replayed stream like any event: timing only, no error
+  const state = new PageState();
+  const entry = state.track(replayed);
+  assert.equal(entry.timing.steps.get("write").first, T0 + 10);
+});
+
+test("a stream is announced once per attempt, when its first chunks arrive", () => {
+  const run = clientRun();
+  const entry = { flowSlug: "story", run };
+  const heard = [];
+  const events = [
+    ...STORY,
+    { seq: 6, event: "step:retrying", step_slug: "write", attempt: 1, error: "boom", at: at(100) },
+    { seq: 7, event: "step:started", step_slug: "write", attempt: 2, at: at(200) },
+    { seq: 8, event: "step:stream", step_slug: "write", attempt: 2, chunks: [], at: at(210) },
+    { seq: 9, event: "step:stream", step_slug: "write", attempt: 2, chunks: ["Again"], at: at(220) },
+    { seq: 10, event: "step:stream", step_slug: "write", attempt: 2, chunks: ["!"], at: at(230) },
+  ];
+  for (const e of events) {
+    run._apply({ run_id: "s1", ...e });
+    const text = announcement(entry, e);
+    if (text) heard.push(text);
+  }
+  assert.deepEqual(heard, [
+    "Step write is streaming.",
+    "Step write failed attempt 1, waiting to retry.",
+    "Step write is running attempt 2.",
+    "Step write is streaming attempt 2.",
+  ]);
 });

@@ -1,9 +1,12 @@
 // The live page's step looks (gateway/static/format.js, pure): a retried step shows as waiting
-// for its retry during the backoff, then as running attempt N once its step:started arrives.
+// for its retry during the backoff, then as running attempt N once its step:started arrives; a
+// step whose running attempt streams chunks shows as streaming, with their count.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { applyTiming, newTiming, STATUS_LABELS, stepLook } from "../../gateway/static/format.js";
+import {
+  applyTiming, chunkCount, eventStatus, isStreaming, newTiming, STATUS_LABELS, stepLook, streamSummary,
+} from "../../gateway/static/format.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
 const at = (ms) => new Date(T0 + ms).toISOString();
@@ -47,4 +50,57 @@ test("a first attempt running reads as before", () => {
   const look = stepLook({ slug: "charge", status: "started", attempt: 1 }, timing, OPTIONS, T0 + 300);
   assert.equal(look.sub, "running · 300 ms");
   assert.equal(look.pill, null);
+});
+
+// ---- streamed steps ----
+
+/** A step state as the client keeps it, with what it streamed. */
+const streamed = (fields) => ({ slug: "write", status: "started", attempt: 1, error: null, chunks: [], text: "", streamAttempt: null, ...fields });
+
+test("a running step with chunks of its attempt is streaming: the node counts them", () => {
+  const timing = timingOf([
+    { event: "run:started", step_slug: null, at: at(0) },
+    { event: "step:started", step_slug: "write", attempt: 1, at: at(0) },
+  ]);
+  const before = stepLook(streamed({}), timing, {}, T0 + 100);
+  assert.equal(before.streaming, false);
+  assert.equal(before.sub, "running · 100 ms");
+  const look = stepLook(streamed({ chunks: ["Once", " upon", " a"], text: "Once upon a", streamAttempt: 1 }), timing, {}, T0 + 300);
+  assert.equal(look.status, "started", "streaming is a kind of running: the node's status stays");
+  assert.equal(look.streaming, true);
+  assert.equal(look.chunks, 3);
+  assert.equal(look.sub, "streaming · 3 chunks");
+  assert.equal(look.subShort, "3 chunks");
+  assert.equal(look.label, "write: streaming, 3 chunks, 300 ms");
+  const one = stepLook(streamed({ chunks: ["Once"], streamAttempt: 1 }), timing, {}, T0 + 300);
+  assert.equal(one.sub, "streaming · 1 chunk");
+});
+
+test("a step stops streaming when its attempt ends, and a retry streams only once it has chunks", () => {
+  const chunks = ["Once"];
+  assert.equal(isStreaming(streamed({ status: "completed", chunks, streamAttempt: 1 })), false);
+  assert.equal(isStreaming(streamed({ status: "retrying", chunks, streamAttempt: 1 })), false);
+  assert.equal(isStreaming(streamed({ status: "cancelled", chunks, streamAttempt: 1 })), false);
+  assert.equal(isStreaming(streamed({ status: "started", attempt: 2, chunks, streamAttempt: 1 })), false,
+    "attempt 2 runs; the chunks are attempt 1's");
+  assert.equal(isStreaming(streamed({ status: "started", chunks: [], streamAttempt: 1 })), false, "an empty stream event");
+  assert.equal(isStreaming(null), false);
+  const timing = timingOf([...FIRST_TRY, { event: "step:started", step_slug: "charge", attempt: 2, at: at(1_600) }]);
+  const retry = stepLook({ ...streamed({ attempt: 2, chunks: ["a", "b"], streamAttempt: 2 }), slug: "charge" }, timing, OPTIONS, T0 + 2_000);
+  assert.equal(retry.sub, "streaming · 2 chunks");
+  assert.equal(retry.pill, "try 2/3", "the retry's pill stays");
+  assert.equal(retry.label, "charge: streaming, attempt 2 of 3, 2 chunks, 2.0 s");
+});
+
+test("a step:stream row of the timeline sums up its chunks", () => {
+  assert.equal(eventStatus("step:stream"), "streaming");
+  assert.equal(streamSummary(["Once", " upon", " a"]), '3 chunks · "Once upon a"');
+  assert.equal(streamSummary([{ progress: 0.5 }]), '1 chunk · {"progress":0.5}');
+  assert.equal(streamSummary(["a", 2]), '2 chunks · ["a",2]');
+  assert.equal(streamSummary([]), "0 chunks");
+  assert.equal(streamSummary(undefined), "0 chunks");
+  const long = streamSummary(["word ".repeat(100)], 40);
+  assert.equal(long.length, "1 chunk · ".length + 40);
+  assert.ok(long.endsWith("…"));
+  assert.equal(chunkCount(1), "1 chunk");
 });

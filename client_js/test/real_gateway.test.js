@@ -118,6 +118,24 @@ test("triggerFlow('diamond') resolves with the run's output, the same as GET /ru
   assert.ok(at("step:completed", "count_words") < at("step:started", "report"));
 });
 
+test("triggerFlow('story') streams its text: onChunk gets every word in order, then the output", async () => {
+  const chunks = [];
+  const seen = [];
+  const output = await triggerFlow("story", { hero: "a keeper", place: "an island" }, {
+    url: gw.url, timeout: RUN_TIMEOUT, onEvent: (e) => seen.push(e),
+    onChunk: (step, chunk) => chunks.push([step, chunk]),
+  });
+  assert.ok(chunks.length > 20, `only ${chunks.length} chunks`);
+  assert.ok(chunks.every(([step]) => step === "write"));
+  assert.equal(chunks.map(([, chunk]) => chunk).join(""), output.story);
+  const runId = seen[0].run_id;
+  await assertEveryEventOnce(runId, seen);
+  // every chunk event comes before the step's completion, and carries its attempt
+  const completed = seen.findIndex((e) => e.event === "step:completed" && e.step_slug === "write");
+  const streamed = seen.flatMap((e, i) => (e.event === "step:stream" ? [[i, e]] : []));
+  assert.ok(streamed.length > 1 && streamed.every(([i, e]) => i < completed && e.attempt === 1));
+});
+
 test("a failing flow ('doomed') rejects with FlowFailedError: run id, step launch, its error, attempt 2", async () => {
   const seen = [];
   const err = await rejection(triggerFlow("doomed", { mission: "apollo" }, {

@@ -79,10 +79,15 @@ function onEvent(entry, e) {
   state.apply(entry, e);
   if (entry === state.current) {
     if (e.step_slug && !dag.has(e.step_slug) && (entry.run.graph || entry.graphFailed)) view.drawGraph(entry);
-    view.paintSteps(e.event === "run:failed" ? null : e.step_slug);
+    const changed = e.event === "run:failed" ? null : e.step_slug; // null: any step may have
+    view.paintSteps(changed);
+    view.refreshTip(changed);
     view.appendEvent(e);
     view.renderRunState();
-    if (e.step_slug && dag.selected === e.step_slug) view.renderDetail();
+    if (e.step_slug && dag.selected === e.step_slug) {
+      if (e.event === "step:stream") view.renderStream();
+      else view.renderDetail();
+    }
     const text = announcement(entry, e);
     if (text) view.announce(text);
   }

@@ -21,6 +21,10 @@ const ICONS = {
   completed: `<circle class="icon-fill" r="6.5"/><path class="icon-mark" d="M-3,0.2 L-0.8,2.5 L3.2,-2.3"/>`,
   failed: `<circle class="icon-fill" r="6.5"/><path class="icon-mark" d="M-2.4,-2.4 L2.4,2.4 M2.4,-2.4 L-2.4,2.4"/>`,
   cancelled: `<circle class="icon" r="5"/><path class="icon" d="M-3.4,3.4 L3.4,-3.4"/>`,
+  // running and streaming: three bars that rise and fall in turn
+  streaming: `<rect class="icon-fill bar" x="-5.5" y="-5" width="3" height="10" rx="1.5"/>`
+    + `<rect class="icon-fill bar" x="-1.5" y="-5" width="3" height="10" rx="1.5"/>`
+    + `<rect class="icon-fill bar" x="2.5" y="-5" width="3" height="10" rx="1.5"/>`,
 };
 
 let canvas;
@@ -241,7 +245,7 @@ export class DagView {
     if (focused) this.nodes.get(focused)?.g.focus({ preventScroll: true }); // a re-layout keeps focus
   }
 
-  /** Sets one step's look: {status, attempt, sub, pill, label, culprit}. */
+  /** Sets one step's look: {status, attempt, sub, pill, label, culprit, streaming, chunks}. */
   update(slug, look) {
     this.looks.set(slug, look);
     if (!this.nodes.has(slug)) return;
@@ -265,11 +269,20 @@ export class DagView {
     const { g } = ref;
     g.dataset.status = look.status;
     g.dataset.attempt = String(look.attempt ?? 0);
+    // streaming: still `started`, with chunks of its running attempt coming in
+    if (look.streaming) {
+      g.dataset.streaming = "true";
+      g.dataset.chunks = String(look.chunks ?? 0);
+    } else {
+      delete g.dataset.streaming;
+      delete g.dataset.chunks;
+    }
     g.classList.toggle("culprit", Boolean(look.culprit));
     g.setAttribute("aria-label", look.label ?? slug);
-    if (ref.iconStatus !== look.status) {
-      ref.icon.innerHTML = ICONS[look.status] ?? ICONS.created;
-      ref.iconStatus = look.status;
+    const icon = look.streaming ? "streaming" : look.status;
+    if (ref.iconStatus !== icon) {
+      ref.icon.innerHTML = ICONS[icon] ?? ICONS.created;
+      ref.iconStatus = icon;
     }
     let pillW = 0;
     if (look.pill) {

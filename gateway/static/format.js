@@ -69,12 +69,40 @@ export function jsonPreview(value, max = 80) {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
+/** "1 chunk", "42 chunks". */
+export function chunkCount(n) {
+  return `${n} chunk${n === 1 ? "" : "s"}`;
+}
+
+/**
+ * Whether a step (the client's step state) is streaming: its running attempt has streamed
+ * chunks (`step:stream`) and has not ended. A retry that has not streamed yet is only running,
+ * even though `chunks` still hold the failed attempt's.
+ */
+export function isStreaming(state) {
+  return state?.status === "started" && state.streamAttempt != null && state.streamAttempt === state.attempt
+    && (state.chunks?.length ?? 0) > 0;
+}
+
+/**
+ * A step:stream event's one-line summary for the timeline: `3 chunks · "Once upon a"`, the
+ * string chunks joined (quoted), or the chunks as JSON when any is not a string.
+ */
+export function streamSummary(chunks, max = 80) {
+  const list = Array.isArray(chunks) ? chunks : [];
+  const head = chunkCount(list.length);
+  if (list.length === 0) return head;
+  const strings = list.every((c) => typeof c === "string");
+  return `${head} · ${jsonPreview(strings ? list.join("") : list.length === 1 ? list[0] : list, max)}`;
+}
+
 export function shortId(id) {
   return typeof id === "string" ? id.slice(0, 8) : "";
 }
 
 /** The status colour an event's chip takes in the timeline. */
 export function eventStatus(name) {
+  if (name === "step:stream") return "streaming";
   if (name.endsWith(":completed")) return "completed";
   if (name.endsWith(":failed")) return "failed";
   if (name.endsWith(":retrying")) return "retrying";
@@ -130,7 +158,8 @@ export function applyTiming(timing, e) {
 
 /**
  * How a step looks, from the client's live step state, its timing and its options:
- * {status, attempt, sub (the node's second line), pill, label (for screen readers), duration}.
+ * {status, attempt, sub (the node's second line), pill, label (for screen readers), duration,
+ * streaming (its running attempt streams, see isStreaming), chunks (how many it streamed)}.
  */
 export function stepLook(state, timing, options, now) {
   const status = state?.status ?? "created";
@@ -139,9 +168,15 @@ export function stepLook(state, timing, options, now) {
   const t = timing?.steps.get(state?.slug);
   const duration = t?.first != null ? (t.end ?? now) - t.first : null;
   const dur = duration === null ? "" : formatDuration(duration);
+  const streaming = isStreaming(state);
+  const chunks = streaming ? state.chunks.length : 0;
   let sub;
   let subShort; // for a narrow node, or one with an attempt pill: the icon already tells the status
-  switch (status) {
+  switch (streaming ? "streaming" : status) {
+    case "streaming": // running, with chunks coming in: their count is the live part
+      sub = `streaming · ${chunkCount(chunks)}`;
+      subShort = chunkCount(chunks);
+      break;
     case "created":
       sub = "waiting";
       break;
@@ -171,10 +206,11 @@ export function stepLook(state, timing, options, now) {
       break;
   }
   const pill = attempt > 1 ? (max ? `try ${attempt}/${max}` : `try ${attempt}`) : null;
-  const parts = [`${state?.slug}: ${STATUS_LABELS[status] ?? status}`];
+  const parts = [`${state?.slug}: ${streaming ? "streaming" : STATUS_LABELS[status] ?? status}`];
   if (status === "retrying" && attempt) parts.push(max ? `attempt ${attempt} of ${max} failed` : `attempt ${attempt} failed`);
   else if (attempt > 1) parts.push(max ? `attempt ${attempt} of ${max}` : `attempt ${attempt}`);
+  if (streaming) parts.push(chunkCount(chunks));
   if (dur && status !== "created") parts.push(dur);
   if (state?.error && (status === "failed" || status === "retrying")) parts.push(`error: ${state.error}`);
-  return { status, attempt, sub, subShort, pill, label: parts.join(", "), duration };
+  return { status, attempt, sub, subShort, pill, label: parts.join(", "), duration, streaming, chunks };
 }

@@ -2,8 +2,10 @@
 // They hold no state: app.js hands them what to show.
 
 import {
-  eventStatus, formatDuration, formatOffset, jsonPreview, prettyJson, STATUS_LABELS, stepLook,
+  chunkCount, eventStatus, formatDuration, formatOffset, jsonPreview, prettyJson, STATUS_LABELS, stepLook,
+  streamSummary,
 } from "./format.js";
+import { stepStream } from "./state.js";
 
 const make = (tag, props = {}) => Object.assign(document.createElement(tag), props);
 
@@ -27,6 +29,8 @@ export function eventRow(e, runStart, live) {
   } else if (e.event === "step:completed" || e.event === "run:completed") {
     const preview = jsonPreview(e.output, 200);
     cell("details preview", preview).title = preview;
+  } else if (e.event === "step:stream") {
+    cell("details preview", streamSummary(e.chunks)).title = streamSummary(e.chunks, 400);
   } else {
     cell("details", "");
   }
@@ -68,8 +72,10 @@ export function stepDetail(ctx) {
   head.append(make("strong", { textContent: slug }));
   if (inRun) {
     const badge = make("span", { className: "badge" });
-    badge.dataset.status = look.status;
-    badge.append(make("span", { className: "badge-dot" }), STATUS_LABELS[look.status] ?? look.status);
+    // a streaming step is running, with chunks coming in: its badge says so
+    badge.dataset.status = look.streaming ? "streaming" : look.status;
+    const text = look.streaming ? "streaming" : STATUS_LABELS[look.status] ?? look.status;
+    badge.append(make("span", { className: "badge-dot" }), text);
     head.append(badge);
   }
   frag.append(head);
@@ -101,6 +107,12 @@ export function stepDetail(ctx) {
     frag.append(make("p", { className: "detail-label", textContent: label }));
     frag.append(make("pre", { className: "code error-text", textContent: error }));
   }
+  const stream = inRun ? stepStream(state) : null;
+  if (stream) {
+    const section = streamSection(stream);
+    section.dataset.step = slug;
+    frag.append(section);
+  }
   if (inRun && state.status === "completed") {
     frag.append(make("p", { className: "detail-label", textContent: "Output" }));
     frag.append(make("pre", { className: "code", textContent: prettyJson(state.output) }));
@@ -109,6 +121,94 @@ export function stepDetail(ctx) {
     frag.append(make("p", { className: "muted small", textContent: "Start a run to see this step's attempts and output." }));
   }
   return frag;
+}
+
+// What shapes the stream section: when it changes the section is built anew, else updated in place.
+const streamKey = (stream) => [stream.attempt, stream.strings > 0, stream.hasValue, stream.live, stream.superseded].join("|");
+
+/** "Streaming" while the attempt runs, "Streamed" once it ended. */
+const streamHeading = (stream) => `${stream.live ? "Streaming" : "Streamed"}, attempt ${stream.attempt} · `;
+
+/**
+ * The step detail's stream: the attempt's string chunks as text, growing, and its latest
+ * non-string chunk as JSON. `stream` is state.js's stepStream().
+ */
+function streamSection(stream) {
+  const section = make("div", { className: "stream" });
+  section.dataset.live = "stream";
+  section.dataset.key = streamKey(stream);
+  const label = make("p", { className: "detail-label stream-label", id: "step-stream-label" });
+  label.dataset.testid = "step-stream-label";
+  if (stream.live) {
+    const dot = make("span", { className: "stream-dot" });
+    dot.setAttribute("aria-hidden", "true");
+    label.append(dot);
+  }
+  const count = make("span", { textContent: chunkCount(stream.count) });
+  count.dataset.testid = "step-stream-count";
+  label.append(streamHeading(stream), count);
+  section.append(label);
+  if (stream.superseded) {
+    section.append(make("p", {
+      className: "muted small",
+      textContent: `The chunks of attempt ${stream.attempt}, which failed: the next attempt has not streamed yet.`,
+    }));
+  }
+  if (stream.strings > 0) {
+    const pre = make("pre", { className: "code stream-text", tabIndex: 0, textContent: stream.text });
+    pre.dataset.testid = "step-stream-text";
+    pre.dataset.attempt = String(stream.attempt);
+    pre.dataset.chars = String(stream.text.length); // what it shows, without reading it back
+    pre.setAttribute("aria-labelledby", "step-stream-label");
+    if (stream.live) pre.setAttribute("aria-busy", "true");
+    section.append(pre);
+  }
+  if (stream.hasValue) {
+    section.append(make("p", { className: "detail-label", textContent: "Latest value" }));
+    const pre = make("pre", { className: "code", textContent: prettyJson(stream.value) });
+    pre.dataset.testid = "step-stream-value";
+    section.append(pre);
+  }
+  return section;
+}
+
+/** Whether `el` is scrolled to its end (or does not scroll). */
+const atEnd = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 24;
+
+/**
+ * Brings the step detail's stream section (in `body`) up to `stream`: the new text appended,
+ * the count and latest value replaced, the text kept scrolled to its end if it was. False when
+ * the section is missing or shaped otherwise (another attempt, a first non-string chunk, the
+ * stream ended): then the caller draws the whole detail anew.
+ */
+export function updateStream(body, stream) {
+  const section = body.querySelector('[data-live="stream"]');
+  if (!stream || !section || section.dataset.key !== streamKey(stream)) return false;
+  const count = section.querySelector('[data-testid="step-stream-count"]');
+  if (count) count.textContent = chunkCount(stream.count);
+  const pre = section.querySelector('[data-testid="step-stream-text"]');
+  if (pre) {
+    const shown = Number(pre.dataset.chars);
+    if (!(stream.text.length >= shown)) return false; // not this text's continuation
+    if (stream.text.length > shown) {
+      const follow = atEnd(pre);
+      pre.append(stream.text.slice(shown)); // appended, so a selection in the text stays
+      pre.dataset.chars = String(stream.text.length);
+      if (follow) pre.scrollTop = pre.scrollHeight;
+    }
+  }
+  const value = section.querySelector('[data-testid="step-stream-value"]');
+  if (value) {
+    const text = prettyJson(stream.value);
+    if (value.textContent !== text) value.textContent = text;
+  }
+  return true;
+}
+
+/** Scrolls the stream text in `body` to its end: a stream is read as it grows. */
+export function followStream(body) {
+  const pre = body.querySelector('[data-testid="step-stream-text"]');
+  if (pre) pre.scrollTop = pre.scrollHeight;
 }
 
 /** The hover/focus tooltip of a node: slug, status line, attempt, error. Same `ctx` as above. */
@@ -125,6 +225,10 @@ export function tipContent(ctx) {
   frag.append(look.sub);
   if (look.attempt) {
     frag.append(document.createElement("br"), `attempt ${look.attempt}${opts.max_attempts ? ` of ${opts.max_attempts}` : ""}`);
+  }
+  const stream = stepStream(state);
+  if (stream) {
+    frag.append(document.createElement("br"), `${chunkCount(stream.count)} streamed${stream.live ? " so far" : ""} (attempt ${stream.attempt})`);
   }
   const error = lastError(state);
   if (error) {

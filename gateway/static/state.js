@@ -5,7 +5,7 @@
 // Each followed run is an Entry: the client's FlowRun (status, step states, events) plus the
 // page's own bookkeeping (timing for durations, the failing step, a follow error).
 
-import { applyTiming, newTiming, RUN_STATUS_LABELS } from "./format.js";
+import { applyTiming, isStreaming, newTiming, RUN_STATUS_LABELS } from "./format.js";
 
 export const RECENT_SHOWN = 30; // runs listed, with those started in this tab
 export const CONN_LABELS = { idle: "Ready", connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Closed" };
@@ -142,6 +142,51 @@ export function noteEvent(entry, e) {
 }
 
 /**
+ * @typedef {object} StepStreamView what a step streamed, as the step details show it
+ * @property {number} attempt the attempt the chunks belong to (the client's `streamAttempt`)
+ * @property {number} count how many chunks that attempt streamed
+ * @property {string} text its string chunks joined (the client's `text`)
+ * @property {number} strings how many of the chunks are strings (0: no text to show)
+ * @property {boolean} hasValue whether any chunk is not a string
+ * @property {unknown} value the latest chunk that is not a string (a progress object, say)
+ * @property {boolean} live the attempt is running and streaming (isStreaming)
+ * @property {boolean} superseded a later attempt started and has not streamed yet: these are
+ *   the failed attempt's chunks, kept until the retry's first one replaces them
+ */
+
+// Per chunks array: how far it was read, and what was found. The client appends an attempt's
+// chunks to one array and starts a new one for a new attempt, so a long stream is read once.
+/** @type {WeakMap<object, {read: number, strings: number, hasValue: boolean, value: unknown}>} */
+const scanned = new WeakMap();
+
+/**
+ * What a step streamed (`step:stream`), from the client's step state; null before any chunk.
+ * @param {any} step `run.step(slug)`, or a step of `run.snapshot()`
+ * @returns {StepStreamView | null}
+ */
+export function stepStream(step) {
+  const chunks = step?.chunks;
+  if (step?.streamAttempt == null || !Array.isArray(chunks) || chunks.length === 0) return null;
+  let seen = scanned.get(chunks);
+  if (!seen) scanned.set(chunks, (seen = { read: 0, strings: 0, hasValue: false, value: undefined }));
+  for (; seen.read < chunks.length; seen.read++) {
+    const chunk = chunks[seen.read];
+    if (typeof chunk === "string") seen.strings++;
+    else Object.assign(seen, { hasValue: true, value: chunk });
+  }
+  return {
+    attempt: step.streamAttempt,
+    count: chunks.length,
+    text: typeof step.text === "string" ? step.text : "",
+    strings: seen.strings,
+    hasValue: seen.hasValue,
+    value: seen.value,
+    live: isStreaming(step),
+    superseded: step.attempt != null && step.attempt > step.streamAttempt,
+  };
+}
+
+/**
  * The input editor's text as a flow input: empty is `{}`.
  * @param {string} text
  * @returns {{ok: true, value: unknown} | {ok: false, message: string}}
@@ -167,6 +212,13 @@ export function announcement(entry, e) {
   if (e.event === "run:failed") return `Run of ${flow} failed at step ${e.step_slug}: ${e.error}`;
   if (e.event === "step:retrying") return `Step ${e.step_slug} failed attempt ${e.attempt}, waiting to retry.`;
   if (e.event === "step:started" && e.attempt > 1) return `Step ${e.step_slug} is running attempt ${e.attempt}.`;
+  if (e.event === "step:stream" && e.step_slug && Array.isArray(e.chunks) && e.chunks.length > 0) {
+    // once per attempt: when this event brought the attempt's first chunks
+    const step = entry.run?.step(e.step_slug);
+    if (step && step.streamAttempt === (e.attempt ?? step.attempt) && step.chunks.length === e.chunks.length) {
+      return `Step ${e.step_slug} is streaming${e.attempt > 1 ? ` attempt ${e.attempt}` : ""}.`;
+    }
+  }
   return null;
 }
 

@@ -4,9 +4,9 @@
 
 import { DagView } from "./dag.js";
 import { formatAgo, formatClock, formatDuration, prettyJson, shortId, stepLook } from "./format.js";
-import { eventRow, placeTip, stepDetail, tipContent } from "./panels.js";
+import { eventRow, followStream, placeTip, stepDetail, tipContent, updateStream } from "./panels.js";
 import {
-  CONN_LABELS, documentTitle, eventCount, failureTail, problemText, runStatusLabel,
+  CONN_LABELS, documentTitle, eventCount, failureTail, problemText, runStatusLabel, stepStream,
 } from "./state.js";
 
 /** @typedef {import("./state.js").PageState} PageState */
@@ -44,6 +44,8 @@ export class PageView {
     this.doc = doc;
     this.state = state;
     this.ui = elements(doc);
+    /** @type {string | null} the step the tooltip is about, while it shows */
+    this.tipSlug = null;
     const ui = this.ui;
     this.dag = new DagView(ui.dag, ui.dagScroll, {
       onSelect: () => this.renderDetail(),
@@ -207,7 +209,30 @@ export class PageView {
   }
 
   renderDetail() {
-    this.ui.detail.replaceChildren(stepDetail(this.dag.selected ? this.stepContext(this.dag.selected) : null));
+    const body = this.ui.detail;
+    // The same stream's text stays where the reader scrolled it; another follows its end.
+    const textOf = () => {
+      const pre = body.querySelector('[data-testid="step-stream-text"]');
+      return pre && { pre, key: `${pre.closest("[data-step]")?.dataset.step}|${pre.dataset.attempt}` };
+    };
+    const old = textOf();
+    const kept = old && old.pre.scrollHeight - old.pre.scrollTop - old.pre.clientHeight >= 24
+      ? { key: old.key, top: old.pre.scrollTop } : null; // read now: a detached element has no scroll
+    body.replaceChildren(stepDetail(this.dag.selected ? this.stepContext(this.dag.selected) : null));
+    const now = textOf();
+    if (now && kept && now.key === kept.key) now.pre.scrollTop = kept.top;
+    else followStream(body);
+  }
+
+  /**
+   * The selected step streamed more: its text grows in place (the rest of the detail is as it
+   * was), or the detail is drawn anew when the stream changed shape (its first chunk, a retry's).
+   */
+  renderStream() {
+    const slug = this.dag.selected;
+    const current = this.state.current;
+    if (!slug || !current) return;
+    if (!updateStream(this.ui.detail, stepStream(current.run.step(slug)))) this.renderDetail();
   }
 
   /**
@@ -216,13 +241,28 @@ export class PageView {
    */
   showTip(slug, g) {
     if (!slug) return this.hideTip();
+    this.tipSlug = slug;
     this.ui.tip.replaceChildren(tipContent(this.stepContext(slug)));
     this.ui.tip.hidden = false;
     placeTip(this.ui.tip, g);
   }
 
   hideTip() {
+    this.tipSlug = null;
     this.ui.tip.hidden = true;
+  }
+
+  /**
+   * The open tooltip shows its step as it is now (a stream's count, a status that changed), if
+   * it is about `slug` (any step for null).
+   * @param {string | null} [slug]
+   */
+  refreshTip(slug = null) {
+    const shown = this.tipSlug;
+    if (this.ui.tip.hidden || !shown || (slug && slug !== shown)) return;
+    const g = this.dag.nodes.get(shown)?.g;
+    if (g?.isConnected) this.showTip(shown, g);
+    else this.hideTip();
   }
 
   /** Live durations: the run's elapsed time and each running or retrying step's line. */
@@ -231,6 +271,8 @@ export class PageView {
     if (!current) return;
     const now = this.state.serverNow();
     this.renderElapsed();
+    const tipped = this.tipSlug ? current.run.step(this.tipSlug).status : null;
+    if (tipped === "started" || tipped === "retrying") this.refreshTip(); // its duration, its countdown
     for (const [slug] of this.dag.nodes) {
       const st = current.run.step(slug);
       if (st.status !== "started" && st.status !== "retrying") continue;
