@@ -225,7 +225,8 @@ def measure_level(
         for share in split(users, args.client_procs):
             clients.append(subprocess.Popen(
                 [sys.executable, str(BENCH_DIR / "interactive_client.py"), "--port", str(port),
-                 "--users", str(share), "--flow", FLOWS[args.flow], "--run-timeout", str(RUN_TIMEOUT),
+                 "--users", str(share), "--flow", FLOWS[args.flow],
+                 "--run-timeout", str(RUN_TIMEOUT),
                  *(["--no-deflate"] if args.no_deflate else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, cwd=REPO))
         for client in clients:
