@@ -8,9 +8,9 @@ On a private PostgreSQL (durable commits), one ``pgflow serve`` and one ``pgflow
 
 - latency: one step emits a chunk every 10 ms; a subscribed socket receives each; latency is
   receive time minus the emit time the chunk carries (one machine, one clock);
-- aggregate: ``--steps`` runs stream at once, each watched by its own socket; chunks delivered
-  per second from the first to the last, and every run's chunks checked: none lost, none
-  twice, in order;
+- aggregate: ``--steps`` runs stream at once (all starting at one moment, once every run is
+  started and watched), each watched by its own socket; chunks delivered per second from the
+  first to the last, and every run's chunks checked: none lost, none twice, in order;
 - one step as fast as it can (``emit_async``): chunks written into the log per second;
 - bytes stored per chunk: run_events' size (heap, indexes, TOAST) grown by that step's chunks.
 
@@ -123,7 +123,9 @@ async def latency(port: int) -> dict[str, Any]:
 
 async def aggregate(port: int, steps: int, chunks: int, every: float,
                     burst: int) -> dict[str, Any]:
-    run_input = {"chunks": chunks, "every": every, "burst": burst, "wait": 2.0}
+    # every step starts streaming at one moment, once all are started and watched
+    run_input = {"chunks": chunks, "every": every, "burst": burst,
+                 "start_at": time.time() + 5.0 + steps / 200}
     run_ids = [post(port, "bench_stream_paced", run_input) for _ in range(steps)]
     seen: dict[str, list[int]] = {run_id: [] for run_id in run_ids}
     first_last = [float("inf"), 0.0]
