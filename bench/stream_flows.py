@@ -27,9 +27,9 @@ paced = Flow("bench_stream_paced", max_attempts=1, timeout=600)
 
 @paced.step()
 async def emit_paced(input: Any, context: StepContext) -> int:
-    """``chunks`` chunks after ``wait`` seconds (or at ``start_at``), ``burst`` at a time (as a model's tokens come
-    off the network) every ``every`` seconds; each is its index and the wall-clock time it was
-    emitted (``"<index>:<time>"``, 20-odd bytes)."""
+    """``chunks`` chunks from ``start_at`` (epoch seconds) and ``wait`` seconds more, ``burst``
+    at a time (as a model's tokens come off the network) every ``every`` seconds; each is its
+    index and the wall-clock time it was emitted (``"<index>:<time>"``, 20-odd bytes)."""
     run = input["run"]
     # all the runs of a measurement start streaming at one moment (start_at, epoch seconds)
     await asyncio.sleep(max(0.0, float(run.get("start_at", 0)) - time.time()))
