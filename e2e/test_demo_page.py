@@ -382,3 +382,111 @@ async def test_the_step_details_show_a_retry_s_stream_in_place_of_the_failed_one
     assert [s["value"] for s in seen] == [None, None, None, None, None, low, high, high, high]
     assert "attempt 1, which failed" in seen[4]["note"]
     assert page.problems == []
+
+
+async def test_the_story_s_plan_shows_what_it_logged_as_log_lines(
+    demo: Demo, page: WatchedPage
+) -> None:
+    # the demo runs at --log-level warning; the example's logger sets INFO for itself
+    story = {"hero": "a lighthouse keeper", "place": "a windy island"}
+    run_id = await open_run(page.page, demo, "story", story)
+    plan = page.page.get_by_test_id("node-plan")
+    await expect(plan).to_have_attribute("data-status", "completed", timeout=RUN_TIMEOUT)
+    await plan.click()
+    lines = page.page.get_by_test_id("step-log-line")
+    await expect(lines).to_have_count(2)
+    await expect(lines.locator(".log-level")).to_have_text(["INFO", "INFO"])
+    await expect(lines.locator(".log-message")).to_have_text([
+        "planning a story about a lighthouse keeper",
+        "the story takes place on a windy island",
+    ])
+    await expect(lines.locator(".log-logger")).to_have_text(["examples.flows"] * 2)
+    for line in await lines.all():
+        await expect(line).to_have_attribute("data-level", "INFO")
+    await expect(page.page.get_by_test_id("step-log-label")).to_have_text("2 log lines")
+    await expect(page.page.get_by_test_id("step-stream-label")).to_contain_text(
+        "Streamed, attempt 1"
+    )
+    # log records are neither text nor a latest value
+    await expect(page.page.get_by_test_id("step-stream-text")).to_have_count(0)
+    await expect(page.page.get_by_test_id("step-stream-value")).to_have_count(0)
+    # plan's step:stream rows of the events table sum up their log lines
+    rows = page.page.get_by_test_id("timeline").locator(
+        '[data-event="step:stream"][data-step="plan"] td.details'
+    )
+    await expect(rows.first).to_be_visible()
+    summaries = await rows.all_inner_texts()
+    assert all(re.fullmatch(r"\d+ log lines? · INFO: .+", text) for text in summaries), summaries
+    assert summaries[0].endswith("· INFO: planning a story about a lighthouse keeper"), summaries
+    await expect(page.page.get_by_test_id("run-status")).to_have_attribute(
+        "data-status", "completed", timeout=RUN_TIMEOUT
+    )
+    assert get_json(f"{demo.url}/runs/{run_id}")["status"] == "completed"
+    await page.page.screenshot(path=artifact("story-plan-log.png"), full_page=True)
+    assert page.problems == []
+
+
+# The step details of a step that logs, driven in the browser by the client's FlowRun fed events
+# by hand: lines added in place, warnings and errors coloured apart, at most 200 lines drawn.
+DETAILS_OF_A_STEP_THAT_LOGS = """async () => {
+  const at = (path) => import(new URL(path, document.baseURI).href);
+  const { FlowRun } = await at("client/run.js");
+  const { stepDetail, updateStream } = await at("static/panels.js");
+  const { stepStream } = await at("static/state.js");
+  const host = { request: async () => ({}), loadGraph: async () => ({}), release: () => {} };
+  const run = new FlowRun(host, "r", "story");
+  const body = document.getElementById("step-detail-body"); // styled like the page's
+  const log = (level, message) => ({ level, logger: "app", message });
+  const seen = [];
+  let seq = 0;
+  const apply = (event, fields) => {
+    const at = new Date().toISOString();
+    run._apply({ seq: ++seq, run_id: "r", event, step_slug: "plan", at, ...fields });
+    const state = run.step("plan");
+    const inPlace = updateStream(body, stepStream(state));
+    const ctx = { slug: "plan", options: {}, state, timing: null, now: 0 };
+    if (!inPlace) body.replaceChildren(stepDetail(ctx));
+    const lines = [...body.querySelectorAll('[data-testid="step-log-line"]')];
+    const colour = (level) => {
+      const line = lines.find((l) => l.dataset.level === level);
+      return line ? getComputedStyle(line.querySelector(".log-level")).color : null;
+    };
+    seen.push({
+      inPlace, count: lines.length,
+      first: lines[0]?.textContent ?? null, last: lines.at(-1)?.textContent ?? null,
+      label: body.querySelector('[data-testid="step-log-label"]')?.textContent ?? null,
+      text: body.querySelector('[data-testid="step-stream-text"]')?.textContent ?? null,
+      colours: { INFO: colour("INFO"), WARNING: colour("WARNING"), ERROR: colour("ERROR") },
+    });
+  };
+  apply("step:started", { attempt: 1 });
+  apply("step:stream", { attempt: 1, chunks: [log("INFO", "one")] });
+  apply("step:stream", { attempt: 1, chunks: [log("WARNING", "two"), "Once"] });
+  apply("step:stream", { attempt: 1, chunks: [log("ERROR", "three"), " upon"] });
+  const many = Array.from({ length: 250 }, (_, i) => log("INFO", `n${i}`));
+  apply("step:stream", { attempt: 1, chunks: many });
+  apply("step:completed", { attempt: 1, output: {} });
+  body.replaceChildren();
+  return seen;
+}"""
+
+
+async def test_the_step_details_draw_log_lines_in_place_and_keep_the_last_200(
+    demo: Demo, page: WatchedPage
+) -> None:
+    await page.page.goto(demo.url + "/")
+    await expect(page.page.get_by_test_id("flow-select")).to_be_enabled()
+    seen = await page.page.evaluate(DETAILS_OF_A_STEP_THAT_LOGS)
+    # the first log line and the first text change the section's shape; the rest is in place
+    assert [s["inPlace"] for s in seen] == [False, False, False, True, True, False]
+    assert [s["count"] for s in seen] == [0, 1, 2, 3, 200, 200]
+    assert seen[3]["first"] == "INFO app one"
+    assert seen[3]["last"] == "ERROR app three"
+    assert [s["text"] for s in seen[2:]] == ["Once", "Once upon", "Once upon", "Once upon"]
+    assert seen[4]["first"] == "INFO app n50"
+    assert seen[4]["last"] == "INFO app n249"
+    assert seen[4]["label"] == "253 log lines · the last 200 shown"
+    assert seen[5] == {**seen[4], "inPlace": False}, "drawn anew, the same"
+    colours = seen[3]["colours"]
+    assert len(set(colours.values())) == 3, colours  # warnings and errors stand out
+    assert page.problems == []

@@ -15,11 +15,17 @@ already stored under the same slug.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import Counter
 from typing import Any
 
 from pgflow import ConfigurationError, Flow, StepContext
+
+logger = logging.getLogger(__name__)
+# its own level: the story's INFO lines stream to the page (stream_logs) whatever the
+# process's --log-level, which sets the root logger's
+logger.setLevel(logging.INFO)
 
 
 def _delay_scale() -> float:
@@ -221,6 +227,7 @@ story = Flow(
     "story",
     base_delay=RETRY_BASE_DELAY,
     timeout=60,
+    stream_logs=True,  # what its steps log shows live on the page too
     description="Plans a short story, then writes it word by word: each word streams to the "
     "page as it is written.",
     example_input={"hero": "a lighthouse keeper", "place": "a windy island"},
@@ -237,9 +244,12 @@ _STORY = (
 
 @story.step()
 async def plan(input: dict[str, Any]) -> dict[str, Any]:
-    await _pause(FETCH_LATENCY)
     run = input["run"] if isinstance(input["run"], dict) else {}
-    return {"hero": str(run.get("hero", "a traveller")), "place": str(run.get("place", "a road"))}
+    hero, place = str(run.get("hero", "a traveller")), str(run.get("place", "a road"))
+    logger.info("planning a story about %s", hero)
+    await _pause(FETCH_LATENCY)
+    logger.info("the story takes place on %s", place)
+    return {"hero": hero, "place": place}
 
 
 @story.step(depends_on=[plan], output=True)

@@ -6,7 +6,7 @@ import { test } from "node:test";
 
 import { FlowRun } from "../client/run.js";
 import {
-  announcement, documentTitle, eventCount, failureTail, PageState, parseInput, problemText, stepStream,
+  announcement, documentTitle, eventCount, failureTail, LOG_LINES, PageState, parseInput, problemText, stepStream,
 } from "../../gateway/static/state.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
@@ -136,7 +136,8 @@ test("a step's stream: null before any chunk, then its text growing, live while 
   assert.equal(stepStream(null), null);
   run._apply({ run_id: "s1", ...STORY[2] });
   assert.deepEqual(stepStream(run.step("write")), {
-    attempt: 1, count: 2, text: "Once upon", strings: 2, hasValue: false, value: undefined, live: true, superseded: false,
+    attempt: 1, count: 2, text: "Once upon", strings: 2, logs: [], logCount: 0, hasValue: false, value: undefined,
+    live: true, superseded: false,
   });
   run._apply({ run_id: "s1", ...STORY[3] });
   run._apply({ run_id: "s1", ...STORY[4] });
@@ -210,4 +211,59 @@ test("a stream is announced once per attempt, when its first chunks arrive", () 
     "Step write is running attempt 2.",
     "Step write is streaming attempt 2.",
   ]);
+});
+
+// ---- log records streamed by a flow with stream_logs ----
+
+const record = (message, level = "INFO") => ({ level, logger: "examples.flows", message });
+
+test("a step's log records are its log lines, in order, apart from its text and its latest value", () => {
+  const run = clientRun();
+  const stream = (seq, chunks, attempt = 1) =>
+    run._apply({ run_id: "s1", seq, event: "step:stream", step_slug: "plan", attempt, chunks, at: at(seq * 10) });
+  run._apply({ run_id: "s1", seq: 1, event: "step:started", step_slug: "plan", attempt: 1, at: at(0) });
+  stream(2, [record("planning a story about a lighthouse keeper")]);
+  let view = stepStream(run.step("plan"));
+  assert.deepEqual([view.logs, view.logCount, view.strings, view.hasValue], [
+    [record("planning a story about a lighthouse keeper")], 1, 0, false,
+  ], "a log record is neither text nor a latest value");
+  const taken = view.logs;
+  stream(3, ["Once", record("slow going", "WARNING"), { progress: 0.5 }, " upon"]);
+  view = stepStream(run.step("plan"));
+  assert.deepEqual(view.logs.map((r) => [r.level, r.message]), [
+    ["INFO", "planning a story about a lighthouse keeper"], ["WARNING", "slow going"],
+  ]);
+  assert.equal(view.logCount, 2);
+  assert.equal(view.text, "Once upon", "string chunks still make the text");
+  assert.deepEqual([view.hasValue, view.value], [true, { progress: 0.5 }]);
+  assert.equal(taken.length, 1, "a view taken earlier does not change");
+  // the snapshot's frozen copy reads the same
+  assert.deepEqual(stepStream(run.snapshot().steps.plan), view);
+  // a retry's stream starts its own log
+  run._apply({ run_id: "s1", seq: 4, event: "step:retrying", step_slug: "plan", attempt: 1, error: "boom", at: at(40) });
+  run._apply({ run_id: "s1", seq: 5, event: "step:started", step_slug: "plan", attempt: 2, at: at(50) });
+  stream(6, [record("again")], 2);
+  view = stepStream(run.step("plan"));
+  assert.deepEqual([view.attempt, view.logs, view.logCount], [2, [record("again")], 1]);
+});
+
+test("a chatty step keeps only its last log lines, and counts them all", () => {
+  const run = clientRun();
+  run._apply({ run_id: "s1", seq: 1, event: "step:started", step_slug: "plan", attempt: 1, at: at(0) });
+  const total = LOG_LINES * 3 + 7;
+  for (let i = 0; i < total; i += 50) {
+    const chunks = Array.from({ length: Math.min(50, total - i) }, (_, k) => record(`line ${i + k}`));
+    run._apply({ run_id: "s1", seq: 2 + i, event: "step:stream", step_slug: "plan", attempt: 1, chunks, at: at(i) });
+    const view = stepStream(run.step("plan")); // read as it grows, like the page
+    assert.equal(view.logCount, i + chunks.length);
+    assert.ok(view.logs.length <= LOG_LINES);
+  }
+  const view = stepStream(run.step("plan"));
+  assert.equal(LOG_LINES, 200);
+  assert.equal(view.logCount, total);
+  assert.equal(view.logs.length, LOG_LINES);
+  assert.equal(view.logs[0].message, `line ${total - LOG_LINES}`);
+  assert.equal(view.logs.at(-1).message, `line ${total - 1}`);
+  // read in one go (a replay), the same
+  assert.deepEqual(stepStream(run.snapshot().steps.plan), view);
 });

@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  applyTiming, chunkCount, eventStatus, isStreaming, newTiming, STATUS_LABELS, stepLook, streamSummary,
+  applyTiming, chunkCount, eventStatus, isLogRecord, isStreaming, logLineCount, newTiming, STATUS_LABELS, stepLook,
+  streamSummary,
 } from "../../gateway/static/format.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
@@ -103,4 +104,34 @@ test("a step:stream row of the timeline sums up its chunks", () => {
   assert.equal(long.length, "1 chunk · ".length + 40);
   assert.ok(long.endsWith("…"));
   assert.equal(chunkCount(1), "1 chunk");
+});
+
+// ---- streamed log records (a flow with stream_logs) ----
+
+const info = (message) => ({ level: "INFO", logger: "examples.flows", message });
+
+test("a log record is an object with string level, logger and message", () => {
+  assert.equal(isLogRecord(info("hi")), true);
+  assert.equal(isLogRecord({ ...info("hi"), extra: 1 }), true, "more keys do not matter");
+  assert.equal(isLogRecord({ level: "INFO", logger: "x" }), false, "no message");
+  assert.equal(isLogRecord({ level: 20, logger: "x", message: "m" }), false, "a number level");
+  assert.equal(isLogRecord("INFO: hi"), false);
+  assert.equal(isLogRecord(null), false);
+  assert.equal(isLogRecord([info("hi")]), false);
+  assert.equal(logLineCount(1), "1 log line");
+  assert.equal(logLineCount(2), "2 log lines");
+});
+
+test("a step:stream row made only of log records counts its lines and shows the first", () => {
+  const chunks = [info("planning a story about a lighthouse keeper"), info("the story takes place on a windy island")];
+  assert.equal(streamSummary(chunks), "2 log lines · INFO: planning a story about a lighthouse keeper");
+  assert.equal(streamSummary([{ level: "WARNING", logger: "app", message: "low disk" }]), "1 log line · WARNING: low disk");
+  assert.equal(streamSummary([info("Traceback:\n  line 1\n")]), "1 log line · INFO: Traceback: line 1",
+    "one line, whitespace collapsed");
+  const long = streamSummary([info("word ".repeat(100))], 40);
+  assert.equal(long.length, "1 log line · ".length + 40, "cut like the other previews");
+  assert.ok(long.startsWith("1 log line · INFO: word word"));
+  assert.ok(long.endsWith("…"));
+  // mixed with other chunks: the chunks as JSON, as before
+  assert.equal(streamSummary([info("hi"), "text"]), `2 chunks · [${JSON.stringify(info("hi"))},"text"]`);
 });

@@ -75,6 +75,23 @@ export function chunkCount(n) {
 }
 
 /**
+ * Whether a chunk is a log record a flow with `stream_logs` forwards: `{level, logger,
+ * message}`, all strings.
+ * @param {unknown} chunk
+ * @returns {chunk is {level: string, logger: string, message: string}}
+ */
+export function isLogRecord(chunk) {
+  if (chunk === null || typeof chunk !== "object" || Array.isArray(chunk)) return false;
+  const { level, logger, message } = /** @type {Record<string, unknown>} */ (chunk);
+  return typeof level === "string" && typeof logger === "string" && typeof message === "string";
+}
+
+/** "1 log line", "2 log lines". */
+export function logLineCount(n) {
+  return `${n} log line${n === 1 ? "" : "s"}`;
+}
+
+/**
  * Whether a step (the client's step state) is streaming: its running attempt has streamed
  * chunks (`step:stream`) and has not ended. A retry that has not streamed yet is only running,
  * even though `chunks` still hold the failed attempt's.
@@ -86,12 +103,18 @@ export function isStreaming(state) {
 
 /**
  * A step:stream event's one-line summary for the timeline: `3 chunks · "Once upon a"`, the
- * string chunks joined (quoted), or the chunks as JSON when any is not a string.
+ * string chunks joined (quoted); `2 log lines · INFO: planning …`, the first record, when all
+ * are log records; else the chunks as JSON.
  */
 export function streamSummary(chunks, max = 80) {
   const list = Array.isArray(chunks) ? chunks : [];
   const head = chunkCount(list.length);
   if (list.length === 0) return head;
+  if (list.every(isLogRecord)) {
+    // whitespace collapsed: a multi-line message (a traceback) reads on one line
+    const first = `${list[0].level}: ${list[0].message.replace(/\s+/g, " ").trim()}`;
+    return `${logLineCount(list.length)} · ${first.length > max ? `${first.slice(0, max - 1)}…` : first}`;
+  }
   const strings = list.every((c) => typeof c === "string");
   return `${head} · ${jsonPreview(strings ? list.join("") : list.length === 1 ? list[0] : list, max)}`;
 }

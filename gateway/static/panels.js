@@ -2,10 +2,10 @@
 // They hold no state: app.js hands them what to show.
 
 import {
-  chunkCount, eventStatus, formatDuration, formatOffset, jsonPreview, prettyJson, STATUS_LABELS, stepLook,
-  streamSummary,
+  chunkCount, eventStatus, formatDuration, formatOffset, jsonPreview, logLineCount, prettyJson, STATUS_LABELS,
+  stepLook, streamSummary,
 } from "./format.js";
-import { stepStream } from "./state.js";
+import { LOG_LINES, stepStream } from "./state.js";
 
 const make = (tag, props = {}) => Object.assign(document.createElement(tag), props);
 
@@ -124,14 +124,16 @@ export function stepDetail(ctx) {
 }
 
 // What shapes the stream section: when it changes the section is built anew, else updated in place.
-const streamKey = (stream) => [stream.attempt, stream.strings > 0, stream.hasValue, stream.live, stream.superseded].join("|");
+const streamKey = (stream) => [
+  stream.attempt, stream.strings > 0, stream.logCount > 0, stream.hasValue, stream.live, stream.superseded,
+].join("|");
 
 /** "Streaming" while the attempt runs, "Streamed" once it ended. */
 const streamHeading = (stream) => `${stream.live ? "Streaming" : "Streamed"}, attempt ${stream.attempt} · `;
 
 /**
- * The step detail's stream: the attempt's string chunks as text, growing, and its latest
- * non-string chunk as JSON. `stream` is state.js's stepStream().
+ * The step detail's stream: the attempt's string chunks as text, growing, its log records as
+ * log lines, and its latest other chunk as JSON. `stream` is state.js's stepStream().
  */
 function streamSection(stream) {
   const section = make("div", { className: "stream" });
@@ -163,6 +165,7 @@ function streamSection(stream) {
     if (stream.live) pre.setAttribute("aria-busy", "true");
     section.append(pre);
   }
+  if (stream.logCount > 0) section.append(...logSection(stream));
   if (stream.hasValue) {
     section.append(make("p", { className: "detail-label", textContent: "Latest value" }));
     const pre = make("pre", { className: "code", textContent: prettyJson(stream.value) });
@@ -172,14 +175,69 @@ function streamSection(stream) {
   return section;
 }
 
+/** "2 log lines", or "250 log lines · the last 200 shown" once the oldest are dropped. */
+const logLabel = (stream) => logLineCount(stream.logCount)
+  + (stream.logCount > stream.logs.length ? ` · the last ${stream.logs.length} shown` : "");
+
+/**
+ * One log record as a line: level, logger, message (spaces between, for copying and screen
+ * readers). `data-level` colours the warnings and errors.
+ */
+function logLine(record) {
+  const li = make("li", { className: "log-line" });
+  li.dataset.testid = "step-log-line";
+  li.dataset.level = record.level;
+  li.append(
+    make("span", { className: "log-level", textContent: record.level }), " ",
+    make("span", { className: "log-logger", textContent: record.logger }), " ",
+    make("span", { className: "log-message", textContent: record.message }),
+  );
+  return li;
+}
+
+/** The stream's log records: a label with their count, then the lines, oldest first. */
+function logSection(stream) {
+  const label = make("p", { className: "detail-label", id: "step-log-label", textContent: logLabel(stream) });
+  label.dataset.testid = "step-log-label";
+  const list = make("ol", { className: "code stream-log", tabIndex: 0 });
+  list.dataset.testid = "step-log";
+  list.dataset.lines = String(stream.logCount); // the records it took in, the dropped ones included
+  list.setAttribute("aria-labelledby", "step-log-label");
+  if (stream.live) list.setAttribute("aria-busy", "true");
+  list.append(...stream.logs.map(logLine));
+  return [label, list];
+}
+
+/**
+ * Brings the log list in `section` up to `stream`: the new lines appended, the oldest dropped
+ * past LOG_LINES. False when it shows records `stream` does not have (not its continuation).
+ */
+function updateLog(section, stream) {
+  const list = section.querySelector('[data-testid="step-log"]');
+  if (!list) return true;
+  const fresh = stream.logCount - Number(list.dataset.lines);
+  if (!(fresh >= 0)) return false;
+  if (fresh === 0) return true;
+  const follow = atEnd(list);
+  if (fresh >= stream.logs.length) list.replaceChildren(...stream.logs.map(logLine));
+  else list.append(...stream.logs.slice(-fresh).map(logLine));
+  while (list.childElementCount > LOG_LINES) list.firstElementChild.remove();
+  list.dataset.lines = String(stream.logCount);
+  const label = section.querySelector('[data-testid="step-log-label"]');
+  if (label) label.textContent = logLabel(stream);
+  if (follow) list.scrollTop = list.scrollHeight;
+  return true;
+}
+
 /** Whether `el` is scrolled to its end (or does not scroll). */
 const atEnd = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 24;
 
 /**
- * Brings the step detail's stream section (in `body`) up to `stream`: the new text appended,
- * the count and latest value replaced, the text kept scrolled to its end if it was. False when
- * the section is missing or shaped otherwise (another attempt, a first non-string chunk, the
- * stream ended): then the caller draws the whole detail anew.
+ * Brings the step detail's stream section (in `body`) up to `stream`: the new text and log
+ * lines appended, the count and latest value replaced, the text and log kept scrolled to their
+ * end if they were. False when the section is missing or shaped otherwise (another attempt, a
+ * first log record or other non-string chunk, the stream ended): then the caller draws the
+ * whole detail anew.
  */
 export function updateStream(body, stream) {
   const section = body.querySelector('[data-live="stream"]');
@@ -197,6 +255,7 @@ export function updateStream(body, stream) {
       if (follow) pre.scrollTop = pre.scrollHeight;
     }
   }
+  if (!updateLog(section, stream)) return false;
   const value = section.querySelector('[data-testid="step-stream-value"]');
   if (value) {
     const text = prettyJson(stream.value);
@@ -205,10 +264,11 @@ export function updateStream(body, stream) {
   return true;
 }
 
-/** Scrolls the stream text in `body` to its end: a stream is read as it grows. */
+/** Scrolls the stream text and log in `body` to their end: a stream is read as it grows. */
 export function followStream(body) {
-  const pre = body.querySelector('[data-testid="step-stream-text"]');
-  if (pre) pre.scrollTop = pre.scrollHeight;
+  for (const el of body.querySelectorAll('[data-testid="step-stream-text"], [data-testid="step-log"]')) {
+    el.scrollTop = el.scrollHeight;
+  }
 }
 
 /** The hover/focus tooltip of a node: slug, status line, attempt, error. Same `ctx` as above. */

@@ -5,9 +5,10 @@
 // Each followed run is an Entry: the client's FlowRun (status, step states, events) plus the
 // page's own bookkeeping (timing for durations, the failing step, a follow error).
 
-import { applyTiming, isStreaming, newTiming, RUN_STATUS_LABELS } from "./format.js";
+import { applyTiming, isLogRecord, isStreaming, newTiming, RUN_STATUS_LABELS } from "./format.js";
 
 export const RECENT_SHOWN = 30; // runs listed, with those started in this tab
+export const LOG_LINES = 200; // a step's log lines the details keep: the last ones
 export const CONN_LABELS = { idle: "Ready", connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Closed" };
 
 /**
@@ -147,16 +148,24 @@ export function noteEvent(entry, e) {
  * @property {number} count how many chunks that attempt streamed
  * @property {string} text its string chunks joined (the client's `text`)
  * @property {number} strings how many of the chunks are strings (0: no text to show)
- * @property {boolean} hasValue whether any chunk is not a string
- * @property {unknown} value the latest chunk that is not a string (a progress object, say)
+ * @property {LogRecord[]} logs its log records (chunks of a flow with `stream_logs`), in
+ *   order: the last LOG_LINES of them
+ * @property {number} logCount how many log records it streamed, those no longer kept included
+ * @property {boolean} hasValue whether any chunk is neither a string nor a log record
+ * @property {unknown} value the latest such chunk (a progress object, say)
  * @property {boolean} live the attempt is running and streaming (isStreaming)
  * @property {boolean} superseded a later attempt started and has not streamed yet: these are
  *   the failed attempt's chunks, kept until the retry's first one replaces them
  */
 
+/** @typedef {{level: string, logger: string, message: string}} LogRecord */
+
 // Per chunks array: how far it was read, and what was found. The client appends an attempt's
 // chunks to one array and starts a new one for a new attempt, so a long stream is read once.
-/** @type {WeakMap<object, {read: number, strings: number, hasValue: boolean, value: unknown}>} */
+/**
+ * @type {WeakMap<object, {read: number, strings: number, logs: LogRecord[], logCount: number,
+ *   hasValue: boolean, value: unknown}>}
+ */
 const scanned = new WeakMap();
 
 /**
@@ -168,17 +177,30 @@ export function stepStream(step) {
   const chunks = step?.chunks;
   if (step?.streamAttempt == null || !Array.isArray(chunks) || chunks.length === 0) return null;
   let seen = scanned.get(chunks);
-  if (!seen) scanned.set(chunks, (seen = { read: 0, strings: 0, hasValue: false, value: undefined }));
+  if (!seen) {
+    seen = { read: 0, strings: 0, logs: [], logCount: 0, hasValue: false, value: undefined };
+    scanned.set(chunks, seen);
+  }
   for (; seen.read < chunks.length; seen.read++) {
     const chunk = chunks[seen.read];
-    if (typeof chunk === "string") seen.strings++;
-    else Object.assign(seen, { hasValue: true, value: chunk });
+    if (typeof chunk === "string") {
+      seen.strings++;
+    } else if (isLogRecord(chunk)) {
+      seen.logs.push(chunk);
+      seen.logCount++;
+      // trimmed now and then, not on each record: a chatty step's log stays cheap to keep
+      if (seen.logs.length >= 2 * LOG_LINES) seen.logs.splice(0, seen.logs.length - LOG_LINES);
+    } else {
+      Object.assign(seen, { hasValue: true, value: chunk });
+    }
   }
   return {
     attempt: step.streamAttempt,
     count: chunks.length,
     text: typeof step.text === "string" ? step.text : "",
     strings: seen.strings,
+    logs: seen.logs.slice(-LOG_LINES), // a copy: the view stays as it was when taken
+    logCount: seen.logCount,
     hasValue: seen.hasValue,
     value: seen.value,
     live: isStreaming(step),

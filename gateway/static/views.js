@@ -219,9 +219,9 @@ export class PageView {
     const kept = old && old.pre.scrollHeight - old.pre.scrollTop - old.pre.clientHeight >= 24
       ? { key: old.key, top: old.pre.scrollTop } : null; // read now: a detached element has no scroll
     body.replaceChildren(stepDetail(this.dag.selected ? this.stepContext(this.dag.selected) : null));
+    followStream(body);
     const now = textOf();
     if (now && kept && now.key === kept.key) now.pre.scrollTop = kept.top;
-    else followStream(body);
   }
 
   /**
