@@ -125,14 +125,19 @@ test("triggerFlow('story') streams its text: onChunk gets every word in order, t
     url: gw.url, timeout: RUN_TIMEOUT, onEvent: (e) => seen.push(e),
     onChunk: (step, chunk) => chunks.push([step, chunk]),
   });
-  assert.ok(chunks.length > 20, `only ${chunks.length} chunks`);
-  assert.ok(chunks.every(([step]) => step === "write"));
-  assert.equal(chunks.map(([, chunk]) => chunk).join(""), output.story);
+  // write streams the words; plan streams its log records (the story flow's stream_logs)
+  const words = chunks.filter(([step]) => step === "write").map(([, chunk]) => chunk);
+  assert.ok(words.length > 20, `only ${words.length} words`);
+  assert.equal(words.join(""), output.story);
+  const logged = chunks.filter(([step]) => step === "plan").map(([, chunk]) => chunk);
+  assert.deepEqual(logged.map((record) => [record.level, record.logger]),
+    [["INFO", "examples.flows"], ["INFO", "examples.flows"]]);
   const runId = seen[0].run_id;
   await assertEveryEventOnce(runId, seen);
   // every chunk event comes before the step's completion, and carries its attempt
   const completed = seen.findIndex((e) => e.event === "step:completed" && e.step_slug === "write");
-  const streamed = seen.flatMap((e, i) => (e.event === "step:stream" ? [[i, e]] : []));
+  const streamed = seen.flatMap((e, i) => (
+    e.event === "step:stream" && e.step_slug === "write" ? [[i, e]] : []));
   assert.ok(streamed.length > 1 && streamed.every(([i, e]) => i < completed && e.attempt === 1));
 });
 
