@@ -107,24 +107,10 @@ class RunReplay:
     truncated: bool = False  # max_bytes left events of the range out
 
 
-# A run's events with $2 < seq <= $3 as JSON text, those that fit in $4 bytes (null: no
-# limit) counted from the first, which always fits: a log read of large events brings about one
-# outbox's worth into the gateway, not a whole page of them. total: how many there were.
-_EVENTS_OF_ONE_RUN = """
-select x.seq, x.text, x.total
-from (
-  select t.o, (t.e ->> 'seq')::bigint as seq, j.text, count(*) over () as total,
-         $4::bigint is null
-           or coalesce(sum(octet_length(j.text)) over (
-                order by t.o rows between unbounded preceding and 1 preceding), 0) < $4 as fits
-  from pgflow.get_run_events($1, $2, $3) with ordinality as t (e, o)
-  cross join lateral (select t.e::text as text) as j
-) as x
-where x.fits
-order by x.o
-"""
 # Many runs' replays (Store.get_run_replays), one per position: the run's access facts and
-# its events, those that fit the position's max_bytes as in _EVENTS_OF_ONE_RUN.
+# its events with since < seq <= until as JSON text, those that fit in max_bytes (null: no
+# limit) counted from the first, which always fits: a log read of large events brings about one
+# outbox's worth into the gateway, not a whole page of them.
 _REPLAYS = """
 with q as (
   select * from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
@@ -316,13 +302,8 @@ class Store:
     ) -> tuple[list[tuple[int, str]], bool]:
         """(seq, event as JSON text), what the gateway forwards without decoding, and whether
         ``max_bytes`` cut the read short (it always returns the first event, however large)."""
-        async with self._connection() as connection:
-            rows = await connection.fetch(
-                _EVENTS_OF_ONE_RUN,
-                run_id, since, until, max_bytes,
-            )
-        events = [(row[0], row[1]) for row in rows]
-        return events, bool(rows) and rows[0][2] > len(rows)
+        (replay,) = await self.get_run_replays([ReplayRequest(run_id, since, until, max_bytes)])
+        return (replay.events, replay.truncated) if replay is not None else ([], False)
 
     async def list_runs(
         self,

@@ -93,12 +93,16 @@ class StreamBuffer:
                 raise StreamError(f"step {self.key[1]!r} ended: its stream is closed")
             if self.stale:
                 return  # its lease is gone: the attempt's result will be stale too
+            # the flusher hears of a buffer once per flush, not once per chunk: when it gets
+            # its first chunk since the last flush, and when it passes half full
+            first = not self.chunks
+            half = streams.max_buffered // 2
+            filled = self.buffered <= half < self.buffered + len(encoded)
             self.chunks.append(encoded)
             self.buffered += len(encoded)
-            full = self.buffered * 2 > streams.max_buffered
-        if full:
+        if filled:
             streams.wake_threadsafe()
-        else:
+        elif first:
             streams.note_threadsafe()
 
 
@@ -110,7 +114,6 @@ class Streams:
         self.worker_id = worker_id
         self.interval = interval
         self.max_buffered = max_buffered
-        self.written = 0  # chunks written, for metrics and tests
         self._buffers: dict[Key, StreamBuffer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
@@ -230,9 +233,7 @@ class Streams:
                 for (buffer, chunks), written in zip(taken, applied, strict=True):
                     with buffer.lock:
                         buffer.buffered -= sum(len(c) for c in chunks)
-                        if written:
-                            self.written += len(chunks)
-                        else:
+                        if not written:
                             buffer.stale = True
                             buffer.buffered -= sum(len(c) for c in buffer.chunks)
                             buffer.chunks.clear()

@@ -139,25 +139,19 @@ $$;
 -- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
 create or replace function pgflow.get_run_events(run_id uuid, since bigint default 0, until bigint default null)
 returns setof jsonb
-language sql
+language plpgsql
 stable
 set search_path to ''
 as $$
-  -- the same rebuild as _notify_events'
-  select (case when e.event = 'step:stream' then jsonb_build_object(
-      'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
-      'attempt', e.attempt,
-      'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-    else jsonb_build_object(
-      'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
-      'status', split_part(e.event, ':', 2), 'output', null, 'error', null, 'attempt', e.attempt,
-      'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-    end) || e.payload
-  from pgflow.run_events as e
-  where e.run_id = get_run_events.run_id
-    and e.seq > coalesce(get_run_events.since, 0)
-    and (get_run_events.until is null or e.seq <= get_run_events.until)
+begin
+  -- one run of get_runs_events, which holds the one rebuild of the compact rows (PL/pgSQL: its
+  -- body is resolved when called, so this file may load before get_runs_events')
+  return query
+  select e.event
+  from pgflow.get_runs_events(array[get_run_events.run_id], array[get_run_events.since],
+                              array[get_run_events.until]) as e
   order by e.seq;
+end;
 $$;
 
 -- sql/schema/0100_function_get_runs_events.sql
@@ -190,7 +184,8 @@ begin
     raise exception 'get_runs_events needs arrays of equal length' using errcode = 'PF400';
   end if;
   return query
-  -- the same rebuild as get_run_events' and _notify_events'
+  -- the one rebuild of the compact rows (0042_table_run_events.sql) into events as clients
+  -- receive them (events.md): get_run_events and _notify_events read through here
   select r.o, e.run_id, e.seq, (case when e.event = 'step:stream' then jsonb_build_object(
       'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
       'attempt', e.attempt,
@@ -277,22 +272,13 @@ begin
   -- run_id alone take more), so past 52 events the text is not built: a worker's report of a
   -- few hundred steps would print every event only to send refs
   if v_count <= 7900 / 150 then
-    -- each event rebuilt from its compact row (the same rebuild as get_run_events') and printed
-    -- once, for both the text and its length
-    select string_agg(p.payload, ',' order by p.run_id, p.seq), sum(octet_length(p.payload))
+    -- each event as every reader gets it (get_runs_events, the one rebuild of the compact rows),
+    -- printed once for both the text and its length
+    select string_agg(p.payload, ',' order by p.pos, p.seq), sum(octet_length(p.payload))
       into v_events, v_bytes
     from (
-      select e.run_id, e.seq, ((case when e.event = 'step:stream' then jsonb_build_object(
-          'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
-          'attempt', e.attempt,
-          'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-        else jsonb_build_object(
-          'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
-          'status', split_part(e.event, ':', 2), 'output', null, 'error', null, 'attempt', e.attempt,
-          'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-        end) || e.payload)::text as payload
-      from unnest(v_runs, v_from, v_to) as r (run_id, lo, hi)
-      join pgflow.run_events as e on e.run_id = r.run_id and e.seq between r.lo and r.hi
+      select e.pos, e.seq, e.event::text as payload
+      from pgflow.get_runs_events(v_runs, array(select f - 1 from unnest(v_from) as f), v_to) as e
     ) as p;
     if v_bytes + 40 <= 7900 then
       perform pg_notify('pgflow_events', '{"v": 1, "events": [' || v_events || ']}');

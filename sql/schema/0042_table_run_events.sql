@@ -5,8 +5,9 @@
 -- at are columns; payload holds only the rest, and only what is not implied: output (when the
 -- event carries one, JSON null included), error (when not null), status (when it is not the
 -- event's own, 'step:completed' -> 'completed': never, as the engine writes them). Readers
--- (get_run_events, _notify_events) rebuild the event as clients receive it (events.md); a row
--- whose payload holds more (a full event) reads the same, its payload winning.
+-- (get_runs_events, through which get_run_events and _notify_events read) rebuild the event as
+-- clients receive it (events.md); a row whose payload holds more (a full event) reads the
+-- same, its payload winning.
 -- Fixed-width columns first, so only the tuple's end is padded.
 --
 -- No foreign key to runs: its check is a query per event row, an eighth of the server's work

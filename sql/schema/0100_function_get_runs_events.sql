@@ -27,7 +27,8 @@ begin
     raise exception 'get_runs_events needs arrays of equal length' using errcode = 'PF400';
   end if;
   return query
-  -- the same rebuild as get_run_events' and _notify_events'
+  -- the one rebuild of the compact rows (0042_table_run_events.sql) into events as clients
+  -- receive them (events.md): get_run_events and _notify_events read through here
   select r.o, e.run_id, e.seq, (case when e.event = 'step:stream' then jsonb_build_object(
       'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
       'attempt', e.attempt,

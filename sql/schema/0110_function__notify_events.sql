@@ -65,22 +65,13 @@ begin
   -- run_id alone take more), so past 52 events the text is not built: a worker's report of a
   -- few hundred steps would print every event only to send refs
   if v_count <= 7900 / 150 then
-    -- each event rebuilt from its compact row (the same rebuild as get_run_events') and printed
-    -- once, for both the text and its length
-    select string_agg(p.payload, ',' order by p.run_id, p.seq), sum(octet_length(p.payload))
+    -- each event as every reader gets it (get_runs_events, the one rebuild of the compact rows),
+    -- printed once for both the text and its length
+    select string_agg(p.payload, ',' order by p.pos, p.seq), sum(octet_length(p.payload))
       into v_events, v_bytes
     from (
-      select e.run_id, e.seq, ((case when e.event = 'step:stream' then jsonb_build_object(
-          'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
-          'attempt', e.attempt,
-          'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-        else jsonb_build_object(
-          'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
-          'status', split_part(e.event, ':', 2), 'output', null, 'error', null, 'attempt', e.attempt,
-          'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-        end) || e.payload)::text as payload
-      from unnest(v_runs, v_from, v_to) as r (run_id, lo, hi)
-      join pgflow.run_events as e on e.run_id = r.run_id and e.seq between r.lo and r.hi
+      select e.pos, e.seq, e.event::text as payload
+      from pgflow.get_runs_events(v_runs, array(select f - 1 from unnest(v_from) as f), v_to) as e
     ) as p;
     if v_bytes + 40 <= 7900 then
       perform pg_notify('pgflow_events', '{"v": 1, "events": [' || v_events || ']}');
