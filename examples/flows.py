@@ -5,6 +5,7 @@
     flaky    a step that fails on its first two attempts, then succeeds
     doomed   a step that always fails: the run fails for good, the rest is cancelled
     story    a step that writes a story word by word, streaming each word as it goes
+    approval a draft waits for a person to approve it (an input step), then is published
 
 ``PGFLOW_EXAMPLE_DELAY_SCALE`` (default 1.0) scales every simulated latency: the demo keeps 1.0
 so that each step is visible; tests set 0.05. Only latencies scale, never the flows' shapes
@@ -260,3 +261,39 @@ async def write(input: dict[str, Any], context: StepContext) -> dict[str, Any]:
         context.emit(word if index == 0 else " " + word)
         await _pause(STORY_WORD_DELAY)
     return {"words": len(words), "story": text}
+
+
+# -- approval -----------------------------------------------------------------------------------
+
+approval = Flow(
+    "approval",
+    base_delay=RETRY_BASE_DELAY,
+    timeout=30,
+    description="Drafts a post, then waits for a person: Approve or Reject on the page (or "
+    "run.submit('approve', true) from the JS client), and publishes it if approved.",
+    example_input={"title": "Release notes", "author": "Ada"},
+)
+
+
+@approval.step()
+async def draft(input: dict[str, Any]) -> dict[str, Any]:
+    run = input["run"] if isinstance(input["run"], dict) else {}
+    title = str(run.get("title", "Untitled"))
+    await _pause(FETCH_LATENCY)
+    return {"title": title, "text": f"{title}: what changed, and why it matters.",
+            "author": str(run.get("author", "someone"))}
+
+
+approve = approval.input_step(
+    "approve", depends_on=[draft],
+    schema={"type": "boolean", "title": "Publish this draft?"},
+    timeout=3600,
+)
+
+
+@approval.step(depends_on=[draft, approve], output=True)
+async def publish(input: dict[str, Any]) -> dict[str, Any]:
+    if input["approve"] is not True:
+        return {"published": False, "title": input["draft"]["title"]}
+    await _pause(FETCH_LATENCY)
+    return {"published": True, "title": input["draft"]["title"]}

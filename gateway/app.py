@@ -148,7 +148,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "If-None-Match"],
+            allow_headers=["Authorization", "Content-Type", "If-None-Match", "Idempotency-Key"],
             expose_headers=["ETag", "Location"],
             max_age=600,
         ))

@@ -7,9 +7,14 @@ the HTTP and websocket reference document.
         ├── BadRequestError         bad_request 400: JSON of the wrong shape, a binary frame
         ├── UnauthorizedError       unauthorized 401: token missing, malformed, expired, ...
         ├── ForbiddenError          forbidden 403: a valid token that may not do this; Origin
+        ├── ConflictError           conflict 409: the run or step is not in a state for that
         ├── TooLargeError           too_large 413: body or frame over the limit
         ├── TooManySubscriptionsError  too_many_subscriptions 429
         └── TooManyConnectionsError    too_many_connections 429
+
+Errors of PGFlow's own that a client causes have codes too (``wire.error_status``): unknown flow,
+run or step (not_found 404), ``InputRejectedError`` (invalid_input 400, with its ``errors``),
+``IdempotencyConflictError`` (idempotency_conflict 422), ...
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ class BadRequestError(RequestError):
 
     code = "bad_request"
     status = 400
+
+
+class ConflictError(RequestError):
+    """The run or step is not in a state that allows this (already ended, not waiting)."""
+
+    code = "conflict"
+    status = 409
 
 
 class UnauthorizedError(RequestError):

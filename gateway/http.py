@@ -1,4 +1,5 @@
-"""The HTTP routes: run_flow, flows, runs, health, metrics, the JS client and the demo page.
+"""The HTTP routes: run_flow, flows, runs and their steering (cancel, input, retry), health,
+metrics, the JS client and the demo page.
 
 Every handler answers errors as ``{"error": {"code", "message"}}`` with the status that
 ``wire.error_status`` gives; ``_api`` translates PGFlow's exceptions, and nothing a client sends
@@ -28,6 +29,7 @@ from gateway.auth import Authenticator, Principal, bearer_token
 from gateway.errors import (
     BadJsonError,
     BadRequestError,
+    ConflictError,
     ForbiddenError,
     TooLargeError,
     UnauthorizedError,
@@ -38,8 +40,14 @@ from gateway.openapi import openapi_document
 from gateway.runs_query import encode_cursor, parse_runs_query
 from gateway.wire import canonical_run_id, error_body, error_status, loads_client_json
 from pgflow.db.store import Store
-from pgflow.errors import UnknownFlowError, UnknownRunError
+from pgflow.errors import (
+    InputRejectedError,
+    UnknownFlowError,
+    UnknownRunError,
+    UnknownStepError,
+)
 from pgflow.flows import SLUG, Flow
+from pgflow.input_schema import validate_input
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +67,9 @@ REPO_CLIENT_JS = Path(__file__).resolve().parent.parent / "client_js" / "client.
 # them under static/).
 CLIENT_MODULE_DIRS = (STATIC_DIR / "client", REPO_CLIENT_JS.parent / "client")
 CLIENT_MODULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# Idempotency-Key: 1 to 255 visible ASCII characters (no spaces, no controls).
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+MAX_CANCEL_REASON = 1000  # characters: the reason travels in run:cancelled to every subscriber
 
 PLACEHOLDER_PAGE = b"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>PGFlow gateway</title></head>
@@ -78,8 +89,9 @@ def json_response(
 
 
 def error_response(code: str, message: str, status: int,
-                   headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(code, message), status, headers, media_type=JSON_TYPE)
+                   headers: dict[str, str] | None = None,
+                   errors: list[dict[str, Any]] | None = None) -> Response:
+    return Response(error_body(code, message, errors), status, headers, media_type=JSON_TYPE)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -101,7 +113,8 @@ def _api(handler: Handler) -> Handler:
             if status >= 500:
                 logger.warning("%s %s: %s", request.method, request.url.path, exc,
                                extra={"action": "http_unavailable"})
-            return error_response(code, str(exc), status, headers)
+            errors = exc.errors if isinstance(exc, InputRejectedError) else None
+            return error_response(code, str(exc), status, headers, errors)
 
     return wrapper
 
@@ -125,8 +138,8 @@ def principal_of(auth: Authenticator, connection: HTTPConnection) -> Principal:
     return auth.authenticate(bearer_token(connection.headers.get("authorization")))
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request's JSON body, refusing more than ``limit`` bytes (declared or streamed)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refusing more than ``limit`` bytes (declared or streamed)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -146,10 +159,49 @@ async def read_json(request: Request, limit: int) -> Any:
         # read the answer, but the metrics and the log must not call it a bug).
         raise BadRequestError("the client closed the connection before the end of the body"
                               ) from None
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request's JSON body, refusing more than ``limit`` bytes (declared or streamed)."""
+    body = await read_body(request, limit)
     if not body.strip():
         raise BadJsonError("the body is empty: send a JSON object")
     return loads_client_json(body, "the body")  # bad_json, or bad_request when nested too deep
+
+
+async def read_options(request: Request, limit: int, fields: frozenset[str]) -> dict[str, Any]:
+    """An optional JSON object body (empty: ``{}``) with no fields but ``fields``."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        return {}
+    value = loads_client_json(body, "the body")
+    expected = "{" + ", ".join(f'"{f}"' for f in sorted(fields)) + "}"
+    if not isinstance(value, dict):
+        raise BadRequestError(f"the body must be a JSON object {expected}, or empty")
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise BadRequestError(f"unknown field(s) {', '.join(u[:64] for u in unknown[:10])}: "
+                              f"expected {expected}")
+    return value
+
+
+def idempotency_key_of(request: Request) -> str | None:
+    """The request's ``Idempotency-Key``, checked; None without one.
+
+    Raises:
+        BadRequestError: more than one, or not 1 to 255 visible ASCII characters.
+    """
+    values = request.headers.getlist("idempotency-key")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequestError("send at most one Idempotency-Key header")
+    key = values[0]
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequestError("Idempotency-Key must be 1 to 255 visible ASCII characters "
+                              "(no spaces or control characters)")
+    return key
 
 
 def check_storable(value: Any, path: str = "input") -> None:
@@ -249,6 +301,47 @@ def http_routes(
     """
     static = StaticFiles()
     flow_bodies: dict[str, bytes] = {}  # slug -> body (shapes are immutable per slug)
+    flow_steps: dict[str, dict[str, dict[str, Any]]] = {}  # slug -> step slug -> its shape
+
+    async def steerable_run(request: Request, principal: Principal) -> tuple[uuid.UUID, str]:
+        """The path's run and its flow, once the principal may act on it: the rules of
+        ``GET /runs/{run_id}``.
+
+        Raises:
+            BadRequestError: not a UUID. UnknownRunError: no such run.
+            UnauthorizedError, ForbiddenError: as ``Authenticator.check_run``.
+        """
+        run_id = canonical_run_id(request.path_params["run_id"])
+        # The run's access facts without its events (0 < seq <= 0: none) nor its snapshot,
+        # which carries every step's output.
+        facts = await store().get_run_replay(uuid.UUID(run_id), 0, 0)
+        if facts is None:
+            raise UnknownRunError(f"unknown run {run_id}")
+        auth.check_run(principal, facts.flow_slug, facts.owner, run_id)
+        return uuid.UUID(run_id), facts.flow_slug
+
+    async def input_step(flow_slug: str, step_slug: str) -> dict[str, Any]:
+        """The flow's step ``step_slug``, if it is an input step.
+
+        Raises:
+            UnknownStepError: no such step in the flow.
+            ConflictError: a step that is not an input step.
+        """
+        steps = flow_steps.get(flow_slug)
+        if steps is None:
+            shape = await store().get_flow(flow_slug)
+            steps = {step["slug"]: step for step in (shape or {}).get("steps", [])}
+            if shape is not None:  # (a run's flow is never deleted: None is defensive)
+                if len(flow_steps) >= 4096:
+                    flow_steps.clear()
+                flow_steps[flow_slug] = steps
+        step = steps.get(step_slug)
+        if step is None:
+            raise UnknownStepError(f"flow {flow_slug!r} has no step {step_slug[:128]!r}")
+        if step.get("kind") != "input":
+            raise ConflictError(f"step {step_slug!r} is not an input step: its handler "
+                                "completes it")
+        return step
 
     @_api
     async def run_flow(request: Request) -> Response:
@@ -267,9 +360,14 @@ def http_routes(
         auth.check_flow(principal, slug)
         flow_input = body.get("input")
         check_storable(flow_input)
-        run_id = await store().run_flow(slug, flow_input, owner=principal.subject)
+        # With a key used before for this flow and owner: the run it started, 200 instead of
+        # 201 (a client's retry after a lost answer); with another input, IdempotencyConflict.
+        started = await store().start_run(slug, flow_input, owner=principal.subject,
+                                          idempotency_key=idempotency_key_of(request))
+        run_id = started.run_id
         return json_response(
-            {"run_id": str(run_id), "flow_slug": slug, "status": "started"}, 201,
+            {"run_id": str(run_id), "flow_slug": slug, "status": "started"},
+            201 if started.created else 200,
             {"Location": f"{request.scope.get('root_path', '')}/runs/{run_id}"},
         )
 
@@ -342,6 +440,64 @@ def http_routes(
         return json_response({"runs": page, "next_cursor": next_cursor},
                              headers={"Cache-Control": "no-store"})
 
+    @_api
+    async def cancel_run(request: Request) -> Response:
+        principal = principal_of(auth, request)
+        options = await read_options(request, max_body_bytes, frozenset({"reason"}))
+        reason = options.get("reason")
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise BadRequestError("reason must be a string")
+            if len(reason) > MAX_CANCEL_REASON:
+                raise BadRequestError(f"reason is over {MAX_CANCEL_REASON} characters")
+            check_storable(reason, "reason")
+        run_id, _ = await steerable_run(request, principal)
+        if not await store().cancel_run(run_id, reason):
+            raise ConflictError(f"run {run_id} has already ended")
+        return json_response({"run_id": str(run_id), "status": "cancelled"},
+                             headers={"Cache-Control": "no-store"})
+
+    @_api
+    async def submit_input(request: Request) -> Response:
+        principal = principal_of(auth, request)
+        body = await read_json(request, max_body_bytes)
+        if not isinstance(body, dict) or "value" not in body:
+            raise BadRequestError('the body must be a JSON object {"value": ...}')
+        unknown = sorted(set(body) - {"value"})
+        if unknown:
+            raise BadRequestError(f"unknown field(s) {', '.join(u[:64] for u in unknown[:10])}: "
+                                  'expected {"value"}')
+        value = body["value"]
+        check_storable(value, "value")
+        run_id, flow_slug = await steerable_run(request, principal)
+        step_slug = request.path_params["step_slug"]
+        step = await input_step(flow_slug, step_slug)
+        try:
+            errors = validate_input(step.get("schema", True), value)
+        except ValueError as error:
+            # a schema define_flow took (it checks only the type) but JSON Schema refuses: the
+            # flow's fault, not the caller's; say what, without a stack trace per request
+            logger.warning("flow %r, step %r: %s", flow_slug, step_slug, error,
+                           extra={"action": "bad_input_schema"})
+            return error_response("internal", f"step {step_slug!r} of flow {flow_slug!r} has "
+                                  f"an unusable schema: {error}", 500)
+        if errors:
+            raise InputRejectedError(step_slug, errors)
+        if not await store().submit_input(run_id, step_slug, value):
+            raise ConflictError(f"step {step_slug!r} of run {run_id} is not waiting for input")
+        return json_response({"run_id": str(run_id), "step_slug": step_slug,
+                              "status": "completed"}, headers={"Cache-Control": "no-store"})
+
+    @_api
+    async def retry_run(request: Request) -> Response:
+        principal = principal_of(auth, request)
+        await read_options(request, max_body_bytes, frozenset())
+        run_id, _ = await steerable_run(request, principal)
+        if not await store().retry_run(run_id):
+            raise ConflictError(f"run {run_id} is neither failed nor cancelled")
+        return json_response({"run_id": str(run_id), "status": "started"},
+                             headers={"Cache-Control": "no-store"})
+
     async def healthz(request: Request) -> Response:
         problem = unhealthy()
         if problem is not None:
@@ -400,6 +556,9 @@ def http_routes(
         Route("/flows/{slug}", get_flow, methods=["GET"]),
         Route("/runs", list_runs, methods=["GET"]),
         Route("/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+        Route("/runs/{run_id}/steps/{step_slug}/input", submit_input, methods=["POST"]),
+        Route("/runs/{run_id}/retry", retry_run, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_page, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

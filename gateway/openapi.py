@@ -11,10 +11,13 @@ from typing import Any
 import pgflow
 
 _ERROR_CODES = [
-    "bad_json", "bad_request", "invalid_flow", "unauthorized", "forbidden", "not_found",
-    "method_not_allowed", "too_large", "too_many_subscriptions", "too_many_connections",
-    "unavailable", "internal",
+    "bad_json", "bad_request", "invalid_flow", "invalid_input", "unauthorized", "forbidden",
+    "not_found", "method_not_allowed", "conflict", "too_large", "idempotency_conflict",
+    "too_many_subscriptions", "too_many_connections", "unavailable", "internal",
 ]
+_RUN_STATUSES = ["started", "completed", "failed", "cancelled"]
+_STEP_STATUSES = ["created", "started", "retrying", "waiting", "completed", "failed",
+                  "cancelled"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -31,7 +34,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "token missing or invalid (unauthorized)",
         403: "the token may not do this (forbidden)",
         404: "unknown flow or run (not_found)",
+        409: "the run or step is not in a state for this (conflict)",
         413: "body over the limit (too_large)",
+        422: "the Idempotency-Key was used with another input (idempotency_conflict)",
         503: "the database cannot be reached (unavailable)",
     }
     return {str(s): {"$ref": f"#/components/responses/E{s}"} for s in statuses if s in text}
@@ -42,23 +47,34 @@ def openapi_document() -> dict[str, Any]:
               "schema": {"type": "string", "format": "uuid"}}
     slug = {"name": "slug", "in": "path", "required": True,
             "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_-]{0,127}$"}}
+    step_slug = {"name": "step_slug", "in": "path", "required": True,
+                 "schema": {"type": "string"}}
+    idempotency_key = {
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "description": "1 to 255 visible ASCII characters. The same key for the same flow and "
+                       "owner answers the run it started (200) instead of starting another, "
+                       "while that run exists; with another input it is idempotency_conflict",
+        "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"}}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "PGFlow gateway",
             "version": pgflow.__version__,
-            "description": "Start flows and read runs. Live events: websocket /realtime "
+            "description": "Start flows, read and steer runs. Live events: websocket /realtime "
                            "(docs/reference/websocket.md).",
         },
         "security": [{}, {"bearer": []}],
         "paths": {
             "/rpc/run_flow": {"post": {
                 "summary": "Start a run of a flow",
+                "parameters": [idempotency_key],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": _ref("RunFlowRequest")}}},
                 "responses": {
                     "201": _json(_ref("RunStarted"), "the run started"),
-                    **_errors(400, 401, 403, 404, 413, 503),
+                    "200": _json(_ref("RunStarted"), "the run this Idempotency-Key started "
+                                                     "before (the same body)"),
+                    **_errors(400, 401, 403, 404, 413, 422, 503),
                 },
             }},
             "/flows": {"get": {
@@ -85,7 +101,7 @@ def openapi_document() -> dict[str, Any]:
                     {"name": "status", "in": "query", "style": "form", "explode": True,
                      "description": "one or several run statuses (repeated or comma-separated)",
                      "schema": {"type": "array", "items": {
-                         "enum": ["started", "completed", "failed"]}}},
+                         "enum": _RUN_STATUSES}}},
                     {"name": "started_after", "in": "query",
                      "description": "ISO 8601 with a time zone; exclusive",
                      "schema": {"type": "string", "format": "date-time"}},
@@ -108,6 +124,33 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [run_id],
                 "responses": {"200": _json(_ref("Run"), "the run"),
                               **_errors(400, 401, 403, 404, 503)},
+            }},
+            "/runs/{run_id}/cancel": {"post": {
+                "summary": "Cancel a run: its unfinished steps and the run end as cancelled",
+                "parameters": [run_id],
+                "requestBody": {"required": False, "content": {"application/json": {
+                    "schema": _ref("CancelRequest")}}},
+                "responses": {"200": _json(_ref("RunCancelled"), "the run is cancelled"),
+                              **_errors(400, 401, 403, 404, 409, 413, 503)},
+            }},
+            "/runs/{run_id}/steps/{step_slug}/input": {"post": {
+                "summary": "Submit a waiting input step's value (checked against its schema)",
+                "parameters": [run_id, step_slug],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("InputRequest")}}},
+                "responses": {
+                    "200": _json(_ref("InputAccepted"), "the step completed with the value"),
+                    "400": _json(_ref("InputError"), "bad JSON or shape (bad_json, "
+                                 "bad_request), or a value that fails the step's schema "
+                                 "(invalid_input, with errors)"),
+                    **_errors(401, 403, 404, 409, 413, 503)},
+            }},
+            "/runs/{run_id}/retry": {"post": {
+                "summary": "Retry a failed or cancelled run: its failed and cancelled steps "
+                           "start again",
+                "parameters": [run_id],
+                "responses": {"200": _json(_ref("RunRetried"), "the run started again"),
+                              **_errors(400, 401, 403, 404, 409, 413, 503)},
             }},
             "/healthz": {"get": {
                 "summary": "Liveness: 200 while the LISTEN connection is up",
@@ -138,7 +181,8 @@ def openapi_document() -> dict[str, Any]:
                 f"E{status}": _json(_ref("Error"), description)
                 for status, description in [
                     (400, "bad request"), (401, "unauthorized"), (403, "forbidden"),
-                    (404, "not found"), (413, "too large"), (503, "unavailable"),
+                    (404, "not found"), (409, "conflict"), (413, "too large"),
+                    (422, "idempotency conflict"), (503, "unavailable"),
                 ]
             },
             "schemas": {
@@ -146,6 +190,35 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object", "required": ["code", "message"], "properties": {
                         "code": {"type": "string", "enum": _ERROR_CODES},
                         "message": {"type": "string"}}}}},
+                "InputError": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["code", "message"], "properties": {
+                        "code": {"type": "string", "enum": _ERROR_CODES},
+                        "message": {"type": "string"},
+                        "errors": {
+                            "description": "with invalid_input: why the value fails",
+                            "type": "array", "items": {
+                                "type": "object", "required": ["path", "message"],
+                                "properties": {
+                                    "path": {"type": "string",
+                                             "description": "a JSON Pointer into the value"},
+                                    "message": {"type": "string"}}}}}}}},
+                "CancelRequest": {"type": "object", "additionalProperties": False,
+                                  "properties": {"reason": {"type": ["string", "null"],
+                                                            "maxLength": 1000}}},
+                "RunCancelled": {"type": "object", "required": ["run_id", "status"],
+                                 "properties": {"run_id": {"type": "string", "format": "uuid"},
+                                                "status": {"const": "cancelled"}}},
+                "InputRequest": {"type": "object", "required": ["value"],
+                                 "additionalProperties": False,
+                                 "properties": {"value": {"description": "any JSON"}}},
+                "InputAccepted": {"type": "object",
+                                  "required": ["run_id", "step_slug", "status"],
+                                  "properties": {"run_id": {"type": "string", "format": "uuid"},
+                                                 "step_slug": {"type": "string"},
+                                                 "status": {"const": "completed"}}},
+                "RunRetried": {"type": "object", "required": ["run_id", "status"],
+                               "properties": {"run_id": {"type": "string", "format": "uuid"},
+                                              "status": {"const": "started"}}},
                 "RunFlowRequest": {"type": "object", "required": ["flow_slug"],
                                    "additionalProperties": False, "properties": {
                                        "flow_slug": {"type": "string"},
@@ -165,7 +238,10 @@ def openapi_document() -> dict[str, Any]:
                                  "depends_on": {"type": "array", "items": {"type": "string"}},
                                  "max_attempts": {"type": "integer"},
                                  "base_delay": {"type": "number"},
-                                 "timeout": {"type": "integer"}}}},
+                                 "timeout": {"type": "integer"},
+                                 "kind": {"enum": ["task", "input"]},
+                                 "schema": {"description": "an input step's JSON Schema "
+                                                           "(2020-12)"}}}},
                              "output_step": {"type": ["string", "null"]},
                              "public": {"type": "boolean"},
                              "description": {"type": "string"},
@@ -173,7 +249,7 @@ def openapi_document() -> dict[str, Any]:
                 "RunSummary": {"type": "object", "properties": {
                     "run_id": {"type": "string", "format": "uuid"},
                     "flow_slug": {"type": "string"},
-                    "status": {"enum": ["started", "completed", "failed"]},
+                    "status": {"enum": _RUN_STATUSES},
                     "seq": {"type": "integer"},
                     "started_at": {"type": "string"},
                     "completed_at": {"type": ["string", "null"]},
@@ -181,15 +257,18 @@ def openapi_document() -> dict[str, Any]:
                 "Run": {"type": "object", "properties": {
                     "run_id": {"type": "string", "format": "uuid"},
                     "flow_slug": {"type": "string"},
-                    "status": {"enum": ["started", "completed", "failed"]},
+                    "status": {"enum": _RUN_STATUSES},
                     "input": {}, "output": {}, "error": {"type": ["string", "null"]},
                     "failed_step": {"type": ["string", "null"]},
                     "owner": {"type": ["string", "null"]},
+                    "cancelled_at": {"type": ["string", "null"]},
+                    "cancel_reason": {"type": ["string", "null"]},
+                    "idempotency_key": {"type": ["string", "null"]},
                     "seq": {"type": "integer"},
                     "steps": {"type": "array", "items": {"type": "object", "properties": {
                         "step_slug": {"type": "string"},
-                        "status": {"enum": ["created", "started", "retrying", "completed",
-                                            "failed", "cancelled"]},
+                        "kind": {"enum": ["task", "input"]},
+                        "status": {"enum": _STEP_STATUSES},
                         "attempt": {"type": "integer"}, "output": {},
                         "error": {"type": ["string", "null"]}}}}}},
             },

@@ -19,7 +19,7 @@ from pgflow.flows import SLUG
 
 DEFAULT_RUNS_LIMIT = 20
 MAX_RUNS_LIMIT = 1000
-RUN_STATUSES = ("started", "completed", "failed")
+RUN_STATUSES = ("started", "completed", "failed", "cancelled")
 PARAMETERS = ("limit", "flow_slug", "status", "started_after", "started_before", "cursor")
 _REPEATABLE = frozenset({"status"})
 _CURSOR_VERSION = "1"

@@ -24,9 +24,12 @@ from gateway.notifications import MAX_SEQ, Event, is_seq
 from pgflow.errors import (
     DatabaseUnavailableError,
     FlowShapeConflictError,
+    IdempotencyConflictError,
+    InputRejectedError,
     InvalidFlowError,
     UnknownFlowError,
     UnknownRunError,
+    UnknownStepError,
     ValueRejectedError,
 )
 
@@ -60,8 +63,12 @@ def error_status(exc: BaseException) -> tuple[str, int] | None:
     """The protocol's (code, HTTP status) for an exception a client caused; None: a bug."""
     if isinstance(exc, RequestError):
         return exc.code, exc.status
-    if isinstance(exc, UnknownFlowError | UnknownRunError):
+    if isinstance(exc, UnknownFlowError | UnknownRunError | UnknownStepError):
         return "not_found", 404
+    if isinstance(exc, IdempotencyConflictError):  # the key was used with another input
+        return "idempotency_conflict", 422
+    if isinstance(exc, InputRejectedError):  # its errors go in the body too (error_body)
+        return "invalid_input", 400
     if isinstance(exc, InvalidFlowError | FlowShapeConflictError):
         return "invalid_flow", 400
     if isinstance(exc, DatabaseUnavailableError):
@@ -246,9 +253,13 @@ def error_frame(code: str, message: str, run_id: str | None = None) -> str:
     return _dumps(error)
 
 
-def error_body(code: str, message: str) -> bytes:
-    """An HTTP error body: ``{"error": {"code", "message"}}``."""
-    return orjson.dumps({"error": {"code": code, "message": message}})
+def error_body(code: str, message: str, errors: list[dict[str, Any]] | None = None) -> bytes:
+    """An HTTP error body: ``{"error": {"code", "message"}}``, and ``errors`` (a rejected
+    input's reasons) when given."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if errors is not None:
+        error["errors"] = errors
+    return orjson.dumps({"error": error})
 
 
 # -- the frame's bytes -------------------------------------------------------------------

@@ -4,7 +4,12 @@
     ├── InvalidFlowError        define_flow refused a shape (SQLSTATE PF400)
     ├── FlowShapeConflictError  another shape already uses the slug (PF409)
     ├── UnknownFlowError        run_flow on a flow that was never defined (PF404)
-    ├── UnknownRunError         no run with that id
+    ├── UnknownRunError         no run with that id (PF404)
+    ├── UnknownStepError        the run has no step with that slug (PF404)
+    ├── IdempotencyConflictError  the key already started a run with another input (PF422)
+    ├── InputRejectedError      a value submitted to an input step fails its schema (.errors)
+    ├── FlowFailedError         a run the Python client awaited failed (.run_id, .step_slug, .error)
+    ├── FlowCancelledError      a run the Python client awaited was cancelled (.run_id, .reason)
     ├── DatabaseUnavailableError  the server cannot be reached, or the link to it was lost
     ├── DatabaseError           the database refused a statement (its SQLSTATE in .sqlstate)
     │   ├── ValueRejectedError      it cannot store a value it was given (SQLSTATE class 22)
@@ -41,6 +46,49 @@ class UnknownFlowError(PGFlowError):
 
 class UnknownRunError(PGFlowError):
     """No run with this id."""
+
+
+class UnknownStepError(PGFlowError):
+    """The run has no step with this slug."""
+
+
+class IdempotencyConflictError(PGFlowError):
+    """The idempotency key already started a run of this flow with another input."""
+
+
+class InputRejectedError(PGFlowError):
+    """The value does not match the input step's JSON Schema: ``errors`` lists each problem as
+    ``{"path": <JSON pointer into the value>, "message": str}``."""
+
+    def __init__(self, step_slug: str, errors: list[dict[str, str]]) -> None:
+        first = errors[0] if errors else {"path": "", "message": "rejected"}
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"the value for step {step_slug!r} does not match its schema: "
+                         f"{first['path'] or '/'}: {first['message']}{more}")
+        self.step_slug = step_slug
+        self.errors = errors
+
+
+class FlowFailedError(PGFlowError):
+    """The run failed (``run:failed``): ``step_slug`` is the step whose last attempt failed,
+    ``error`` that attempt's error."""
+
+    def __init__(self, run_id: str, error: str | None, step_slug: str | None = None) -> None:
+        at = f" at step {step_slug!r}" if step_slug is not None else ""
+        super().__init__(f"run {run_id} failed{at}: {error}")
+        self.run_id = run_id
+        self.error = error
+        self.step_slug = step_slug
+
+
+class FlowCancelledError(PGFlowError):
+    """The run was cancelled (``run:cancelled``), with the ``reason`` given to ``cancel_run``
+    (or None)."""
+
+    def __init__(self, run_id: str, reason: str | None = None) -> None:
+        super().__init__(f"run {run_id} was cancelled" + (f": {reason}" if reason else ""))
+        self.run_id = run_id
+        self.reason = reason
 
 
 class DatabaseUnavailableError(PGFlowError):

@@ -10,6 +10,7 @@ import importlib
 import inspect
 import re
 import sys
+import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from pgflow.errors import ConfigurationError, InvalidFlowError
+from pgflow.input_schema import check_schema
 
 # A handler takes the step's input, or (input, context); it may be async or plain.
 Handler = Callable[..., Any]
@@ -26,6 +28,7 @@ SLUG = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BASE_DELAY = 1.0  # seconds
 DEFAULT_TIMEOUT = 60  # seconds
+MAX_INPUT_TIMEOUT = 30 * 86400  # seconds an input step may wait for its value
 
 
 class ChunkSink(Protocol):
@@ -49,6 +52,15 @@ class StepContext:
     timeout: int  # seconds this attempt may run
     worker_id: str
     stream: ChunkSink | None = field(default=None, repr=False, compare=False)
+    cancel_signal: threading.Event | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled (``cancel_run``) while this attempt runs: a plain
+        handler, which cannot be interrupted, should check it and return early; whatever it
+        returns then is not recorded. An async handler is cancelled instead
+        (``asyncio.CancelledError`` at its next ``await``)."""
+        return self.cancel_signal is not None and self.cancel_signal.is_set()
 
     def emit(self, value: Any) -> None:
         """Streams ``value`` (a string or any JSON value) as the next chunk of this attempt.
@@ -78,12 +90,17 @@ class StepContext:
 @dataclass(frozen=True)
 class Step:
     slug: str
-    handler: Handler
+    handler: Handler | None  # None for an input step: a person's answer is its output
     depends_on: tuple[str, ...]
     max_attempts: int | None
     base_delay: float | None
     timeout: int | None
     takes_context: bool = False
+    schema: dict[str, Any] | bool | None = None  # an input step's JSON Schema
+
+    @property
+    def is_input(self) -> bool:
+        return self.handler is None
 
     @property
     def is_async(self) -> bool:
@@ -143,21 +160,8 @@ class Flow:
             here = f"{where}, step {step_slug!r}"
             if not callable(handler):
                 raise InvalidFlowError(f"{here}: the step must decorate a function")
-            if not SLUG.match(step_slug) or step_slug == "run":
-                raise InvalidFlowError(
-                    f"{here}: a step slug must match {SLUG.pattern} and not be 'run'"
-                )
-            if step_slug in self.steps:
-                raise InvalidFlowError(f"{here}: a step with this slug is already declared")
+            deps = self._check_new_step(here, step_slug, depends_on)
             takes_context = _takes_context(here, handler)
-            deps = tuple(self._dependency_slug(here, d) for d in depends_on)
-            for dep in deps:
-                if dep not in self.steps:
-                    raise InvalidFlowError(
-                        f"{here}: depends on {dep!r}, which is not declared before it"
-                    )
-            if len(set(deps)) != len(deps):
-                raise InvalidFlowError(f"{here}: a dependency is listed twice")
             self.steps[step_slug] = Step(
                 step_slug, handler, deps, max_attempts, base_delay, timeout, takes_context
             )
@@ -169,13 +173,67 @@ class Flow:
 
         return register
 
+    def input_step(
+        self,
+        slug: str,
+        *,
+        depends_on: Iterable[str | Callable[..., Any]] = (),
+        schema: dict[str, Any] | bool | None = None,
+        timeout: int | None = None,
+    ) -> str:
+        """Declares a step with no handler that waits for a person (or any caller) to submit
+        its value: ``submit_input`` in SQL, ``POST /runs/{id}/steps/{slug}/input``,
+        ``run.submit(slug, value)`` in the JS client, ``Client.submit`` in Python.
+
+        When its dependencies complete it waits (``step:waiting``, carrying ``schema`` and its
+        assembled input); the value submitted, once it matches ``schema`` (a JSON Schema,
+        draft 2020-12; any value when None), is the step's output and its dependents start.
+        Past ``timeout`` seconds (default a day, at most 30 days) the step fails, and the run.
+
+        Returns the slug, to name in later steps' ``depends_on``.
+        """
+        where = f"flow {self.slug!r}, input step {slug!r}"
+        if timeout is not None and (
+            not isinstance(timeout, int) or isinstance(timeout, bool)
+            or not 1 <= timeout <= MAX_INPUT_TIMEOUT
+        ):
+            raise InvalidFlowError(
+                f"{where}: timeout must be whole seconds from 1 to {MAX_INPUT_TIMEOUT}")
+        if schema is not None:
+            try:
+                check_schema(schema)
+            except ValueError as error:
+                raise InvalidFlowError(f"{where}: {error}") from None
+        deps = self._check_new_step(where, slug, depends_on)
+        self.steps[slug] = Step(slug, None, deps, None, None, timeout, schema=schema)
+        return slug
+
+    def _check_new_step(self, here: str, step_slug: str,
+                        depends_on: Iterable[str | Callable[..., Any]]) -> tuple[str, ...]:
+        """The new step's dependencies, once its slug and theirs are known to be good."""
+        if not SLUG.match(step_slug) or step_slug == "run":
+            raise InvalidFlowError(
+                f"{here}: a step slug must match {SLUG.pattern} and not be 'run'"
+            )
+        if step_slug in self.steps:
+            raise InvalidFlowError(f"{here}: a step with this slug is already declared")
+        deps = tuple(self._dependency_slug(here, d) for d in depends_on)
+        for dep in deps:
+            if dep not in self.steps:
+                raise InvalidFlowError(
+                    f"{here}: depends on {dep!r}, which is not declared before it"
+                )
+        if len(set(deps)) != len(deps):
+            raise InvalidFlowError(f"{here}: a dependency is listed twice")
+        return deps
+
     def _dependency_slug(self, where: str, dependency: str | Callable[..., Any]) -> str:
         if isinstance(dependency, str):
             return dependency
         # Found by identity among this flow's own steps: the same function may be a step of
         # several flows, under different slugs.
         for step in self.steps.values():
-            if step.handler is dependency:
+            if step.handler is not None and step.handler is dependency:
                 return step.slug
         raise InvalidFlowError(
             f"{where}: depends_on takes step slugs or functions declared as steps of this flow "
@@ -192,20 +250,25 @@ class Flow:
             )
         return {
             "slug": self.slug,
-            "steps": [
-                {
-                    "slug": s.slug,
-                    "depends_on": list(s.depends_on),
-                    "max_attempts": s.max_attempts
-                    if s.max_attempts is not None
-                    else self.max_attempts,
-                    "base_delay": s.base_delay if s.base_delay is not None else self.base_delay,
-                    "timeout": s.timeout if s.timeout is not None else self.timeout,
-                }
-                for s in self.steps.values()
-            ],
+            "steps": [self._step_definition(s) for s in self.steps.values()],
             "output_step": self.output_step,
         }
+
+    def _step_definition(self, step: Step) -> dict[str, Any]:
+        shape: dict[str, Any] = {
+            "slug": step.slug,
+            "depends_on": list(step.depends_on),
+            "max_attempts": step.max_attempts if step.max_attempts is not None
+            else self.max_attempts,
+            "base_delay": step.base_delay if step.base_delay is not None else self.base_delay,
+        }
+        if step.is_input:  # the engine's default wait (a day) unless given; no handler options
+            shape |= {"kind": "input", "schema": step.schema if step.schema is not None else {}}
+            if step.timeout is not None:
+                shape["timeout"] = step.timeout
+        else:
+            shape["timeout"] = step.timeout if step.timeout is not None else self.timeout
+        return shape
 
 
 def _takes_context(where: str, handler: Callable[..., Any]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 
 import asyncpg
 
@@ -68,9 +69,13 @@ class Listener:
         health_timeout: float = HEALTH_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
         retry: Retry | None = None,
+        also: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
         self.url = url
         self.channel = channel
+        # more channels on the same connection, each payload handed to its callback (which
+        # must not raise or block); nothing of theirs goes into ``queue``
+        self.also = dict(also or {})
         self.queue = queue
         self.application_name = application_name
         self.health_interval = health_interval
@@ -89,6 +94,12 @@ class Listener:
         # asyncpg calls this with call_soon, fire-and-forget: nothing here may raise or block.
         self.queue.put_nowait(payload)
         self._received += 1
+
+    def _forward_to(self, callback: Callable[[str], None]) -> Callable[..., None]:
+        def forward(connection: object, pid: int, channel: str, payload: str) -> None:
+            self._received += 1
+            callback(payload)
+        return forward
 
     async def run(self) -> None:
         """Listens until cancelled, reconnecting as often as needed."""
@@ -126,6 +137,8 @@ class Listener:
         try:
             with translate_errors():
                 await connection.add_listener(self.channel, self._on_notification)
+                for channel, callback in self.also.items():
+                    await connection.add_listener(channel, self._forward_to(callback))
             self._retry.succeeded()
             self.backend_pid = connection.get_server_pid()
             self.connected = True

@@ -60,6 +60,15 @@ class RunRequest:
     flow_slug: str
     input_json: str
     owner: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    """A run ``Store.start_run`` answered: new, or the one its idempotency key started."""
+
+    run_id: uuid.UUID
+    created: bool
 
 
 def _report_arrays(done: list[Completion], failed: list[Failure]) -> list[list[Any]]:
@@ -158,7 +167,7 @@ class Store:
         # in flight at a time: fewer, larger transactions beat two in flight on every measure
         # at 50 users (runs/s, p50, CPU per run; BENCHMARKS.md), the database's commits being
         # the cost that batching saves.
-        self.run_starter: Coalescer[RunRequest, uuid.UUID] = Coalescer(
+        self.run_starter: Coalescer[RunRequest, StartedRun] = Coalescer(
             self._start_batch, max_batch=MAX_RUN_BATCH, max_in_flight=1
         )
         # concurrent subscriptions' first reads share a query
@@ -223,35 +232,49 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    async def run_flow(self, flow_slug: str, input: Any, *, owner: str | None = None) -> uuid.UUID:
-        """Starts a run. Concurrent calls are started together, in one transaction (group
+    async def run_flow(self, flow_slug: str, input: Any, *, owner: str | None = None,
+                       idempotency_key: str | None = None) -> uuid.UUID:
+        """Starts a run (``start_run``), answering its run_id alone."""
+        started = await self.start_run(flow_slug, input, owner=owner,
+                                       idempotency_key=idempotency_key)
+        return started.run_id
+
+    async def start_run(self, flow_slug: str, input: Any, *, owner: str | None = None,
+                        idempotency_key: str | None = None) -> StartedRun:
+        """Starts a run, or with an idempotency key answers the run that key already started
+        (``created`` False). Concurrent calls are started together, in one transaction (group
         commit, ``coalescer.py``); each returns once its run is committed.
 
         Raises UnknownFlowError for an unknown flow, ValueRejectedError for an input the
-        database refuses (that call alone, either way).
+        database refuses, IdempotencyConflictError for a key that started a run with another
+        input (that call alone, each).
         """
         try:  # here, so that a value orjson cannot encode fails this call only
             input_json = dumps(input)
         except TypeError as error:  # orjson.JSONEncodeError
             raise ValueRejectedError(f"the input cannot be stored as JSON: {error}") from None
-        return await self.run_starter.submit(RunRequest(flow_slug, input_json, owner))
+        return await self.run_starter.submit(
+            RunRequest(flow_slug, input_json, owner, idempotency_key))
 
-    async def run_flows(self, requests: Sequence[RunRequest]) -> list[uuid.UUID | None]:
-        """Starts runs in one transaction: each new run_id, or None for an unknown flow."""
+    async def start_runs(self, requests: Sequence[RunRequest]) -> list[StartedRun | None]:
+        """Starts runs in one transaction (SQL start_runs): each run, or None for an unknown
+        flow."""
         async with self._connection() as connection:
-            run_ids: list[uuid.UUID | None] = await connection.fetchval(
-                "select pgflow.run_flows($1, $2::text[]::jsonb[], $3)",
+            rows = await connection.fetch(
+                "select run_id, created from pgflow.start_runs($1, $2::text[]::jsonb[], $3, $4)",
                 [r.flow_slug for r in requests],
                 [r.input_json for r in requests],
                 [r.owner for r in requests],
+                [r.idempotency_key for r in requests]
+                if any(r.idempotency_key is not None for r in requests) else None,
             )
-            return run_ids
+        return [StartedRun(row[0], row[1]) if row[0] is not None else None for row in rows]
 
     async def _start_batch(
         self, requests: Sequence[RunRequest]
-    ) -> list[uuid.UUID | BaseException]:
+    ) -> list[StartedRun | BaseException]:
         try:
-            run_ids = await self.run_flows(requests)
+            run_ids = await self.start_runs(requests)
         except DatabaseUnavailableError:
             raise  # nothing was started; every request of the batch fails the same way
         except PGFlowError as error:
@@ -265,12 +288,40 @@ class Store:
             for request, run_id in zip(requests, run_ids, strict=True)
         ]
 
-    async def _start_alone(self, request: RunRequest) -> uuid.UUID | BaseException:
+    async def _start_alone(self, request: RunRequest) -> StartedRun | BaseException:
         try:
-            (run_id,) = await self.run_flows([request])
+            (run_id,) = await self.start_runs([request])
         except PGFlowError as error:
             return error
         return run_id if run_id is not None else _unknown_flow(request.flow_slug)
+
+    async def cancel_run(self, run_id: uuid.UUID, reason: str | None = None) -> bool:
+        """Cancels a run still going; False when it had ended. Raises UnknownRunError."""
+        async with self._connection() as connection:
+            cancelled: bool = await connection.fetchval(
+                "select pgflow.cancel_run($1, $2)", run_id, reason)
+            return cancelled
+
+    async def submit_input(self, run_id: uuid.UUID, step_slug: str, value: Any) -> bool:
+        """Gives a waiting input step its value (not checked against its schema here); False
+        when the step is not waiting. Raises UnknownRunError, UnknownStepError,
+        ValueRejectedError (a value orjson or jsonb cannot hold)."""
+        try:
+            value_json = dumps(value)
+        except TypeError as error:  # orjson.JSONEncodeError
+            raise ValueRejectedError(f"the value cannot be stored as JSON: {error}") from None
+        async with self._connection() as connection:
+            applied: bool = await connection.fetchval(
+                "select pgflow.submit_input($1, $2, $3::text::jsonb)", run_id, step_slug,
+                value_json)
+            return applied
+
+    async def retry_run(self, run_id: uuid.UUID) -> bool:
+        """Queues a failed or cancelled run's unfinished steps again; False for a run in
+        another state. Raises UnknownRunError."""
+        async with self._connection() as connection:
+            retried: bool = await connection.fetchval("select pgflow.retry_run($1)", run_id)
+            return retried
 
     async def get_run(self, run_id: uuid.UUID) -> dict[str, Any] | None:
         async with self._connection() as connection:

@@ -1,6 +1,8 @@
 """asyncpg's exceptions translated into PGFlow's errors: the one place that reads a SQLSTATE.
 
     PF400 / PF404 / PF409       InvalidFlowError / UnknownFlowError / FlowShapeConflictError
+                                 (PF404 for a run or a step: UnknownRunError / UnknownStepError)
+    PF422                        IdempotencyConflictError
     a lost or refused link       DatabaseUnavailableError
     SQLSTATE class 22            ValueRejectedError (also asyncpg's client-side DataError: an
                                  argument it cannot encode is the value's fault too)
@@ -14,6 +16,7 @@ Every call into asyncpg that can fail runs under ``translate_errors()``; what co
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import asyncpg
@@ -22,10 +25,13 @@ from pgflow.errors import (
     DatabaseError,
     DatabaseUnavailableError,
     FlowShapeConflictError,
+    IdempotencyConflictError,
     InvalidFlowError,
     PGFlowError,
     TransientDatabaseError,
     UnknownFlowError,
+    UnknownRunError,
+    UnknownStepError,
     ValueRejectedError,
 )
 
@@ -50,7 +56,13 @@ _ENGINE_ERRORS: dict[str, type[PGFlowError]] = {
     "PF400": InvalidFlowError,
     "PF404": UnknownFlowError,
     "PF409": FlowShapeConflictError,
+    "PF422": IdempotencyConflictError,
 }
+# PF404 names what is unknown in its message's words (sql/schema: cancel_run, submit_input, ...)
+_UNKNOWN_BY_MESSAGE: tuple[tuple[re.Pattern[str], type[PGFlowError]], ...] = (
+    (re.compile(r"^unknown run "), UnknownRunError),
+    (re.compile(r"^run \S+ has no step "), UnknownStepError),
+)
 _SQLSTATE_CLASSES: dict[str, type[DatabaseError]] = {
     "22": ValueRejectedError,
     "40": TransientDatabaseError,
@@ -65,6 +77,9 @@ def translate(exc: BaseException) -> PGFlowError | None:
         sqlstate: str = getattr(exc, "sqlstate", None) or ""
         message = getattr(exc, "message", None) or str(exc)
         engine_error = _ENGINE_ERRORS.get(sqlstate)
+        if sqlstate == "PF404":
+            engine_error = next((error for pattern, error in _UNKNOWN_BY_MESSAGE
+                                 if pattern.match(message)), engine_error)
         if engine_error is not None:
             return engine_error(message)
         if isinstance(exc, LOST_CONNECTION):

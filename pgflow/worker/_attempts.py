@@ -13,6 +13,7 @@ import enum
 import inspect
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,8 @@ def runners(flows: list[Flow], *, stream_logs: bool = False) -> dict[tuple[str, 
     for flow in flows:
         flow.definition()  # an incomplete flow fails here, not at its first task
         for step in flow.steps.values():
+            if step.handler is None:  # an input step: its value is submitted, never run
+                continue
             found[(flow.slug, step.slug)] = Runner(
                 step.handler, step.is_async, step.takes_context, stream_logs or flow.stream_logs
             )
@@ -174,16 +177,18 @@ class Attempts:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, task: Task, runner: Runner | None,
-                  stream: ChunkSink | None = None) -> tuple[str | None, Any]:
+                  stream: ChunkSink | None = None,
+                  cancel_signal: threading.Event | None = None) -> tuple[str | None, Any]:
         """(error, output) of one attempt: error is None when it succeeded, and the output is
-        then its JSON text (an ``orjson.Fragment``). ``stream``: where its ``emit`` goes."""
+        then its JSON text (an ``orjson.Fragment``). ``stream``: where its ``emit`` goes;
+        ``cancel_signal``: set when its run is cancelled (``StepContext.cancelled``)."""
         if runner is None:
             return (f"worker {self.worker_id} has no handler for step {task.step_slug!r} "
                     f"of flow {task.flow_slug!r}"), None
         if runner.takes_context:
             args: tuple[Any, ...] = (task.input, StepContext(
                 task.run_id, task.flow_slug, task.step_slug, task.attempt, task.max_attempts,
-                task.timeout, self.worker_id, stream,
+                task.timeout, self.worker_id, stream, cancel_signal,
             ))
         else:
             args = (task.input,)

@@ -6,12 +6,13 @@ sends no NOTIFY for that), a freed slot, or else the poll interval.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from pgflow.db.backoff import Retry, jitter
 from pgflow.db.listen import RESYNC, Listener
 
 TASKS_CHANNEL = "pgflow_tasks"
+CANCELS_CHANNEL = "pgflow_cancels"  # cancel_run's: the run_id whose handlers should stop
 LISTEN_HEALTH_INTERVAL = 10.0  # seconds of silence before the listener pings its connection
 LISTEN_HEALTH_TIMEOUT = 20.0  # seconds the ping may take
 RETRY_WAKE_MARGIN = 0.01  # seconds after a retry's backoff before claiming it
@@ -45,14 +46,16 @@ class Wakeup:
         """Wakes up once a retry's ``delay`` seconds of backoff are over."""
         asyncio.get_running_loop().call_later(delay + RETRY_WAKE_MARGIN, self._event.set)
 
-    async def listen(self, database_url: str, application_name: str, retry: Retry) -> None:
+    async def listen(self, database_url: str, application_name: str, retry: Retry,
+                     on_cancel: Callable[[str], None] | None = None) -> None:
         """LISTENs on ``pgflow_tasks`` until cancelled, reconnecting as needed; ``database_url``
-        must reach PostgreSQL directly (``--listen-database-url``), not through PgBouncer."""
+        must reach PostgreSQL directly (``--listen-database-url``), not through PgBouncer.
+        ``on_cancel`` gets each ``pgflow_cancels`` payload (a run_id), on the same connection."""
         hints: asyncio.Queue[str | None] = asyncio.Queue()
         listener = Listener(
             database_url, TASKS_CHANNEL, hints, application_name=application_name,
             health_interval=LISTEN_HEALTH_INTERVAL, health_timeout=LISTEN_HEALTH_TIMEOUT,
-            retry=retry,
+            retry=retry, also={CANCELS_CHANNEL: on_cancel} if on_cancel is not None else None,
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(listener.run(), name="pgflow-worker-listener")

@@ -143,6 +143,9 @@ class Worker:
         self._aborting = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._running: dict[_Key, tuple[Task, asyncio.Task[None]]] = {}
+        # each running attempt's StepContext.cancelled, set when its run is cancelled
+        self._cancel_signals: dict[_Key, threading.Event] = {}
+        self.cancelled_attempts = 0  # attempts stopped because their run was cancelled
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._ran = False
@@ -287,7 +290,7 @@ class Worker:
             listener = group.create_task(
                 self._wakeup.listen(self.listen_database_url,
                                     f"pgflow worker {self.worker_id}"[:63],
-                                    Retry("listening for tasks")),
+                                    Retry("listening for tasks"), self._run_cancelled),
                 name="pgflow-worker-listen",
             )
             beat = group.create_task(
@@ -487,14 +490,26 @@ class Worker:
 
     async def _execute(self, task: Task, runner: Runner | None, key: _Key) -> None:
         stream = self._streams.open(key) if runner is not None and runner.streams else None
+        cancel_signal = self._cancel_signals[key] = threading.Event()
         try:
-            error, output = await self._attempts.run(task, runner, stream)
+            error, output = await self._attempts.run(task, runner, stream, cancel_signal)
+        except asyncio.CancelledError:
+            self._streams.abandon(key)  # the task goes back (or its run ended), its stream too
+            if cancel_signal.is_set() and not self._aborting.is_set():
+                return  # its run was cancelled: the engine ended the step; nothing to report
+            raise
         except BaseException:
-            self._streams.abandon(key)  # cancelled: the task goes back, its stream with it
+            self._streams.abandon(key)
             raise
         finally:
             self._running.pop(key, None)
+            self._cancel_signals.pop(key, None)
             self._slot_freed.set()
+        if cancel_signal.is_set():
+            # a plain handler that returned after its run was cancelled: its report would be
+            # stale; its stream is dropped with it
+            self._streams.abandon(key)
+            return
         if stream is not None:
             # every chunk of the attempt is in the log before its result is reported
             await self._streams.close(key)
@@ -508,6 +523,25 @@ class Worker:
             extra={"action": "step_failed", "run_id": str(task.run_id),
                    "step": task.step_slug, "attempt": task.attempt},
         )
+
+    def _run_cancelled(self, payload: str) -> None:
+        """``pgflow_cancels``: stops the attempts of that run running here. An async handler's
+        task is cancelled; a plain handler's thread cannot be, so it sees
+        ``context.cancelled``."""
+        for key, (task, handler) in list(self._running.items()):
+            if str(task.run_id) != payload:
+                continue
+            signal = self._cancel_signals.get(key)
+            if signal is None or signal.is_set():
+                continue
+            signal.set()
+            self.cancelled_attempts += 1
+            runner = self._runners.get((task.flow_slug, task.step_slug))
+            if runner is not None and runner.is_async:
+                handler.cancel()
+            logger.info("step %s stopped: its run was cancelled", task.step_slug,
+                        extra={"action": "step_cancelled", "run_id": payload,
+                               "step": task.step_slug, "attempt": task.attempt})
 
     def _slot_freed_by_thread(self) -> None:
         self._slot_freed.set()

@@ -10,7 +10,12 @@ create table pgflow.steps (
   max_attempts int not null,
   base_delay double precision not null,
   timeout int not null,
+  -- 'task': run by a worker's handler; 'input': waits for a value submitted to it (submit_input),
+  -- which input_schema describes, for at most timeout seconds
+  kind text not null default 'task',
+  input_schema jsonb,
   primary key (flow_slug, step_slug),
+  constraint kind_is_known check (kind in ('task', 'input')),
   constraint max_attempts_is_positive check (max_attempts >= 1),
   constraint base_delay_is_not_negative check (base_delay >= 0),
   constraint timeout_is_positive check (timeout >= 1)

@@ -16,7 +16,13 @@ create table pgflow.runs (
   started_at timestamptz not null default now(),
   completed_at timestamptz,
   failed_at timestamptz,
-  constraint status_is_known check (status in ('started', 'completed', 'failed')),
+  -- cancel_run's; retry_run clears them
+  cancelled_at timestamptz,
+  cancel_reason text,
+  -- run_flow's idempotency_key: unique per flow and owner while the run exists
+  idempotency_key text,
+  constraint status_is_known check (status in ('started', 'completed', 'failed', 'cancelled')),
+  constraint cancelled_run_has_cancelled_at check ((status = 'cancelled') = (cancelled_at is not null)),
   constraint completed_run_has_completed_at check ((status = 'completed') = (completed_at is not null)),
   constraint failed_run_has_failed_at check ((status = 'failed') = (failed_at is not null)),
   constraint remaining_steps_is_not_negative check (remaining_steps >= 0)
@@ -29,3 +35,8 @@ with (fillfactor = 50);
 
 -- list_runs: newest first, the order it pages in, (started_at, run_id) descending.
 create index runs_started_at_run_id_idx on pgflow.runs (started_at desc, run_id desc);
+
+-- run_flow's idempotent starts: one run per (flow, owner, key); partial, so runs started without
+-- a key add no entry.
+create unique index runs_idempotency_key_idx on pgflow.runs (flow_slug, coalesce(owner, ''), idempotency_key)
+  where idempotency_key is not null;

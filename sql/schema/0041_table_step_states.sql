@@ -17,9 +17,12 @@ create table pgflow.step_states (
   started_at timestamptz,
   completed_at timestamptz,
   failed_at timestamptz,
+  -- the attempt a retry_run started from: attempts are numbered on, and max_attempts counts
+  -- those after it
+  attempt_base int not null default 0,
   primary key (run_id, step_slug),
   constraint status_is_known check (
-    status in ('created', 'started', 'retrying', 'completed', 'failed', 'cancelled')
+    status in ('created', 'started', 'retrying', 'waiting', 'completed', 'failed', 'cancelled')
   ),
   constraint remaining_deps_is_not_negative check (remaining_deps >= 0),
   constraint lease_has_holder check ((leased_by is null) = (lease_expires_at is null)),
@@ -35,3 +38,7 @@ create index step_states_ready_idx on pgflow.step_states (available_at)
 -- claim_tasks' sweep for leases whose holder vanished, longest expired first.
 create index step_states_leased_idx on pgflow.step_states (lease_expires_at)
   where lease_expires_at is not null;
+
+-- claim_tasks' sweep for input steps waiting past their timeout (available_at: the deadline).
+create index step_states_waiting_idx on pgflow.step_states (available_at)
+  where status = 'waiting';

@@ -32,8 +32,9 @@ create table pgflow.run_events (
   primary key (run_id, seq),
   constraint seq_is_positive check (seq >= 1),
   constraint event_is_known check (
-    event in ('run:started', 'run:completed', 'run:failed',
-              'step:started', 'step:completed', 'step:failed', 'step:retrying', 'step:stream')
+    event in ('run:started', 'run:completed', 'run:failed', 'run:cancelled', 'run:retried',
+              'step:started', 'step:completed', 'step:failed', 'step:retrying', 'step:stream',
+              'step:cancelled', 'step:waiting')
   )
 );
 

@@ -1,17 +1,20 @@
 -- claim_tasks: leases up to max_tasks (1 to 1000) ready tasks, oldest first, for lease_seconds
 -- (0.1 to 86400).
 -- Before claiming it sweeps leases that ran out, longest expired first: each counts as a failed
--- attempt ('lease expired') and is claimable again at once, or fails the step on its last attempt.
+-- attempt ('lease expired') and is claimable again at once, or fails the step on its last attempt;
+-- and input steps waiting past their timeout, which fail (and their runs with them).
 -- A claimed retry (a row in status 'retrying': attempt 2 or later) gets its step:started, with
 -- its attempt, in the same transaction; first attempts had theirs when they were queued.
 -- Returns: one row per task with the handler's assembled input
---   {"run": <run input>, "<dep slug>": <dep output>, ...} and the step's timeout.
+--   {"run": <run input>, "<dep slug>": <dep output>, ...}, the step's timeout, and the attempt
+--   number of its last attempt (max_attempts counted from the run's start or last retry_run).
 -- Locks: for update skip locked on ready rows; the run row of each expired lease it sweeps; for a
 --   retry, its run's row with skip locked too (the event's seq): a claim never waits for a run,
 --   so it cannot deadlock with a run-locked path waiting for the step row; a retry whose run is
 --   being written at that instant stays queued for the next claim.
 -- Notifies: pgflow_events (step:started of claimed retries; the sweep's step:retrying /
---   step:failed / run:failed); pgflow_tasks for a swept lease that is claimable again.
+--   step:failed / run:failed, and an input's timeout); pgflow_tasks for a swept lease that is
+--   claimable again.
 -- Raises: PF400 for a missing worker_id or an argument out of its range.
 -- Idempotent: no; each call takes new leases.
 create function pgflow.claim_tasks(
@@ -90,6 +93,29 @@ begin
     end if;
   end loop;
 
+  -- SWEEP: input steps waiting past their deadline (available_at), rechecked under each run's lock
+  for v_expired in
+    select e.run_id, e.step_slug from (
+      select s.run_id, s.step_slug from pgflow.step_states as s
+      where s.status = 'waiting' and s.available_at < v_now
+        and (claim_tasks.flow_slugs is null or s.flow_slug = any(claim_tasks.flow_slugs))
+      order by s.available_at
+      limit 100
+    ) as e
+    order by e.run_id
+  loop
+    perform 1 from pgflow.runs as r
+    where r.run_id = v_expired.run_id and r.status = 'started'
+    for update;
+    if found then
+      select s.status, s.available_at into v_status, v_expires_at from pgflow.step_states as s
+      where s.run_id = v_expired.run_id and s.step_slug = v_expired.step_slug;
+      if v_status = 'waiting' and v_expires_at < clock_timestamp() then
+        perform pgflow._time_out_input(v_expired.run_id, v_expired.step_slug);
+      end if;
+    end if;
+  end loop;
+
   -- CLAIM (what the sweep made claimable again included). A retry's run lock and event come
   -- from function calls made only for rows that were retrying: a first attempt pays one
   -- comparison. The run lock is taken before the limit counts the row, so a retry whose run is
@@ -130,7 +156,7 @@ begin
     where s.run_id = c.run_id and s.step_slug = c.step_slug
     -- RETURNING runs once per updated row: one event per claimed retry (read below, so that
     -- no plan can leave it out)
-    returning s.run_id, s.flow_slug, s.step_slug, s.attempt,
+    returning s.run_id, s.flow_slug, s.step_slug, s.attempt, s.attempt_base,
       case when c.retry then pgflow._announce_retry(s.run_id, s.step_slug, s.attempt) end
         as announced
   )
@@ -143,7 +169,7 @@ begin
       where d.run_id = l.run_id and d.step_slug = any(st.depends_on)
     ), '{}'::jsonb),
     st.timeout,
-    st.max_attempts
+    st.max_attempts + l.attempt_base
   from leased as l
   cross join lateral (
     select t.depends_on, t.timeout, t.max_attempts from pgflow.steps as t

@@ -3,7 +3,8 @@
 -- Returns: true if applied; false (and changes nothing) when the caller no longer holds the
 --   task: lease lost or run out, another attempt, run already finished.
 -- Locks: the run's row, then its step rows.
--- Notifies: pgflow_events (step:completed, step:started..., run:completed), pgflow_tasks.
+-- Notifies: pgflow_events (step:completed, step:started or step:waiting..., run:completed),
+--   pgflow_tasks.
 -- Raises: nothing of its own; a stale completion returns false.
 -- Idempotent: yes; a repeat is a stale completion and returns false.
 create function pgflow.complete_step(
@@ -63,7 +64,12 @@ begin
     if v_ready is not null then
       foreach v_slug in array v_ready loop
         v_seq := v_seq + 1;
-        perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
+        if exists (select from pgflow.steps as st where st.flow_slug = v_run.flow_slug
+                   and st.step_slug = v_slug and st.kind = 'input') then
+          perform pgflow._start_waiting(v_run.run_id, v_seq, v_slug);
+        else
+          perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
+        end if;
       end loop;
       perform pg_notify('pgflow_tasks', v_run.flow_slug);
     end if;

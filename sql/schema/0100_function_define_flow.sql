@@ -1,5 +1,7 @@
 -- define_flow: creates a flow's shape, or checks that it equals the stored one.
--- Input: {"slug", "steps": [{"slug", "depends_on", "max_attempts", "base_delay", "timeout"}],
+-- Input: {"slug", "steps": [{"slug", "depends_on", "max_attempts", "base_delay", "timeout",
+--         "kind" ("task", or "input": a step that waits for submit_input), "schema" (an input
+--         step's JSON Schema)}],
 --         "output_step", and optional flow-wide defaults "max_attempts", "base_delay", "timeout"}.
 -- Returns: the normalised shape, as get_flow returns it.
 -- Cost: linear in the steps and dependencies; the document a flow was created from (its jsonb
@@ -62,7 +64,8 @@ begin
     from s cross join lateral jsonb_array_elements_text(s.s -> 'depends_on') as d (slug)
     group by d.slug
   )
-  insert into pgflow.steps (flow_slug, step_slug, step_index, depends_on, dependents, max_attempts, base_delay, timeout)
+  insert into pgflow.steps (flow_slug, step_slug, step_index, depends_on, dependents, max_attempts, base_delay, timeout,
+                            kind, input_schema)
   select
     v_flow_slug,
     s.s ->> 'slug',
@@ -71,7 +74,9 @@ begin
     coalesce(d.slugs, '{}'),
     (s.s ->> 'max_attempts')::int,
     (s.s ->> 'base_delay')::double precision,
-    (s.s ->> 'timeout')::int
+    (s.s ->> 'timeout')::int,
+    coalesce(s.s ->> 'kind', 'task'),
+    s.s -> 'schema'
   from s left join dependents as d on d.slug = s.s ->> 'slug';
   return v_normalised;
 end;

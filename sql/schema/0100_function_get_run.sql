@@ -18,9 +18,13 @@ as $$
     'started_at', r.started_at,
     'completed_at', r.completed_at,
     'failed_at', r.failed_at,
+    'cancelled_at', r.cancelled_at,
+    'cancel_reason', r.cancel_reason,
+    'idempotency_key', r.idempotency_key,
     'steps', (
       select coalesce(jsonb_agg(jsonb_build_object(
         'step_slug', s.step_slug,
+        'kind', st.kind,
         'status', s.status,
         'attempt', s.attempt,
         'output', s.output,

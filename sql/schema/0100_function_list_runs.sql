@@ -1,9 +1,10 @@
 -- list_runs: runs newest first ((started_at, run_id) descending), at most max_runs (1 to 10000),
--- filtered by flow, owner, statuses (any of 'started', 'completed', 'failed') and a start-time
--- window (started_after < started_at < started_before), continuing after the run at
+-- filtered by flow, owner, statuses (any of 'started', 'completed', 'failed', 'cancelled') and a
+-- start-time window (started_after < started_at < started_before), continuing after the run at
 -- (after_started_at, after_run_id) when given: keyset paging, the last row of a page being the
 -- next call's position.
--- Returns: {"run_id", "flow_slug", "status", "seq", "started_at", "completed_at", "failed_at"}.
+-- Returns: {"run_id", "flow_slug", "status", "seq", "started_at", "completed_at", "failed_at",
+--   "cancelled_at"}.
 -- Locks: none. Notifies: nothing.
 -- Raises: PF400 for an argument out of its range, or half a position.
 -- Idempotent: yes (reads only).
@@ -26,8 +27,8 @@ begin
     perform pgflow._bad_argument('list_runs', 'max_runs', 'an integer from 1 to 10000', list_runs.max_runs::text);
   end if;
   if list_runs.statuses is not null and (cardinality(list_runs.statuses) = 0
-      or not list_runs.statuses <@ array['started', 'completed', 'failed']) then
-    perform pgflow._bad_argument('list_runs', 'statuses', 'null or a non-empty array of started, completed, failed',
+      or not list_runs.statuses <@ array['started', 'completed', 'failed', 'cancelled']) then
+    perform pgflow._bad_argument('list_runs', 'statuses', 'null or a non-empty array of started, completed, failed, cancelled',
                                  list_runs.statuses::text);
   end if;
   if (list_runs.after_started_at is null) <> (list_runs.after_run_id is null) then
@@ -39,7 +40,8 @@ begin
   return query
   select jsonb_build_object(
     'run_id', r.run_id, 'flow_slug', r.flow_slug, 'status', r.status, 'seq', r.last_seq,
-    'started_at', r.started_at, 'completed_at', r.completed_at, 'failed_at', r.failed_at
+    'started_at', r.started_at, 'completed_at', r.completed_at, 'failed_at', r.failed_at,
+    'cancelled_at', r.cancelled_at
   )
   from pgflow.runs as r
   where (r.started_at, r.run_id) < (coalesce(list_runs.after_started_at, 'infinity'),

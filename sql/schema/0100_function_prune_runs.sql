@@ -1,4 +1,4 @@
--- prune_runs: deletes at most batch_size (1 to 10000) runs that finished (completed or failed)
+-- prune_runs: deletes at most batch_size (1 to 10000) runs that finished (completed, failed or cancelled)
 -- before now() - older_than (0 to 36500 days), with their step_states and run_events: one batch,
 -- one transaction. Call it again while it returns batch_size (`pgflow prune` and the worker's
 -- --retention loop do): each call commits on its own, so no lock is held for long.
@@ -41,9 +41,9 @@ begin
   from (
     select r.run_id, r.last_seq
     from pgflow.runs as r
-    where r.status in ('completed', 'failed')
-      and coalesce(r.completed_at, r.failed_at) < v_cutoff
-    order by coalesce(r.completed_at, r.failed_at)
+    where r.status in ('completed', 'failed', 'cancelled')
+      and coalesce(r.completed_at, r.failed_at, r.cancelled_at) < v_cutoff
+    order by coalesce(r.completed_at, r.failed_at, r.cancelled_at)
     limit prune_runs.batch_size
     for update skip locked
   ) as v;

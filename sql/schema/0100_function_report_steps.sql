@@ -7,7 +7,8 @@
 -- Locks: every run of the batch, in run_id order (the engine's lock order), before anything else,
 --   so two workers reporting overlapping runs cannot deadlock; then the step rows it changes.
 -- Notifies: pgflow_events (through the transaction's one notification), pgflow_tasks per flow
---   whose tasks became ready (held for report_and_claim, which calls it, to decide).
+--   whose tasks became ready (held for report_and_claim, which calls it, to decide); an input
+--   step made ready waits instead (step:waiting).
 -- Raises: PF400 when the arrays differ in length.
 -- Idempotent: yes; a repeated report is stale and changes nothing.
 create function pgflow.report_steps(
@@ -41,6 +42,8 @@ declare
   v_ready_slugs text[];
   v_ready_last int[];
   v_ready_index int[];
+  v_ready_wait boolean[];
+  v_ready_payloads jsonb[];
   v_flows text[];
   -- per run of the batch with a completion, in run_id order
   v_runs uuid[];
@@ -153,11 +156,19 @@ begin
     returning s.run_id, s.step_slug, s.flow_slug, s.remaining_deps, d.last_i
   )
   select array_agg(r.run_id), array_agg(r.step_slug), array_agg(r.last_i),
-    array_agg(st.step_index), array_agg(distinct r.flow_slug)
-    into v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index, v_flows
+    array_agg(st.step_index), array_agg(distinct r.flow_slug) filter (where st.kind = 'task'),
+    array_agg(st.kind = 'input')
+    into v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index, v_flows, v_ready_wait
   from ready as r
   join pgflow.steps as st on st.flow_slug = r.flow_slug and st.step_slug = r.step_slug
   where r.remaining_deps = 0;
+  -- an input step made ready waits for its value instead (rare: one statement more then)
+  if true = any(v_ready_wait) then
+    v_ready_payloads := array(
+      select case when w.wait then pgflow._wait_for_input(w.run_id, w.step_slug) end
+      from unnest(v_ready_runs, v_ready_slugs, v_ready_wait) with ordinality as w (run_id, step_slug, wait, o)
+      order by w.o);
+  end if;
 
   -- RUNS: what the batch does to each (read from the rows locked above, through their key:
   -- a batch touches a few dozen runs of a table that holds them all)
@@ -186,21 +197,22 @@ begin
     select report_steps.run_ids[d.i] as run_id, d.i as ord, 1 as kind, 0 as sub,
       'step:completed' as event, report_steps.step_slugs[d.i] as step_slug,
       'completed' as status, coalesce(report_steps.outputs[d.i], 'null'::jsonb) as output,
-      d.attempt, null::bigint as last_seq
+      null::jsonb as payload, d.attempt, null::bigint as last_seq
     from unnest(v_done, v_done_attempts) as d (i, attempt)
     union all
-    select g.run_id, g.last_i, 2, g.step_index, 'step:started', g.step_slug, 'started',
-      null::jsonb, 1, null
-    from unnest(v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index)
-      as g (run_id, step_slug, last_i, step_index)
+    select g.run_id, g.last_i, 2, g.step_index,
+      case when g.payload is null then 'step:started' else 'step:waiting' end, g.step_slug,
+      null, null::jsonb, g.payload, 1, null
+    from unnest(v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index, v_ready_payloads)
+      as g (run_id, step_slug, last_i, step_index, payload)
     union all
-    select f.run_id, 2147483647, 3, 0, 'run:completed', null, 'completed', f.output, null, null
+    select f.run_id, 2147483647, 3, 0, 'run:completed', null, 'completed', f.output, null, null, null
     from unnest(v_runs, v_runs_finished, v_runs_output) as f (run_id, finished, output)
     where f.finished
     union all
     -- each run's last seq so far, on a row of its own that sorts first: numbered reads it
     -- through its window instead of joining two arrays
-    select b.run_id, -1, 0, 0, null, null, null, null, null, b.last_seq
+    select b.run_id, -1, 0, 0, null, null, null, null, null, null, b.last_seq
     from unnest(v_runs, v_runs_seq) as b (run_id, last_seq)
   ), numbered as (
     select raw.*, max(raw.last_seq) over w + row_number() over w - 1 as seq
@@ -209,7 +221,8 @@ begin
   ), inserted as (
     insert into pgflow.run_events (run_id, seq, at, attempt, event, step_slug, tx, payload)
     select n.run_id, n.seq, v_at, n.attempt, n.event, n.step_slug, v_tx,
-      case when n.output is null then '{}'::jsonb else jsonb_build_object('output', n.output) end
+      case when n.output is not null then jsonb_build_object('output', n.output)
+           else coalesce(n.payload, '{}'::jsonb) end
     from numbered as n
     where n.kind > 0
     returning run_id, seq

@@ -1,5 +1,5 @@
 -- _fail_attempt: ends the current attempt of a leased step with an error: a retry after
--- base_delay * 2^(attempt-1) seconds, at most 30 days (or at once, p_retry_now, for an expired
+-- base_delay * 2^(n-1) seconds (n: the attempts since the run was started or last retried), at most 30 days (or at once, p_retry_now, for an expired
 -- lease) while attempts remain, else the step and its run fail.
 -- Locks: the caller holds the run's row lock and has checked the step is leased; it locks the
 --   step's row.
@@ -28,11 +28,12 @@ begin
   select r.last_seq + 1 into v_seq from pgflow.runs as r where r.run_id = p_run_id;
 
   -- RETRY while attempts remain
-  if v_state.attempt < v_step.max_attempts then
+  if v_state.attempt - v_state.attempt_base < v_step.max_attempts then
     update pgflow.step_states as s
     set status = 'retrying', error = p_error, leased_by = null, lease_expires_at = null,
         available_at = case when p_retry_now then clock_timestamp()
-          else clock_timestamp() + least(v_step.base_delay * power(2, v_state.attempt - 1), c_max_backoff)
+          else clock_timestamp() + least(v_step.base_delay * power(2, v_state.attempt - v_state.attempt_base - 1),
+                                         c_max_backoff)
                                    * interval '1 second' end
     where s.run_id = p_run_id and s.step_slug = p_step_slug;
     perform pgflow._event(p_run_id, v_seq, 'step:retrying', p_step_slug, 'retrying', null, p_error, v_state.attempt);

@@ -16,7 +16,7 @@ begin
   -- no other step of this run may start: cancelled rows leave the ready index
   update pgflow.step_states as s
   set status = 'cancelled', leased_by = null, lease_expires_at = null
-  where s.run_id = p_run_id and s.status in ('created', 'started', 'retrying');
+  where s.run_id = p_run_id and s.status in ('created', 'started', 'retrying', 'waiting');
 
   perform pgflow._event(p_run_id, v_seq, 'run:failed', p_step_slug, 'failed', null, p_error, p_attempt);
   update pgflow.runs as r

@@ -47,12 +47,13 @@ begin
       on pgflow.step_states to pgflow_worker;
   end if;
 
-  -- GATEWAY: starts, reads and lists runs, replays their events; defines the flows it loads
+  -- GATEWAY: starts, steers (cancels, answers, retries), reads and lists runs, replays their
+  -- events; defines the flows it loads
   if not 'pgflow_gateway' = any (v_missing) then
     grant execute on function
-      pgflow.run_flow, pgflow.run_flows, pgflow.get_run, pgflow.get_run_events,
-      pgflow.get_runs_events, pgflow.list_runs,
-      pgflow.define_flow, pgflow.get_flow
+      pgflow.run_flow, pgflow.run_flows, pgflow.start_runs, pgflow.get_run, pgflow.get_run_events,
+      pgflow.get_runs_events, pgflow.list_runs, pgflow.cancel_run, pgflow.submit_input,
+      pgflow.retry_run, pgflow.define_flow, pgflow.get_flow
       to pgflow_gateway;
     -- Store.get_run_replay and get_run_owner: a subscription's access check and its replay
     grant select (run_id, flow_slug, owner, last_seq) on pgflow.runs to pgflow_gateway;

@@ -61,7 +61,13 @@ begin
         then e.s ->> 'slug' end as slug,
       coalesce(e.s -> 'max_attempts', v_default_attempts) as attempts,
       coalesce(e.s -> 'base_delay', v_default_delay) as delay,
-      coalesce(e.s -> 'timeout', v_default_timeout) as timeout,
+      -- a person's answer may take longer than a handler: an input step waits a day unless
+      -- told otherwise, and up to 30 days
+      coalesce(e.s -> 'timeout', case when e.s -> 'kind' = '"input"' then '86400'::jsonb
+                                      else v_default_timeout end) as timeout,
+      case when e.s -> 'kind' = '"input"' then 2592000 else 86400 end as max_timeout,
+      coalesce(e.s -> 'kind', '"task"'::jsonb) as kind,
+      e.s -> 'schema' as schema,
       coalesce(e.s -> 'depends_on', '[]'::jsonb) as deps
     from jsonb_array_elements(p_definition -> 'steps') with ordinality as e (s, i)
   ), typed as (
@@ -86,9 +92,16 @@ begin
            or (t.delay_n > 0 and t.delay_n < 0.000001) then
         format('step %s: base_delay must be a number of seconds from 0 to 86400 (0, or at least 0.000001)',
                quote_literal(t.slug))
+      when t.kind not in ('"task"', '"input"') then
+        format('step %s: kind must be "task" or "input"', quote_literal(t.slug))
       when t.timeout_n is null or t.timeout_n <> trunc(t.timeout_n)
-           or t.timeout_n not between 1 and 86400 then
-        format('step %s: timeout must be a whole number of seconds from 1 to 86400', quote_literal(t.slug))
+           or t.timeout_n not between 1 and t.max_timeout then
+        format('step %s: timeout must be a whole number of seconds from 1 to %s', quote_literal(t.slug),
+               t.max_timeout)
+      when t.schema is not null and t.kind <> '"input"' then
+        format('step %s: only an input step (kind "input") takes a schema', quote_literal(t.slug))
+      when jsonb_typeof(t.schema) not in ('object', 'boolean') then
+        format('step %s: schema must be a JSON Schema (an object or a boolean)', quote_literal(t.slug))
       when jsonb_typeof(t.deps) <> 'array' or d.non_strings > 0 then
         format('step %s: depends_on must be an array of step slugs', quote_literal(t.slug))
       when d.twice is not null then
@@ -112,7 +125,9 @@ begin
       'max_attempts', c.attempts_n::int,
       'base_delay', (c.delay::text)::double precision,
       'timeout', c.timeout_n::int
-    ) end order by c.i),
+    ) || case when c.kind = '"input"' then jsonb_build_object(
+      'kind', 'input', 'schema', coalesce(c.schema, '{}'::jsonb)) else '{}'::jsonb end
+    end order by c.i),
     array_agg(c.slug order by c.i),
     count(*)
     into v_problem, v_steps, v_slugs, v_n

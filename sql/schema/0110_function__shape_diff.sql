@@ -18,10 +18,12 @@ as $$
     select 2, o.slug, format('step %s removed', quote_literal(o.slug))
     from old_steps as o left join new_steps as n using (slug) where n.slug is null
     union all
-    select 3, o.slug || kv.key, format('step %s %s %s -> %s', quote_literal(o.slug), kv.key,
-      kv.value::text, n.opts -> kv.key)
-    from old_steps as o join new_steps as n using (slug), jsonb_each(o.opts) as kv
-    where n.opts -> kv.key is distinct from kv.value
+    -- the keys of both sides: an option only one side has (an input step's kind and schema)
+    select 3, o.slug || k.key, format('step %s %s %s -> %s', quote_literal(o.slug), k.key,
+      coalesce(o.opts -> k.key, 'null'), coalesce(n.opts -> k.key, 'null'))
+    from old_steps as o join new_steps as n using (slug),
+      lateral (select jsonb_object_keys(o.opts) union select jsonb_object_keys(n.opts)) as k (key)
+    where n.opts -> k.key is distinct from o.opts -> k.key
     union all
     select 4, '', format('output_step %s -> %s', p_old -> 'output_step', p_new -> 'output_step')
     where p_old -> 'output_step' is distinct from p_new -> 'output_step'

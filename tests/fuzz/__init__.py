@@ -40,16 +40,20 @@ ERROR_STATUS = {
     "bad_json": 400,
     "bad_request": 400,
     "invalid_flow": 400,
+    "invalid_input": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
+    "conflict": 409,
+    "idempotency_conflict": 422,
     "too_large": 413,
     "too_many_subscriptions": 429,
     "too_many_connections": 429,
     "unavailable": 503,
 }
-SOCKET_ERROR_CODES = set(ERROR_STATUS) - {"method_not_allowed", "invalid_flow"}
+SOCKET_ERROR_CODES = set(ERROR_STATUS) - {"method_not_allowed", "invalid_flow", "invalid_input",
+                                          "conflict", "idempotency_conflict"}
 CLOSE_CODES = {1000, 1001, 1008, 1009, 1011, 1012, 1013, 4001}
 
 

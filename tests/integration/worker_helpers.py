@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECK_EVERY = 0.05  # seconds between two checks of a bounded wait
-FINISHED = ("completed", "failed")
+FINISHED = ("completed", "failed", "cancelled")
 
 
 async def wait_until(

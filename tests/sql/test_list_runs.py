@@ -72,6 +72,7 @@ async def test_list_runs_pages_by_keyset_without_losing_runs_that_share_a_start_
     [
         ("statuses => array['running']",
          "list_runs: statuses must be null or a non-empty array of started, completed, failed, "
+             "cancelled, "
          "not {running}"),
         ("statuses => array[]::text[]", "statuses must be null or a non-empty array"),
         ("after_run_id => gen_random_uuid()",

@@ -187,9 +187,9 @@ async def test_prune_runs_finds_its_batch_through_the_finished_runs_index(conn: 
         """
         explain select r.run_id, r.last_seq
         from pgflow.runs as r
-        where r.status in ('completed', 'failed')
-          and coalesce(r.completed_at, r.failed_at) < now()
-        order by coalesce(r.completed_at, r.failed_at)
+        where r.status in ('completed', 'failed', 'cancelled')
+          and coalesce(r.completed_at, r.failed_at, r.cancelled_at) < now()
+        order by coalesce(r.completed_at, r.failed_at, r.cancelled_at)
         limit 1000
         for update skip locked
         """))

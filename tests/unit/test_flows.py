@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -277,7 +278,7 @@ def test_a_flow_error_in_a_module_surfaces_with_the_flow_and_step_named(
 
 def test_every_example_flow_has_a_description_and_an_example_input() -> None:
     flows = load_flows(["examples.flows"])
-    assert {f.slug for f in flows} == {"diamond", "fanout", "flaky", "doomed", "story"}
+    assert {f.slug for f in flows} == {"diamond", "fanout", "flaky", "doomed", "story", "approval"}
     for flow in flows:
         assert flow.description, flow.slug
         assert flow.example_input is not None, flow.slug
@@ -298,3 +299,51 @@ def test_example_latencies_scale_with_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("PGFLOW_EXAMPLE_DELAY_SCALE", "fast")
     with pytest.raises(ConfigurationError, match="PGFLOW_EXAMPLE_DELAY_SCALE"):
         examples._delay_scale()
+
+
+# -- input steps -------------------------------------------------------------------------------
+
+def test_an_input_step_has_no_handler_and_sends_its_kind_schema_and_timeout() -> None:
+    flow = Flow("review", timeout=30)
+
+    @flow.step()
+    async def write(input: Any) -> Any: ...
+
+    asked = flow.input_step("ok", depends_on=[write], schema={"type": "boolean"}, timeout=600)
+    later = flow.input_step("later", depends_on=[asked])
+
+    @flow.step(depends_on=[asked, later])
+    async def use(input: Any) -> Any: ...
+
+    steps = flow.definition()["steps"]
+    assert steps[1] == {"slug": "ok", "depends_on": ["write"], "max_attempts": 3,
+                        "base_delay": 1.0, "kind": "input", "schema": {"type": "boolean"},
+                        "timeout": 600}
+    assert "timeout" not in steps[2]
+    assert steps[2]["schema"] == {}
+    assert steps[3]["depends_on"] == ["ok", "later"]
+    assert steps[3]["timeout"] == 30
+    assert flow.steps["ok"].is_input
+    assert not flow.steps["use"].is_input
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"schema": {"type": "nonsense"}}, "input step 'x'"),
+    ({"schema": "a string"}, "input step 'x'"),
+    ({"timeout": 0}, "timeout must be whole seconds from 1 to 2592000"),
+    ({"timeout": 2592001}, "timeout must be whole seconds from 1 to 2592000"),
+    ({"depends_on": ["missing"]}, "depends on 'missing'"),
+])
+def test_an_input_step_refuses_bad_options(kwargs: dict[str, Any], message: str) -> None:
+    flow = Flow("review")
+    with pytest.raises(InvalidFlowError, match=re.escape(message)):
+        flow.input_step("x", **kwargs)
+
+
+def test_an_input_step_slug_is_checked_like_any_step() -> None:
+    flow = Flow("review")
+    flow.input_step("x")
+    with pytest.raises(InvalidFlowError, match="already declared"):
+        flow.input_step("x")
+    with pytest.raises(InvalidFlowError, match="not be 'run'"):
+        flow.input_step("run")
