@@ -2,11 +2,17 @@
 
 // ---- events -----------------------------------------------------------------------------------
 
-/** A run's status. */
-export type RunStatus = "started" | "completed" | "failed";
+/** A run's status; `retry()` takes a failed or cancelled run back to `started`. */
+export type RunStatus = "started" | "completed" | "failed" | "cancelled";
 
-/** A step's status; `cancelled` has no event of its own (run:failed implies it). */
-export type StepStatus = "created" | "started" | "retrying" | "completed" | "failed" | "cancelled";
+/**
+ * A step's status. `waiting`: an input step waiting for `run.submit()`. `cancelled`: by
+ * step:cancelled when the run is cancelled, and implied by run:failed for unfinished steps.
+ */
+export type StepStatus = "created" | "started" | "retrying" | "waiting" | "completed" | "failed" | "cancelled";
+
+/** A JSON Schema (an object such as `{"type": "object", "properties": …}`). */
+export type JsonSchema = { [keyword: string]: unknown };
 
 interface EventBase {
   run_id: string;
@@ -102,6 +108,61 @@ export interface RunFailedEvent extends EventBase {
   attempt: number;
 }
 
+/**
+ * An input step whose dependencies completed: it waits for a value (`run.submit()`) until
+ * `timeout_at`; the value then arrives as its step:completed (output = the value). Past the
+ * timeout it fails (step:failed, then run:failed).
+ */
+export interface StepWaitingEvent extends EventBase {
+  event: "step:waiting";
+  step_slug: string;
+  status: "waiting";
+  output: null;
+  error: null;
+  attempt: number;
+  /** What a submitted value must match. */
+  schema: JsonSchema;
+  /** The step's assembled input: `{"run": <run input>, "<dependency>": <its output>, …}`. */
+  input: Record<string, unknown>;
+  /** ISO 8601: when the step fails if no value came. */
+  timeout_at: string;
+}
+
+/** One per step left unfinished by a cancel, in flow order, before run:cancelled. */
+export interface StepCancelledEvent extends EventBase {
+  event: "step:cancelled";
+  step_slug: string;
+  status: "cancelled";
+  output: null;
+  error: null;
+  /** The step's last attempt; null when it never started. */
+  attempt: number | null;
+}
+
+export interface RunCancelledEvent extends EventBase {
+  event: "run:cancelled";
+  step_slug: null;
+  status: "cancelled";
+  output: null;
+  error: null;
+  attempt: null;
+  /** The reason given to cancel, or null. */
+  reason: string | null;
+}
+
+/**
+ * A failed or cancelled run was retried: it is `started` again, and its re-queued steps follow
+ * with their usual step:started / step:waiting.
+ */
+export interface RunRetriedEvent extends EventBase {
+  event: "run:retried";
+  step_slug: null;
+  status: "started";
+  output: null;
+  error: null;
+  attempt: null;
+}
+
 /** Every event of a run, discriminated by `event`. */
 export type FlowEvent<TOutput = unknown> =
   | RunStartedEvent
@@ -110,8 +171,12 @@ export type FlowEvent<TOutput = unknown> =
   | StepRetryingEvent
   | StepStreamEvent
   | StepFailedEvent
+  | StepWaitingEvent
+  | StepCancelledEvent
   | RunCompletedEvent<TOutput>
-  | RunFailedEvent;
+  | RunFailedEvent
+  | RunCancelledEvent
+  | RunRetriedEvent;
 
 export type FlowEventName = FlowEvent["event"];
 
@@ -129,15 +194,21 @@ export type ChunkListener = (stepSlug: string, chunk: unknown) => void;
 export interface FlowGraphStep {
   slug: string;
   depends_on: string[];
+  /** `input`: a step that waits for a person's value (`run.submit()`); `task` otherwise. */
+  kind?: "task" | "input";
+  /** An input step's JSON Schema for its value. */
+  schema?: JsonSchema;
   max_attempts?: number;
   base_delay?: number;
   timeout?: number;
   [option: string]: unknown;
 }
 
-/** A flow's shape (`GET /flows/{slug}`). */
+/** A flow's shape (`GET /flows/{slug}`): one version of it. */
 export interface FlowGraph {
   slug: string;
+  /** The version of the flow this shape is (a changed shape is the flow's next version). */
+  version?: number;
   steps: FlowGraphStep[];
   output_step?: string | null;
   [option: string]: unknown;
@@ -167,6 +238,12 @@ export interface StepState {
    * started but not streamed yet: the failed attempt's chunks stay until then.
    */
   readonly streamAttempt: number | null;
+  /** An input step's JSON Schema, from its step:waiting; null before (and for other steps). */
+  readonly schema: JsonSchema | null;
+  /** An input step's assembled input (`{"run": …, "<dependency>": …}`), from step:waiting; else null. */
+  readonly input: Record<string, unknown> | null;
+  /** ISO 8601: when a waiting input step fails without a value; from step:waiting, else null. */
+  readonly timeoutAt: string | null;
 }
 
 /**
@@ -188,6 +265,8 @@ export interface RunSnapshot<TOutput = unknown> {
   readonly startedAt: string | null;
   readonly completedAt: string | null;
   readonly failedAt: string | null;
+  readonly cancelledAt: string | null;
+  readonly cancelReason: string | null;
   readonly lastSeq: number;
   readonly graph: FlowGraph | null;
   /**
@@ -219,6 +298,12 @@ export type PGFlowErrorCode =
   | "too_many_subscriptions"
   | "too_many_connections"
   | "unavailable"
+  /** 409: the run or step is not in a state that allows it (cancel/retry an ended/live run, submit to a step not waiting). */
+  | "conflict"
+  /** 400 from submit: the value does not match the input step's schema (InputRejectedError). */
+  | "invalid_input"
+  /** 422 from a start: this Idempotency-Key was used with a different input. */
+  | "idempotency_conflict"
   /** Non-2xx HTTP answer without a JSON error body. */
   | "http_error"
   /** fetch itself failed (DNS, refused connection, CORS). */
@@ -245,6 +330,8 @@ export type PGFlowErrorCode =
   | "stalled"
   /** The run ended with run:failed (FlowFailedError). */
   | "run_failed"
+  /** The run ended with run:cancelled (FlowCancelledError). */
+  | "run_cancelled"
   | (string & {});
 
 export interface PGFlowErrorOptions {
@@ -280,6 +367,37 @@ export class FlowFailedError extends PGFlowError {
   readonly attempt: number | null;
   /** The `run:failed` event itself. */
   readonly event: RunFailedEvent;
+}
+
+/** The run ended with `run:cancelled` (by this client or anyone else allowed to). */
+export class FlowCancelledError extends PGFlowError {
+  constructor(event: RunCancelledEvent);
+  readonly name: "FlowCancelledError";
+  readonly code: "run_cancelled";
+  readonly runId: string;
+  /** The reason given to cancel, or null. */
+  readonly reason: string | null;
+  /** The `run:cancelled` event itself. */
+  readonly event: RunCancelledEvent;
+}
+
+/** One reason a submitted value was refused. */
+export interface InputProblem {
+  /** JSON Pointer to the offending part of the value (`""` or `"/"` for the value itself). */
+  path: string;
+  message: string;
+}
+
+/** `run.submit()` got 400 `invalid_input`: the value does not match the step's JSON Schema. */
+export class InputRejectedError extends PGFlowError {
+  constructor(message: string, details: { runId: string; stepSlug: string; errors: InputProblem[] });
+  readonly name: "InputRejectedError";
+  readonly code: "invalid_input";
+  readonly status: 400;
+  readonly runId: string;
+  readonly stepSlug: string;
+  /** Every problem the gateway reported. */
+  readonly errors: InputProblem[];
 }
 
 // ---- options ----------------------------------------------------------------------------------
@@ -333,11 +451,19 @@ export interface StartFlowOptions<TOutput = unknown> {
   onChunk?: ChunkListener;
   /** Also fetch the flow's graph before resolving (default true). */
   graph?: boolean;
+  /**
+   * Sent as the `Idempotency-Key` header (1 to 255 visible ASCII characters): a start with a key
+   * already used for this flow (and owner) gives the run it started, not a new one. Default: a
+   * random key per call, the same on the client's own resends of that request.
+   */
+  idempotencyKey?: string;
 }
 
 export interface GetRunOptions<TOutput = unknown> {
-  /** The run's flow, when known: lets `graph` load without fetching the run snapshot. */
+  /** The run's flow, when known, with its version: lets `graph` load without fetching the run snapshot. */
   flowSlug?: string;
+  /** The version of its flow the run is on (`version` in `GET /runs`). */
+  flowVersion?: number;
   /** Sees every event of the run exactly once, in seq order (replayed ones included). */
   onEvent?: EventListener<FlowEvent<TOutput>>;
   /** Called with each chunk any step streams, once, in order (replayed ones included). */
@@ -357,6 +483,8 @@ export interface TriggerFlowOptions<TOutput = unknown> extends WaitOptions {
    * order. One that throws is reported (`reportError`) and the run goes on.
    */
   onChunk?: ChunkListener;
+  /** As for `startFlow`: the `Idempotency-Key`; default a random one per call. */
+  idempotencyKey?: string;
 }
 
 // ---- classes ----------------------------------------------------------------------------------
@@ -367,6 +495,8 @@ export class FlowRun<TOutput = unknown> {
   readonly runId: string;
   /** null for a run attached by id until its graph (or snapshot) is loaded. */
   readonly flowSlug: string | null;
+  /** The version of its flow the run is on; null until known (the start's answer, the snapshot). */
+  readonly flowVersion: number | null;
   /** The input given to startFlow; undefined for a run attached by id. */
   readonly input: unknown;
   readonly status: RunStatus;
@@ -377,6 +507,10 @@ export class FlowRun<TOutput = unknown> {
   readonly startedAt: string | null;
   readonly completedAt: string | null;
   readonly failedAt: string | null;
+  /** When the run was cancelled (run:cancelled), else null. */
+  readonly cancelledAt: string | null;
+  /** The reason given to cancel, else null. */
+  readonly cancelReason: string | null;
   /** seq of the last event applied; 0 before any. */
   readonly lastSeq: number;
   /** Every event applied, in seq order. */
@@ -408,10 +542,34 @@ export class FlowRun<TOutput = unknown> {
    * `useSyncExternalStore(run.subscribe, run.snapshot)` works as it is.
    */
   readonly snapshot: () => RunSnapshot<TOutput>;
-  /** The run's output; rejects with FlowFailedError on run:failed. */
+  /**
+   * The run's output; rejects with FlowFailedError on run:failed, FlowCancelledError on
+   * run:cancelled. After `retry()`, a new call waits for the new outcome.
+   */
   result(options?: WaitOptions): Promise<TOutput>;
   /** Resolves with this run once it has `status`; rejects once it never can. */
   waitForStatus(status: RunStatus, options?: WaitOptions): Promise<this>;
+  /**
+   * Cancel the run. Resolves once the engine cancelled it; its run:cancelled follows. Rejects
+   * with a PGFlowError: status 409 `conflict` when it already ended, 404 `not_found`.
+   */
+  cancel(reason?: string | null, options?: WaitOptions): Promise<{ run_id: string; status: "cancelled" }>;
+  /**
+   * Give a waiting input step its value (any JSON value, null included); the step completes with
+   * it. Rejects with InputRejectedError on a value its schema refuses, a PGFlowError with
+   * status 409 `conflict` when the step is not waiting (or not an input step), 404 `not_found`.
+   */
+  submit<TValue = unknown>(
+    stepSlug: string,
+    value: TValue,
+    options?: WaitOptions,
+  ): Promise<{ run_id: string; step_slug: string; status: "completed" }>;
+  /**
+   * Run a failed or cancelled run again: its failed and cancelled steps are re-queued. Resolves
+   * once the gateway accepted; the run is then followed again (`run:retried`, status
+   * `started`). Rejects with status 409 `conflict` for a run that is not failed or cancelled.
+   */
+  retry(options?: WaitOptions): Promise<{ run_id: string; status: "started" }>;
   /** Fetch the flow's graph (cached per client and flow) and set `graph`. */
   loadGraph(options?: { signal?: AbortSignal }): Promise<FlowGraph>;
   /** Stop following this run (it goes on in the gateway); a pending result() rejects. */
@@ -425,7 +583,10 @@ export interface PGFlowClient {
   /** The gateway base URL, without a trailing slash. */
   readonly url: string;
   readonly state: ConnectionState;
-  /** POST /rpc/run_flow and follow the new run. Rejects with PGFlowError (`status`, `code`) on non-2xx. */
+  /**
+   * POST /rpc/run_flow (with an `Idempotency-Key`) and follow the new run. Rejects with
+   * PGFlowError (`status`, `code`) on non-2xx, e.g. 422 `idempotency_conflict`.
+   */
   startFlow<TOutput = unknown>(
     name: string,
     input?: unknown,
@@ -443,8 +604,8 @@ export function createClient(options?: ClientOptions): PGFlowClient;
 
 /**
  * Start flow `name` with `input` and resolve with the run's output.
- * Rejects with FlowFailedError on run:failed, a DOMException "AbortError" on abort and a
- * DOMException "TimeoutError" on timeout.
+ * Rejects with FlowFailedError on run:failed, FlowCancelledError on run:cancelled, a
+ * DOMException "AbortError" on abort and a DOMException "TimeoutError" on timeout.
  */
 export function triggerFlow<TOutput = unknown>(
   name: string,

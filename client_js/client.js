@@ -13,11 +13,11 @@
 
 import { deadline, race } from "./client/deadline.js";
 import { PGFlowError, reportListenerError } from "./client/errors.js";
-import { Http } from "./client/http.js";
+import { Http, newIdempotencyKey } from "./client/http.js";
 import { FlowRun } from "./client/run.js";
 import { Transport } from "./client/transport.js";
 
-export { FlowFailedError, PGFlowError } from "./client/errors.js";
+export { FlowCancelledError, FlowFailedError, InputRejectedError, PGFlowError } from "./client/errors.js";
 export { FlowRun } from "./client/run.js";
 
 /** @typedef {import("./client.js").ClientOptions} ClientOptions */
@@ -77,6 +77,13 @@ function chunkListener(onChunk) {
 // ---------------------------------------------------------------------------------------------
 // Client: HTTP + runs routed over one shared websocket
 
+// What the gateway takes as an Idempotency-Key (docs/reference/http.md); checked before the
+// POST so a bad key is a TypeError at the call, not a 400 from the gateway.
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+// Resends of the start POST after a network error or a 502/503/504 (~0.1 s, 0.2 s, 0.4 s apart):
+// safe only because every resend carries the same Idempotency-Key.
+const START_RETRIES = 3;
+
 class Client {
   /** @param {ClientOptions} [options] */
   constructor(options = {}) {
@@ -105,9 +112,17 @@ class Client {
     this._runs = new Map();
     /** @type {import("./client/run.js").RunHost} */
     this._host = {
-      request: (method, path, body, signal) => this._http.request(method, path, body, signal),
-      loadGraph: (slug) => this._http.loadGraph(slug),
+      request: (method, path, options) => this._http.request(method, path, options),
+      loadGraph: (slug, version) => this._http.loadGraph(slug, version),
       release: (run, how) => this._release(run, how),
+      follow: (run) => {
+        if (this._runs.get(run.runId) === run) return; // still followed: it never settled here
+        if (this._transport.state === "closed") {
+          run._fail(new PGFlowError(`run ${run.runId}: client closed`, { code: "client_closed", runId: run.runId }));
+        } else {
+          this._track(run);
+        }
+      },
     };
   }
 
@@ -121,25 +136,42 @@ class Client {
    * @param {string} name
    * @param {unknown} [input]
    * @param {{signal?: AbortSignal | undefined, onEvent?: Listener | undefined,
-   *   onChunk?: ChunkListener | undefined, graph?: boolean}} [options]
+   *   onChunk?: ChunkListener | undefined, graph?: boolean, idempotencyKey?: string | undefined}} [options]
    */
-  async startFlow(name, input, { signal, onEvent, onChunk, graph = true } = {}) {
+  async startFlow(name, input, { signal, onEvent, onChunk, graph = true, idempotencyKey } = {}) {
     this._checkOpen();
     this._transport.checkSupported();
     const chunks = chunkListener(onChunk); // before the POST: a bad option starts no run
+    // One key per call, the same on every resend below: however many POSTs a flaky network
+    // takes, the gateway starts one run and answers the repeats with it (200, same body).
+    const key = idempotencyKey ?? newIdempotencyKey();
+    if (typeof key !== "string" || !IDEMPOTENCY_KEY.test(key)) {
+      throw new TypeError(`startFlow: idempotencyKey must be 1 to 255 visible ASCII characters, got ${JSON.stringify(key)}`);
+    }
     const label = `startFlow(${JSON.stringify(name)})`;
     // The graph is cached per flow and fetched alongside the run, so `run.graph` is
     // usually ready when this resolves; a graph that fails to load just stays null.
     const graphPromise = graph ? this._http.loadGraph(name).catch(() => null) : null;
-    const body = await this._http.request("POST", "/rpc/run_flow",
-      { flow_slug: name, input: input === undefined ? {} : input }, signal, label);
+    const body = await this._http.request("POST", "/rpc/run_flow", {
+      body: { flow_slug: name, input: input === undefined ? {} : input },
+      headers: { "Idempotency-Key": key },
+      retries: START_RETRIES,
+      signal,
+      label,
+    });
     if (typeof body?.run_id !== "string") {
       throw new PGFlowError(`${label}: the gateway answered without a run_id`, { code: "bad_response" });
     }
-    const run = this._track(new FlowRun(this._host, body.run_id, body.flow_slug ?? name, input), onEvent, chunks);
+    const version = typeof body.version === "number" ? body.version : null;
+    const run = this._track(new FlowRun(this._host, body.run_id, body.flow_slug ?? name, input, version), onEvent, chunks);
     if (graphPromise) {
       try {
-        run._setGraph(await race(graphPromise, { signal }, `run ${run.runId}`));
+        let graph = await race(graphPromise, { signal }, `run ${run.runId}`);
+        // fetched alongside the start: the newest version, almost always the run's own
+        if (graph && version != null && typeof graph.version === "number" && graph.version !== version) {
+          graph = await race(this._http.loadGraph(name, version).catch(() => null), { signal }, `run ${run.runId}`);
+        }
+        run._setGraph(graph);
       } catch (err) {
         run.detach();
         throw err;
@@ -151,17 +183,17 @@ class Client {
   /**
    * Follow a run started elsewhere: subscribes since 0, so its events replay to now.
    * @param {string} runId
-   * @param {{flowSlug?: string | undefined, onEvent?: Listener | undefined,
+   * @param {{flowSlug?: string | undefined, flowVersion?: number | undefined, onEvent?: Listener | undefined,
    *   onChunk?: ChunkListener | undefined}} [options]
    */
-  getRun(runId, { flowSlug, onEvent, onChunk } = {}) {
+  getRun(runId, { flowSlug, flowVersion, onEvent, onChunk } = {}) {
     this._checkOpen();
     if (typeof runId !== "string" || !runId) throw new TypeError(`getRun: run id must be a string, got ${runId}`);
     this._transport.checkSupported();
     const chunks = chunkListener(onChunk);
     const known = this._runs.get(runId);
     if (known) return this._listen(known, onEvent, chunks);
-    const run = new FlowRun(this._host, runId, flowSlug);
+    const run = new FlowRun(this._host, runId, flowSlug, undefined, flowVersion ?? null);
     if (flowSlug) run.loadGraph().catch(() => {});
     return this._track(run, onEvent, chunks);
   }
@@ -266,7 +298,8 @@ class Client {
     }
     const { type: _type, ...event } = msg;
     run._apply(event);
-    if (run._terminal) this._release(run, { unsubscribe: true });
+    // Settled: the run ended, and no later event (a run:retried) was announced by `subscribed`.
+    if (run._settled) this._release(run, { unsubscribe: true });
   }
 
   /** @param {Record<string, any>} msg */
@@ -362,19 +395,20 @@ function clientFor({ client, url, token }) {
 }
 
 /**
- * Start flow `name` and resolve with its output; rejects with FlowFailedError on run:failed.
+ * Start flow `name` and resolve with its output; rejects with FlowFailedError on run:failed and
+ * FlowCancelledError on run:cancelled.
  * @param {string} name
  * @param {unknown} [input]
  * @param {{signal?: AbortSignal, timeout?: number, onEvent?: Listener, onChunk?: ChunkListener, client?: Client,
- *   url?: string, token?: import("./client.js").TokenSource}} [options]
+ *   url?: string, token?: import("./client.js").TokenSource, idempotencyKey?: string}} [options]
  */
 export async function triggerFlow(name, input, options = {}) {
-  const { signal, timeout, onEvent, onChunk } = options;
+  const { signal, timeout, onEvent, onChunk, idempotencyKey } = options;
   const d = deadline(signal, timeout, `triggerFlow(${JSON.stringify(name)})`);
   let run;
   try {
     const client = clientFor(options);
-    run = await client.startFlow(name, input, { signal: d.signal, onEvent, onChunk, graph: false });
+    run = await client.startFlow(name, input, { signal: d.signal, onEvent, onChunk, graph: false, idempotencyKey });
     d.label = `run ${run.runId}`;
     return await run.result({ signal: d.signal });
   } finally {

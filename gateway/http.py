@@ -51,7 +51,10 @@ from pgflow.input_schema import validate_input
 
 logger = logging.getLogger(__name__)
 
-FLOW_MAX_AGE = 60  # seconds a flow's shape may be cached (shapes never change under a slug)
+# seconds a flow's newest shape may be cached: a new version may come (define_flow); a given
+# version's shape never changes, and is cached for a day
+FLOW_MAX_AGE = 5
+FLOW_VERSION_MAX_AGE = 86400
 JSON_TYPE = "application/json"
 JS_TYPE = "application/javascript; charset=utf-8"
 HTML_TYPE = "text/html; charset=utf-8"
@@ -241,6 +244,16 @@ def _cached(request: Request, body: bytes, media_type: str, cache_control: str,
     return Response(body, 200, headers, media_type=media_type)
 
 
+def _version_of(request: Request) -> int | None:
+    """``?version=N`` of ``GET /flows/{slug}``: a version number, or None for the newest."""
+    raw = request.query_params.getlist("version")
+    if not raw:
+        return None
+    if len(raw) > 1 or not raw[0].isdigit() or not 1 <= int(raw[0]) <= 2**31 - 1:
+        raise BadRequestError("version must be one whole number from 1")
+    return int(raw[0])
+
+
 def _flow_slug(value: str) -> str:
     if not SLUG.match(value):
         raise UnknownFlowError(f"unknown flow {value!r}")
@@ -300,11 +313,14 @@ def http_routes(
         open_sockets: how many websockets are open.
     """
     static = StaticFiles()
-    flow_bodies: dict[str, bytes] = {}  # slug -> body (shapes are immutable per slug)
-    flow_steps: dict[str, dict[str, dict[str, Any]]] = {}  # slug -> step slug -> its shape
+    # (slug, version) -> body: a version's shape never changes
+    flow_bodies: dict[tuple[str, int], bytes] = {}
+    # (slug, version) -> step slug -> its shape
+    flow_steps: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
 
-    async def steerable_run(request: Request, principal: Principal) -> tuple[uuid.UUID, str]:
-        """The path's run and its flow, once the principal may act on it: the rules of
+    async def steerable_run(request: Request,
+                            principal: Principal) -> tuple[uuid.UUID, str, int]:
+        """The path's run, its flow and version, once the principal may act on it: the rules of
         ``GET /runs/{run_id}``.
 
         Raises:
@@ -318,23 +334,23 @@ def http_routes(
         if facts is None:
             raise UnknownRunError(f"unknown run {run_id}")
         auth.check_run(principal, facts.flow_slug, facts.owner, run_id)
-        return uuid.UUID(run_id), facts.flow_slug
+        return uuid.UUID(run_id), facts.flow_slug, facts.flow_version
 
-    async def input_step(flow_slug: str, step_slug: str) -> dict[str, Any]:
-        """The flow's step ``step_slug``, if it is an input step.
+    async def input_step(flow_slug: str, version: int, step_slug: str) -> dict[str, Any]:
+        """The step ``step_slug`` of that version of the flow, if it is an input step.
 
         Raises:
             UnknownStepError: no such step in the flow.
             ConflictError: a step that is not an input step.
         """
-        steps = flow_steps.get(flow_slug)
+        steps = flow_steps.get((flow_slug, version))
         if steps is None:
-            shape = await store().get_flow(flow_slug)
+            shape = await store().get_flow(flow_slug, version)
             steps = {step["slug"]: step for step in (shape or {}).get("steps", [])}
             if shape is not None:  # (a run's flow is never deleted: None is defensive)
                 if len(flow_steps) >= 4096:
                     flow_steps.clear()
-                flow_steps[flow_slug] = steps
+                flow_steps[(flow_slug, version)] = steps
         step = steps.get(step_slug)
         if step is None:
             raise UnknownStepError(f"flow {flow_slug!r} has no step {step_slug[:128]!r}")
@@ -366,7 +382,8 @@ def http_routes(
                                           idempotency_key=idempotency_key_of(request))
         run_id = started.run_id
         return json_response(
-            {"run_id": str(run_id), "flow_slug": slug, "status": "started"},
+            {"run_id": str(run_id), "flow_slug": slug, "version": started.version,
+             "status": "started"},
             201 if started.created else 200,
             {"Location": f"{request.scope.get('root_path', '')}/runs/{run_id}"},
         )
@@ -376,11 +393,13 @@ def http_routes(
         principal = principal_of(auth, request)
         slug = _flow_slug(request.path_params["slug"])
         auth.check_flow(principal, slug)
-        body = flow_bodies.get(slug)
+        version = _version_of(request)
+        body = flow_bodies.get((slug, version)) if version is not None else None
         if body is None:
-            shape = await store().get_flow(slug)
+            shape = await store().get_flow(slug, version)
             if shape is None:
-                raise UnknownFlowError(f"unknown flow {slug!r}")
+                raise UnknownFlowError(f"unknown flow {slug!r}" + (
+                    f" version {version}" if version is not None else ""))
             flow = flows.get(slug)
             body = orjson.dumps({
                 **shape,
@@ -390,9 +409,10 @@ def http_routes(
             })
             if len(flow_bodies) >= 4096:
                 flow_bodies.clear()
-            flow_bodies[slug] = body
+            flow_bodies[(slug, int(shape.get("version", 1)))] = body
         scope = "public" if auth.is_public(slug) else "private"
-        response = _cached(request, body, JSON_TYPE, f"{scope}, max-age={FLOW_MAX_AGE}")
+        max_age = FLOW_MAX_AGE if version is None else FLOW_VERSION_MAX_AGE
+        response = _cached(request, body, JSON_TYPE, f"{scope}, max-age={max_age}")
         if scope == "private":
             response.headers["Vary"] = "Authorization"
         return response
@@ -451,7 +471,7 @@ def http_routes(
             if len(reason) > MAX_CANCEL_REASON:
                 raise BadRequestError(f"reason is over {MAX_CANCEL_REASON} characters")
             check_storable(reason, "reason")
-        run_id, _ = await steerable_run(request, principal)
+        run_id, _, _ = await steerable_run(request, principal)
         if not await store().cancel_run(run_id, reason):
             raise ConflictError(f"run {run_id} has already ended")
         return json_response({"run_id": str(run_id), "status": "cancelled"},
@@ -469,9 +489,9 @@ def http_routes(
                                   'expected {"value"}')
         value = body["value"]
         check_storable(value, "value")
-        run_id, flow_slug = await steerable_run(request, principal)
+        run_id, flow_slug, version = await steerable_run(request, principal)
         step_slug = request.path_params["step_slug"]
-        step = await input_step(flow_slug, step_slug)
+        step = await input_step(flow_slug, version, step_slug)
         try:
             errors = validate_input(step.get("schema", True), value)
         except ValueError as error:
@@ -492,7 +512,7 @@ def http_routes(
     async def retry_run(request: Request) -> Response:
         principal = principal_of(auth, request)
         await read_options(request, max_body_bytes, frozenset())
-        run_id, _ = await steerable_run(request, principal)
+        run_id, _, _ = await steerable_run(request, principal)
         if not await store().retry_run(run_id):
             raise ConflictError(f"run {run_id} is neither failed nor cancelled")
         return json_response({"run_id": str(run_id), "status": "started"},

@@ -85,8 +85,11 @@ def openapi_document() -> dict[str, Any]:
                                            "the flows"), **_errors(401)},
             }},
             "/flows/{slug}": {"get": {
-                "summary": "A flow's graph shape (cacheable: ETag, If-None-Match -> 304)",
-                "parameters": [slug],
+                "summary": "A flow's graph shape, its newest version or ?version=N "
+                           "(cacheable: ETag, If-None-Match -> 304)",
+                "parameters": [slug, {"name": "version", "in": "query", "schema": {
+                    "type": "integer", "minimum": 1},
+                    "description": "a version of the flow; default: the newest"}],
                 "responses": {"200": _json(_ref("Flow"), "the shape"),
                               "304": {"description": "not modified"},
                               **_errors(401, 404, 503)},
@@ -223,9 +226,11 @@ def openapi_document() -> dict[str, Any]:
                                    "additionalProperties": False, "properties": {
                                        "flow_slug": {"type": "string"},
                                        "input": {"description": "any JSON (default null)"}}},
-                "RunStarted": {"type": "object", "required": ["run_id", "flow_slug", "status"],
+                "RunStarted": {"type": "object",
+                               "required": ["run_id", "flow_slug", "version", "status"],
                                "properties": {"run_id": {"type": "string", "format": "uuid"},
                                               "flow_slug": {"type": "string"},
+                                              "version": {"type": "integer", "minimum": 1},
                                               "status": {"const": "started"}}},
                 "FlowInfo": {"type": "object", "properties": {
                     "slug": {"type": "string"}, "description": {"type": "string"},

@@ -32,15 +32,15 @@ from typing import cast
 
 from gateway.fanout import Fanout, Item, Subscription
 from gateway.metrics import Metrics
-from gateway.notifications import (
+from gateway.session import ReplayRead, RunHead
+from gateway.wire import TextFrame, error_frame, event_frame, event_frame_from_json
+from pgflow.db.listen import RESYNC
+from pgflow.db.notifications import (
     MAX_SEQ,
     EventsNotification,
     NotificationError,
     parse_notification,
 )
-from gateway.session import ReplayRead, RunHead
-from gateway.wire import TextFrame, error_frame, event_frame, event_frame_from_json
-from pgflow.db.listen import RESYNC
 from pgflow.db.store import Store
 from pgflow.errors import DatabaseUnavailableError, PGFlowError, UnknownRunError
 

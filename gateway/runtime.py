@@ -21,13 +21,13 @@ from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.fanout import Fanout
 from gateway.metrics import Metrics
-from gateway.notifications import NOTIFY_CHANNEL
 from gateway.relay import APPLICATION_NAME as LISTENER_NAME
 from gateway.relay import READ_PAGE, Relay
 from gateway.sockets import Sockets
 from gateway.wire import CLOSE_GOING_AWAY
 from pgflow.db.listen import Listener
 from pgflow.db.migrate import migrate_url
+from pgflow.db.notifications import NOTIFY_CHANNEL
 from pgflow.db.store import Store
 from pgflow.errors import ConfigurationError, DatabaseUnavailableError
 from pgflow.flows import Flow
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 STARTUP_LISTEN_TIMEOUT = 10.0  # seconds the lifespan waits for the first LISTEN
 
-FlowSync = Callable[[Store, Sequence[Flow]], Awaitable[None]]
+FlowSync = Callable[[Store, Sequence[Flow]], Awaitable[object]]  # what it answers is unused
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 
 from gateway.errors import BadJsonError, BadRequestError, RequestError
-from gateway.notifications import MAX_SEQ, Event, is_seq
+from pgflow.db.notifications import MAX_SEQ, Event, is_seq
 from pgflow.errors import (
     DatabaseUnavailableError,
     FlowShapeConflictError,

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+from pgflow.client import Client
 from pgflow.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
+    FlowCancelledError,
+    FlowFailedError,
     FlowShapeConflictError,
+    IdempotencyConflictError,
+    InputRejectedError,
     InvalidFlowError,
     PGFlowError,
     StreamBufferFullError,
     StreamError,
     UnknownFlowError,
     UnknownRunError,
+    UnknownStepError,
 )
 from pgflow.flows import Flow, StepContext
 
 __all__ = [
+    "Client",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "Flow",
+    "FlowCancelledError",
+    "FlowFailedError",
     "FlowShapeConflictError",
+    "IdempotencyConflictError",
+    "InputRejectedError",
     "InvalidFlowError",
     "PGFlowError",
     "StepContext",
@@ -27,5 +38,6 @@ __all__ = [
     "StreamError",
     "UnknownFlowError",
     "UnknownRunError",
+    "UnknownStepError",
 ]
 __version__ = "0.1.0"

@@ -1,16 +1,19 @@
 // FlowRun: one run's state, built only from its events. Applying an event does no I/O; the
-// client routes events here and asks the run's host (the client) for HTTP and for release.
+// client routes events here and asks the run's host (the client) for HTTP, for release, and to
+// follow it again after a retry.
 
-import { race } from "./deadline.js";
-import { FlowFailedError, PGFlowError, reportListenerError } from "./errors.js";
+import { deadline, race } from "./deadline.js";
+import { FlowCancelledError, FlowFailedError, PGFlowError, reportListenerError } from "./errors.js";
 
 // Losses of the socket in a row, with the same cause, while a run was behind and got no event
 // further: then the run fails (a frame this client cannot take would otherwise replay forever).
 export const STALL_LIMIT = 5;
 
-const RUN_TERMINAL_STATUSES = new Set(["completed", "failed"]);
-const STEP_STATUSES = new Set(["created", "started", "retrying", "completed", "failed", "cancelled"]);
+const RUN_TERMINAL_STATUSES = new Set(["completed", "failed", "cancelled"]);
+const STEP_STATUSES = new Set(["created", "started", "retrying", "waiting", "completed", "failed", "cancelled"]);
 const STEP_FINAL_STATUSES = new Set(["completed", "failed", "cancelled"]);
+// Run events that may change any step's state.
+const RUN_WIDE_EVENTS = new Set(["run:failed", "run:cancelled", "run:retried"]);
 
 /** @typedef {import("../client.js").FlowEvent} FlowEvent */
 /** @typedef {import("../client.js").FlowGraph} FlowGraph */
@@ -21,9 +24,10 @@ const STEP_FINAL_STATUSES = new Set(["completed", "failed", "cancelled"]);
 /**
  * What a run needs from the client that follows it.
  * @typedef {object} RunHost
- * @property {(method: string, path: string, body?: unknown, signal?: AbortSignal) => Promise<any>} request
- * @property {(slug: string) => Promise<FlowGraph>} loadGraph cached per client and flow
+ * @property {(method: string, path: string, options?: import("./http.js").RequestOptions) => Promise<any>} request
+ * @property {(slug: string, version?: number | null) => Promise<FlowGraph>} loadGraph cached per client and flow version
  * @property {(run: FlowRun, options: {unsubscribe: boolean}) => void} release stop routing its events
+ * @property {(run: FlowRun) => void} follow route its events again (after retry), resuming from lastSeq
  */
 
 /**
@@ -34,6 +38,7 @@ function newStepState(slug) {
   return {
     slug: /** @type {string} */ (slug), status: "created", output: null, error: null, attempt: null,
     startedAt: null, completedAt: null, failedAt: null, chunks: [], text: "", streamAttempt: null,
+    schema: null, input: null, timeoutAt: null,
   };
 }
 
@@ -44,12 +49,15 @@ export class FlowRun {
    * @param {string} runId
    * @param {string | null | undefined} flowSlug
    * @param {unknown} [input]
+   * @param {number | null} [flowVersion]
    */
-  constructor(host, runId, flowSlug, input) {
+  constructor(host, runId, flowSlug, input, flowVersion = null) {
     this.runId = runId;
     this.flowSlug = flowSlug ?? null;
+    /** The version of its flow the run is on; null until the start's answer or the snapshot. */
+    this.flowVersion = flowVersion;
     this.input = input;
-    /** @type {"started" | "completed" | "failed"} */
+    /** @type {"started" | "completed" | "failed" | "cancelled"} */
     this.status = "started";
     /** @type {unknown} */
     this.output = null;
@@ -61,6 +69,10 @@ export class FlowRun {
     this.completedAt = null;
     /** @type {string | null} */
     this.failedAt = null;
+    /** @type {string | null} */
+    this.cancelledAt = null;
+    /** @type {string | null} */
+    this.cancelReason = null;
     this.lastSeq = 0;
     /** @type {FlowEvent[]} */
     this.events = [];
@@ -89,19 +101,28 @@ export class FlowRun {
     // Bound, so React's useSyncExternalStore(run.subscribe, run.snapshot) takes them as they are.
     this.subscribe = this.subscribe.bind(this);
     this.snapshot = this.snapshot.bind(this);
-    // Settled by run:completed / run:failed, or by a client-side failure (refused
-    // subscription, close 1008, client closed, detach).
+    // Settled by run:completed / run:failed / run:cancelled, or by a client-side failure
+    // (refused subscription, close 1008, client closed, detach); retry() unsettles it.
     this._settled = false;
+    /** @type {FlowEvent | null} the run:failed / run:cancelled that ended the run, for its error */
+    this._endEvent = null;
     /** @type {(value: unknown) => void} */
     this._resolve = () => {};
     /** @type {(reason: unknown) => void} */
     this._reject = () => {};
     /** @type {Promise<unknown>} */
-    this._result = new Promise((resolve, reject) => {
+    this._result = this._newResult();
+  }
+
+  /** A fresh promise for result() to wait on. */
+  _newResult() {
+    /** @type {Promise<unknown>} */
+    const result = new Promise((resolve, reject) => {
       this._resolve = resolve;
       this._reject = reject;
     });
-    this._result.catch(() => {}); // a run nobody awaits must not raise "unhandled rejection"
+    result.catch(() => {}); // a run nobody awaits must not raise "unhandled rejection"
+    return result;
   }
 
   /** The flow's graph (`GET /flows/{slug}`), or null until loaded. */
@@ -122,7 +143,7 @@ export class FlowRun {
     let state = this._steps.get(slug);
     if (!state) {
       state = newStepState(slug);
-      if (this.status === "failed") state.status = "cancelled";
+      if (this.status === "failed" || this.status === "cancelled") state.status = "cancelled";
       this._steps.set(slug, state);
     }
     return state;
@@ -247,6 +268,8 @@ export class FlowRun {
       startedAt: this.startedAt,
       completedAt: this.completedAt,
       failedAt: this.failedAt,
+      cancelledAt: this.cancelledAt,
+      cancelReason: this.cancelReason,
       lastSeq: this.lastSeq,
       graph: this._graph,
       // fromEntries, not assignment: a step named "__proto__" stays a step
@@ -256,7 +279,8 @@ export class FlowRun {
   }
 
   /**
-   * The run's output; rejects with FlowFailedError on run:failed.
+   * The run's output; rejects with FlowFailedError on run:failed, FlowCancelledError on
+   * run:cancelled. After retry(), a new call waits for the retried run's outcome.
    * @param {{signal?: AbortSignal | undefined, timeout?: number | undefined}} [options]
    */
   result({ signal, timeout } = {}) {
@@ -273,8 +297,8 @@ export class FlowRun {
     if (!["started", ...RUN_TERMINAL_STATUSES].includes(status)) {
       return Promise.reject(new TypeError(`run ${this.runId}: unknown run status ${JSON.stringify(status)}`));
     }
-    // Run statuses only go started -> completed | failed, and both terminal moves settle
-    // _result, so the wait derives from it without listening to events.
+    // Run statuses only go started -> completed | failed | cancelled (until a retry), and every
+    // terminal move settles _result, so the wait derives from it without listening to events.
     const reached = status === "started"
       ? Promise.resolve(this)
       : this._result.then(
@@ -284,7 +308,7 @@ export class FlowRun {
             { code: "status_unreachable", runId: this.runId });
         },
         (err) => {
-          if (status === "failed" && this.status === "failed") return this;
+          if (status !== "completed" && this.status === status) return this;
           throw err;
         },
       );
@@ -292,18 +316,97 @@ export class FlowRun {
   }
 
   /**
-   * Fetch the flow's graph (cached per client and flow); also sets `run.graph`.
+   * Fetch the graph of the run's version of its flow (cached per client and flow version); also
+   * sets `run.graph`.
    * @param {{signal?: AbortSignal | undefined}} [options]
    */
   async loadGraph({ signal } = {}) {
     if (this._graph) return this._graph;
-    if (!this.flowSlug) {
-      // Attached by run id alone: the events do not carry the flow, the snapshot does.
-      const snapshot = await this._host.request("GET", `/runs/${encodeURIComponent(this.runId)}`, undefined, signal);
+    if (!this.flowSlug || this.flowVersion == null) {
+      // Attached by run id: the events carry neither the flow nor its version, the snapshot does.
+      const snapshot = await this._host.request("GET", `/runs/${encodeURIComponent(this.runId)}`, { signal, runId: this.runId });
       this.flowSlug = snapshot.flow_slug;
+      this.flowVersion = typeof snapshot.version === "number" ? snapshot.version : null;
     }
-    this._setGraph(await race(this._host.loadGraph(/** @type {string} */ (this.flowSlug)), { signal }, `run ${this.runId}`));
+    this._setGraph(await race(this._host.loadGraph(/** @type {string} */ (this.flowSlug), this.flowVersion), { signal }, `run ${this.runId}`));
     return this._graph;
+  }
+
+  /**
+   * Cancel the run (`POST /runs/{id}/cancel`): resolves with the gateway's answer once the engine
+   * cancelled it; its run:cancelled event follows and rejects result() with FlowCancelledError.
+   * A run that already ended rejects with a PGFlowError, status 409, code `conflict`.
+   * @param {string | null} [reason] kept with the run, and carried by run:cancelled
+   * @param {{signal?: AbortSignal | undefined, timeout?: number | undefined}} [options]
+   * @returns {Promise<{run_id: string, status: "cancelled"}>}
+   */
+  async cancel(reason, options) {
+    if (reason != null && typeof reason !== "string") {
+      throw new TypeError(`run ${this.runId}: cancel reason must be a string, got ${typeof reason}`);
+    }
+    return this._post("cancel", "/cancel", reason == null ? {} : { reason }, options);
+  }
+
+  /**
+   * Give input step `stepSlug`, waiting for a person, its value (`POST
+   * /runs/{id}/steps/{slug}/input`); the step then completes with it as its output. A value the
+   * step's schema refuses rejects with InputRejectedError (`errors`); a step not waiting with
+   * status 409 `conflict`; an unknown step with 404 `not_found`.
+   * @param {string} stepSlug
+   * @param {unknown} value any JSON value (null included)
+   * @param {{signal?: AbortSignal | undefined, timeout?: number | undefined}} [options]
+   * @returns {Promise<{run_id: string, step_slug: string, status: "completed"}>}
+   */
+  async submit(stepSlug, value, options) {
+    if (typeof stepSlug !== "string" || !stepSlug) {
+      throw new TypeError(`run ${this.runId}: submit needs a step slug, got ${JSON.stringify(stepSlug)}`);
+    }
+    // JSON has no undefined: {"value": undefined} would go out as {} and be refused as missing.
+    if (value === undefined) throw new TypeError(`run ${this.runId}: submit(${JSON.stringify(stepSlug)}) needs a value (null is one)`);
+    return this._post(`submit(${JSON.stringify(stepSlug)})`, `/steps/${encodeURIComponent(stepSlug)}/input`,
+      { value }, options, stepSlug);
+  }
+
+  /**
+   * Run a failed or cancelled run again from where it stopped (`POST /runs/{id}/retry`): the
+   * engine re-queues the steps that failed or were cancelled, completed ones keep their output.
+   * Once the gateway accepted, this run is followed again and a new result() call waits for the
+   * new outcome (one made before stays rejected: that outcome happened). Any other run rejects
+   * with status 409 `conflict`.
+   * @param {{signal?: AbortSignal | undefined, timeout?: number | undefined}} [options]
+   * @returns {Promise<{run_id: string, status: "started"}>}
+   */
+  async retry(options) {
+    const answer = await this._post("retry", "/retry", undefined, options);
+    if (this._settled) {
+      this._settled = false;
+      this._followError = null;
+      this._endEvent = null;
+      this._result = this._newResult();
+      this._changed();
+    }
+    // Resubscribes since lastSeq: run:retried and what follows arrive as usual.
+    this._host.follow(this);
+    return answer;
+  }
+
+  /**
+   * @param {string} what the call, for error messages
+   * @param {string} path under /runs/{id}
+   * @param {unknown} body
+   * @param {{signal?: AbortSignal | undefined, timeout?: number | undefined}} [options]
+   * @param {string} [stepSlug]
+   */
+  async _post(what, path, body, { signal, timeout } = {}, stepSlug) {
+    const label = `run ${this.runId}: ${what}`;
+    const d = deadline(signal, timeout, label);
+    try {
+      // Never resent on a network error: a repeat of one that did get through would answer 409.
+      return await this._host.request("POST", `/runs/${encodeURIComponent(this.runId)}${path}`,
+        { body, signal: d.signal, label, runId: this.runId, stepSlug });
+    } finally {
+      d.dispose();
+    }
   }
 
   /** Stop following this run (it goes on in the server); a pending result() rejects. */
@@ -356,6 +459,16 @@ export class FlowRun {
       case "step:failed":
         Object.assign(step, { status: status("failed"), attempt, error: event.error, failedAt: event.at });
         break;
+      case "step:waiting":
+        // An input step whose dependencies completed: it waits for submit() until timeout_at.
+        Object.assign(step, {
+          status: status("waiting"), attempt, startedAt: event.at,
+          schema: event.schema ?? null, input: event.input ?? null, timeoutAt: event.timeout_at ?? null,
+        });
+        break;
+      case "step:cancelled":
+        Object.assign(step, { status: status("cancelled"), attempt });
+        break;
       case "step:stream": {
         // The chunks are one attempt's: a retry's stream replaces the failed attempt's. Status
         // and attempt stay: the attempt's step:started set them.
@@ -377,18 +490,40 @@ export class FlowRun {
         }
         // docs/reference/events.md: cancelled steps get no event of their own; run:failed implies it.
         for (const s of this._steps.values()) if (!STEP_FINAL_STATUSES.has(s.status)) s.status = "cancelled";
+        this._endEvent = event;
+        break;
+      case "run:cancelled":
+        Object.assign(this, { status: "cancelled", cancelledAt: event.at, cancelReason: event.reason ?? null });
+        // Each unfinished step had its step:cancelled first; a step known only from the graph too.
+        for (const s of this._steps.values()) if (!STEP_FINAL_STATUSES.has(s.status)) s.status = "cancelled";
+        this._endEvent = event;
+        break;
+      case "run:retried":
+        Object.assign(this, {
+          status: "started", error: null, failedAt: null, cancelledAt: null, cancelReason: null,
+        });
+        this._endEvent = null;
+        // The engine re-queues every step that failed or was cancelled; those whose dependencies
+        // are done get their step:started / step:waiting next, the others just wait again.
+        for (const s of this._steps.values()) if (s.status === "failed" || s.status === "cancelled") s.status = "created";
         break;
       default:
         break; // a newer gateway's event: kept in `events` and emitted, no state to change
     }
     // Stale from here, before any listener can read it. Of the steps only the one the event names
-    // changed, except that run:failed may cancel any of them.
+    // changed, except that run:failed / run:cancelled / run:retried may change any of them.
     this._snapshot = null;
-    if (event.event === "run:failed") this._stepSnapshots.clear();
+    if (RUN_WIDE_EVENTS.has(event.event)) this._stepSnapshots.clear();
     else this._stepSnapshots.delete(event.step_slug);
     this._emit(event);
-    if (this.status === "completed") this._settle(() => this._resolve(this.output));
-    else if (this.status === "failed") this._settle(() => this._reject(new FlowFailedError(event)));
+    // An ended run settles result(), unless `subscribed` announced later events: replaying a run
+    // that was retried, whose run:failed / run:cancelled is followed by run:retried.
+    if (this._terminal && this.lastSeq >= this._replayTo) {
+      const end = /** @type {any} */ (this._endEvent);
+      if (this.status === "completed") this._settle(() => this._resolve(this.output));
+      else if (this.status === "failed") this._settle(() => this._reject(new FlowFailedError(end)));
+      else this._settle(() => this._reject(new FlowCancelledError(end)));
+    }
     this._changed();
     return true;
   }

@@ -22,6 +22,22 @@ export const GRAPH = {
   output_step: "summarize",
 };
 
+// A flow with an input step: draft -> approve (waits for a person's value) -> publish.
+export const APPROVAL_SCHEMA = {
+  type: "object",
+  properties: { approved: { type: "boolean" }, note: { type: "string" } },
+  required: ["approved"],
+};
+export const APPROVAL_GRAPH = {
+  slug: "approval",
+  steps: [
+    { slug: "draft", depends_on: [], kind: "task", max_attempts: 3, base_delay: 1, timeout: 30 },
+    { slug: "approve", depends_on: ["draft"], kind: "input", schema: APPROVAL_SCHEMA, timeout: 3600 },
+    { slug: "publish", depends_on: ["approve"], kind: "task", max_attempts: 3, base_delay: 1, timeout: 30 },
+  ],
+  output_step: "publish",
+};
+
 // Event rows as the gateway would log them; `seq` and `at` are filled in by `append`.
 export const ev = {
   runStarted: () => ({ event: "run:started", step_slug: null, status: "started", output: null, error: null, attempt: null }),
@@ -33,7 +49,56 @@ export const ev = {
   stepStream: (slug, chunks, attempt = 1) => ({ event: "step:stream", step_slug: slug, attempt, chunks }),
   runCompleted: (output) => ({ event: "run:completed", step_slug: null, status: "completed", output, error: null, attempt: null }),
   runFailed: (slug, error, attempt) => ({ event: "run:failed", step_slug: slug, status: "failed", output: null, error, attempt }),
+  stepWaiting: (slug, schema, input, timeoutAt) => ({
+    event: "step:waiting", step_slug: slug, status: "waiting", output: null, error: null, attempt: 1,
+    schema, input, timeout_at: timeoutAt,
+  }),
+  stepCancelled: (slug, attempt = null) => ({ event: "step:cancelled", step_slug: slug, status: "cancelled", output: null, error: null, attempt }),
+  runCancelled: (reason = null) => ({ event: "run:cancelled", step_slug: null, status: "cancelled", output: null, error: null, attempt: null, reason }),
+  runRetried: () => ({ event: "run:retried", step_slug: null, status: "started", output: null, error: null, attempt: null }),
 };
+
+const RUN_ENDS = new Set(["run:completed", "run:failed", "run:cancelled"]);
+
+/** The run's status from its log: the last run-wide event decides. */
+function runStatus(log) {
+  const last = log.findLast((e) => RUN_ENDS.has(e.event) || e.event === "run:retried");
+  return last && last.event !== "run:retried" ? last.status : "started";
+}
+
+/** The status of each step that has had an event, by slug, from the log. */
+function stepStatuses(log) {
+  const statuses = new Map();
+  for (const e of log) {
+    if (e.event === "run:retried") {
+      for (const [slug, status] of statuses) if (status === "failed" || status === "cancelled") statuses.set(slug, "created");
+    } else if (e.step_slug && e.status && e.event.startsWith("step:")) {
+      statuses.set(e.step_slug, e.status);
+    }
+  }
+  return statuses;
+}
+
+/**
+ * A few JSON Schema checks, enough for the tests (the real gateway uses `jsonschema`): an object
+ * value, its `required` keys, and the `type` of its known properties.
+ */
+function schemaErrors(schema, value) {
+  if (schema?.type === "object" && (typeof value !== "object" || value === null || Array.isArray(value))) {
+    return [{ path: "", message: `${JSON.stringify(value)} is not of type 'object'` }];
+  }
+  const errors = [];
+  for (const key of schema?.required ?? []) {
+    if (!(key in value)) errors.push({ path: "", message: `'${key}' is a required property` });
+  }
+  for (const [key, prop] of Object.entries(schema?.properties ?? {})) {
+    const jsType = { boolean: "boolean", string: "string", number: "number" }[prop.type];
+    if (key in value && jsType && typeof value[key] !== jsType) {
+      errors.push({ path: `/${key}`, message: `${JSON.stringify(value[key])} is not of type '${prop.type}'` });
+    }
+  }
+  return errors;
+}
 
 /** The events of a run that completes with `output`. */
 export function completedRun(output) {
@@ -79,13 +144,25 @@ class FakeGateway extends EventEmitter {
   constructor(prefix = "") {
     super();
     this.prefix = prefix;
-    this.flows = new Map([[GRAPH.slug, GRAPH]]);
+    this.flows = new Map([[GRAPH.slug, GRAPH], [APPROVAL_GRAPH.slug, APPROVAL_GRAPH]]);
     this.runs = new Map(); // run_id -> { flowSlug, input, log: [event], subscribers: Set<socket> }
     this.requests = []; // { method, path, headers, body }
     this.connections = []; // every accepted socket, in order; `socket.pgUrl` is the request URL
     this.received = []; // every frame from a client: { conn: index, msg }
     // What a new run does when POSTed; tests replace it. Receives the run id.
     this.onRunCreated = (runId) => this.append(runId, ...completedRun({ summary: "ok" }));
+    // "<flow>\n<Idempotency-Key>" -> { runId, input, key }: the run each key started. A repeat
+    // with the same input answers 200 with that run and starts nothing, so a client that resends
+    // with its key unchanged starts one run, and one that changed it starts two.
+    this.keys = new Map();
+    // After the Nth POST /rpc/run_flow (1, 2, …) is processed, drop the connection instead of
+    // answering: the run exists, the client never hears of it (a lost answer).
+    this.loseAnswer = () => false;
+    this.runFlowPosts = 0;
+    // What happens after an accepted input value (its step:completed is logged already), and
+    // after an accepted retry (its run:retried is logged already); tests replace them.
+    this.onInput = () => {};
+    this.onRetry = () => {};
     // Per-connection behaviour, by connection index.
     this.mute = () => false; // a muted socket receives nothing at all (no pongs either)
     this.closeOnConnect = () => null; // a close code to send right after the upgrade
@@ -216,12 +293,22 @@ class FakeGateway extends EventEmitter {
         return error(400, "bad_json", "body is not JSON");
       }
       if (!this.flows.has(body.flow_slug)) return error(404, "not_found", `unknown flow ${body.flow_slug}`);
-      const runId = this.createRun(body.flow_slug, body.input);
-      reply(201, { run_id: runId, flow_slug: body.flow_slug, status: "started" });
+      const post = ++this.runFlowPosts;
+      const key = req.headers["idempotency-key"];
+      const known = key === undefined ? undefined : this.keys.get(`${body.flow_slug}\n${key}`);
+      if (known && JSON.stringify(known.input) !== JSON.stringify(body.input)) {
+        return error(422, "idempotency_conflict", "this Idempotency-Key was used with a different input");
+      }
+      const runId = known?.runId ?? this.createRun(body.flow_slug, body.input);
+      if (key !== undefined && !known) this.keys.set(`${body.flow_slug}\n${key}`, { runId, input: body.input, key });
+      if (this.loseAnswer(post)) res.socket.destroy();
+      else reply(known ? 200 : 201, { run_id: runId, flow_slug: body.flow_slug, status: "started" });
       // The real gateway's workers race the client's subscribe; start the run right away too.
-      this.onRunCreated(runId);
+      if (!known) this.onRunCreated(runId);
       return;
     }
+    const steer = /^\/runs\/([^/]+)\/(cancel|retry|steps\/([^/]+)\/input)$/.exec(path ?? "");
+    if (req.method === "POST" && steer) return this._steer(steer, raw, reply, error);
     const flow = /^\/flows\/([^/]+)$/.exec(path ?? "");
     if (req.method === "GET" && flow) {
       const graph = this.flows.get(decodeURIComponent(flow[1]));
@@ -233,6 +320,51 @@ class FakeGateway extends EventEmitter {
       return reply(200, { run_id: run[1], flow_slug: r.flowSlug, seq: r.log.length });
     }
     error(404, "not_found", `no route ${req.method} ${fullPath}`);
+  }
+
+  /** POST /runs/{id}/cancel, /runs/{id}/retry, /runs/{id}/steps/{slug}/input. */
+  _steer([, runId, action, encodedSlug], raw, reply, error) {
+    const run = this.runs.get(runId);
+    if (!run) return error(404, "not_found", `unknown run ${runId}`);
+    let body = {};
+    try {
+      if (raw) body = JSON.parse(raw);
+    } catch {
+      return error(400, "bad_json", "body is not JSON");
+    }
+    const status = runStatus(run.log);
+    if (action === "cancel") {
+      if (status !== "started") return error(409, "conflict", `run ${runId} already ${status}`);
+      const steps = stepStatuses(run.log);
+      const graph = this.flows.get(run.flowSlug);
+      const unfinished = graph.steps.filter((s) => !["completed", "failed"].includes(steps.get(s.slug)));
+      const attempts = new Map(run.log.filter((e) => e.attempt != null).map((e) => [e.step_slug, e.attempt]));
+      this.append(runId, ...unfinished.map((s) => ev.stepCancelled(s.slug, attempts.get(s.slug) ?? null)),
+        ev.runCancelled(body.reason ?? null));
+      return reply(200, { run_id: runId, status: "cancelled" });
+    }
+    if (action === "retry") {
+      if (status !== "failed" && status !== "cancelled") return error(409, "conflict", `run ${runId} is ${status}`);
+      this.append(runId, ev.runRetried());
+      reply(200, { run_id: runId, status: "started" });
+      this.onRetry(runId);
+      return;
+    }
+    const slug = decodeURIComponent(encodedSlug);
+    const step = this.flows.get(run.flowSlug).steps.find((s) => s.slug === slug);
+    if (!step) return error(404, "not_found", `run ${runId} has no step ${slug}`);
+    if (step.kind !== "input") return error(409, "conflict", `step ${slug} is not an input step`);
+    if (status !== "started" || stepStatuses(run.log).get(slug) !== "waiting") {
+      return error(409, "conflict", `step ${slug} is not waiting`);
+    }
+    if (!("value" in body)) return error(400, "bad_request", "body needs a value");
+    const errors = schemaErrors(step.schema, body.value);
+    if (errors.length > 0) {
+      return reply(400, { error: { code: "invalid_input", message: `the value does not match step ${slug}'s schema`, errors } });
+    }
+    this.append(runId, ev.stepCompleted(slug, body.value));
+    reply(200, { run_id: runId, step_slug: slug, status: "completed" });
+    this.onInput(runId, slug, body.value);
   }
 
   _connection(socket, req) {

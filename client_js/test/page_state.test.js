@@ -6,7 +6,8 @@ import { test } from "node:test";
 
 import { FlowRun } from "../client/run.js";
 import {
-  announcement, documentTitle, eventCount, failureTail, LOG_LINES, PageState, parseInput, problemText, stepStream,
+  announcement, answerOf, cancelledText, documentTitle, eventCount, failureTail, LOG_LINES, needsInput, PageState,
+  parseInput, problemText, runControls, runStatusLabel, steerOutcome, stepStream,
 } from "../../gateway/static/state.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
@@ -266,4 +267,98 @@ test("a chatty step keeps only its last log lines, and counts them all", () => {
   assert.equal(view.logs.at(-1).message, `line ${total - 1}`);
   // read in one go (a replay), the same
   assert.deepEqual(stepStream(run.snapshot().steps.plan), view);
+});
+
+// ---- steering: cancel, retry, input steps ----
+
+const APPROVAL = [
+  { seq: 1, event: "run:started", step_slug: null, at: at(0) },
+  { seq: 2, event: "step:started", step_slug: "draft", attempt: 1, at: at(0) },
+  { seq: 3, event: "step:completed", step_slug: "draft", attempt: 1, output: { text: "hi" }, at: at(100) },
+  {
+    seq: 4, event: "step:waiting", step_slug: "approve", status: "waiting", attempt: 1,
+    schema: { type: "boolean", title: "Publish this draft?" }, input: { run: {}, draft: { text: "hi" } },
+    timeout_at: at(3_600_000), at: at(100),
+  },
+];
+
+test("an input step's question is kept from its step:waiting; an answer record lives while it waits", () => {
+  const state = new PageState();
+  const entry = state.track(fakeRun("a1", { events: APPROVAL }));
+  assert.deepEqual(entry.prompts.get("approve"), {
+    schema: { type: "boolean", title: "Publish this draft?" }, input: { run: {}, draft: { text: "hi" } }, timeoutAt: at(3_600_000),
+  });
+  const answer = answerOf(entry, "approve");
+  assert.deepEqual(answer, { busy: false, errors: [], draft: null, message: null });
+  assert.equal(answerOf(entry, "approve"), answer, "one record per step");
+  answer.busy = true;
+  state.apply(entry, { seq: 5, event: "step:completed", step_slug: "approve", output: true, at: at(200) });
+  assert.equal(entry.answers.has("approve"), false, "answered: the form goes");
+  answerOf(entry, "approve").message = "stale";
+  state.apply(entry, { ...APPROVAL[3], seq: 9 }); // asked again, after a retry
+  assert.equal(entry.answers.has("approve"), false, "a new question starts a fresh answer");
+});
+
+test("the run's controls: Cancel while it runs, Retry once it failed or was cancelled, none otherwise", () => {
+  const state = new PageState();
+  const entry = state.track(fakeRun("c1"));
+  assert.deepEqual(runControls(entry), { cancel: true, retry: false });
+  for (const [status, controls] of [
+    ["failed", { cancel: false, retry: true }],
+    ["cancelled", { cancel: false, retry: true }],
+    ["completed", { cancel: false, retry: false }],
+  ]) {
+    entry.run.status = status;
+    assert.deepEqual(runControls(entry), controls, status);
+  }
+  entry.run.status = "started";
+  entry.problem = { code: "forbidden" };
+  assert.deepEqual(runControls(entry), { cancel: false, retry: false }, "a run the page cannot follow");
+  assert.deepEqual(runControls(null), { cancel: false, retry: false }, "the preview");
+});
+
+test("a run waits for input while one of its steps does and it runs", () => {
+  const run = { ...fakeRun("w1"), steps: new Map([["draft", { status: "completed" }], ["approve", { status: "waiting" }]]) };
+  const entry = new PageState().track(run);
+  assert.equal(needsInput(entry), true);
+  run.steps.get("approve").status = "cancelled";
+  assert.equal(needsInput(entry), false);
+  run.steps.get("approve").status = "waiting";
+  run.status = "cancelled";
+  assert.equal(needsInput(entry), false, "an ended run waits for nothing");
+});
+
+test("what the page says of how a steering call went", () => {
+  const refused = (status, message = "x") => Object.assign(new Error(message), { status });
+  assert.deepEqual(steerOutcome("cancel", null), { ok: true, text: "Cancelled: the steps that had not finished were stopped." });
+  assert.equal(steerOutcome("retry", null).text, "Retried: the steps that failed or were cancelled run again.");
+  assert.deepEqual(steerOutcome("input", null), { ok: true, text: "Answer sent." });
+  assert.deepEqual(steerOutcome("cancel", refused(409)), { ok: false, text: "The run had already ended: there was nothing to cancel." });
+  assert.equal(steerOutcome("retry", refused(409)).text, "Only a failed or cancelled run can be retried; this one is not.");
+  assert.equal(steerOutcome("input", refused(409)).text, "This step was already answered (or no longer waits for input).");
+  assert.equal(steerOutcome("input", refused(400)).text, "The answer does not fit what the step asks: see what is marked above.");
+  assert.equal(steerOutcome("cancel", refused(404, "run r: cancel: no run r")).text, "Not found: run r: cancel: no run r");
+  assert.equal(steerOutcome("retry", refused(403, "")).text, "Not allowed: you may not steer this run.");
+  assert.equal(steerOutcome("cancel", new Error("run r: cancel: Failed to fetch")).text,
+    "No answer from the gateway: run r: cancel: Failed to fetch", "a network error has no status");
+  assert.equal(steerOutcome("cancel", refused(500, "")).text, "The gateway refused it (HTTP 500).");
+});
+
+test("a cancelled or retried run: texts, the recent list, the failing step forgotten on retry", () => {
+  const state = new PageState();
+  const entry = state.track(fakeRun("x1", { flowSlug: "approval", events: FAILED, status: "failed", startedAt: at(0) }), { local: true });
+  assert.equal(entry.failedStep, "charge");
+  state.apply(entry, { seq: 5, event: "run:retried", step_slug: null, status: "started", at: at(1_000) });
+  assert.equal(entry.failedStep, null);
+  assert.equal(entry.timing.runEnd, null);
+  entry.run.status = "cancelled";
+  assert.equal(state.recentRows()[0].status, "cancelled");
+  assert.equal(runStatusLabel("cancelled"), "Cancelled");
+  assert.equal(documentTitle(entry), "approval · cancelled — PGFlow");
+  assert.equal(announcement(entry, { event: "run:cancelled", reason: "changed my mind" }), "Run of approval was cancelled: changed my mind");
+  assert.equal(announcement(entry, { event: "run:cancelled", reason: null }), "Run of approval was cancelled.");
+  assert.equal(announcement(entry, { event: "run:retried" }), "Run of approval is running again.");
+  assert.equal(announcement(entry, APPROVAL[3]), "Step approve is waiting for your input.");
+  assert.equal(cancelledText("too slow"), "The run was cancelled: too slow. Its unfinished steps were stopped; Retry runs them again.");
+  assert.equal(cancelledText(null), "The run was cancelled. Its unfinished steps were stopped; Retry runs them again.");
 });

@@ -1,6 +1,7 @@
 // The live page's step looks (gateway/static/format.js, pure): a retried step shows as waiting
 // for its retry during the backoff, then as running attempt N once its step:started arrives; a
-// step whose running attempt streams chunks shows as streaming, with their count.
+// step whose running attempt streams chunks shows as streaming, with their count; an input step
+// waits for a person, and its form comes from its schema (gateway/static/inputform.js, pure part).
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -8,6 +9,7 @@ import {
   applyTiming, chunkCount, eventStatus, isLogRecord, isStreaming, logLineCount, newTiming, STATUS_LABELS, stepLook,
   streamSummary,
 } from "../../gateway/static/format.js";
+import { formModel, initialValues, readValues, refusalErrors } from "../../gateway/static/inputform.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
 const at = (ms) => new Date(T0 + ms).toISOString();
@@ -134,4 +136,137 @@ test("a step:stream row made only of log records counts its lines and shows the 
   assert.ok(long.endsWith("…"));
   // mixed with other chunks: the chunks as JSON, as before
   assert.equal(streamSummary([info("hi"), "text"]), `2 chunks · [${JSON.stringify(info("hi"))},"text"]`);
+});
+
+// ---- steering: input steps, cancelled and retried runs ----
+
+test("an input step waiting for a person reads as needing input, timed from its question", () => {
+  const timing = timingOf([
+    { event: "run:started", step_slug: null, at: at(0) },
+    { event: "step:waiting", step_slug: "approve", attempt: 1, at: at(1_000) },
+  ]);
+  const look = stepLook({ slug: "approve", status: "waiting", attempt: 1 }, timing, {}, T0 + 4_000);
+  assert.equal(look.status, "waiting");
+  assert.equal(look.sub, "needs input · 3.0 s");
+  assert.equal(look.subShort, "needs input");
+  assert.equal(look.label, "approve: waiting for input, 3.0 s");
+  assert.notEqual(STATUS_LABELS.waiting, STATUS_LABELS.created, "not the same words as a step not started");
+  assert.equal(eventStatus("step:waiting"), "waiting");
+});
+
+test("a cancel stops the clocks of the steps it cut short; a retry times the re-run steps afresh", () => {
+  const timing = timingOf([
+    { event: "run:started", step_slug: null, at: at(0) },
+    { event: "step:started", step_slug: "draft", attempt: 1, at: at(0) },
+    { event: "step:completed", step_slug: "draft", attempt: 1, at: at(100) },
+    { event: "step:waiting", step_slug: "approve", attempt: 1, at: at(100) },
+    { event: "step:cancelled", step_slug: "approve", attempt: 1, at: at(900) },
+    { event: "step:cancelled", step_slug: "publish", attempt: null, at: at(900) },
+    { event: "run:cancelled", step_slug: null, at: at(900) },
+  ]);
+  assert.equal(timing.runEnd, T0 + 900);
+  assert.equal(timing.steps.get("approve").end, T0 + 900);
+  assert.equal(timing.steps.get("publish").first, null, "never ran: no time");
+  const cancelled = stepLook({ slug: "approve", status: "cancelled", attempt: 1 }, timing, {}, T0 + 5_000);
+  assert.equal(cancelled.sub, "cancelled");
+  assert.equal(cancelled.duration, 800, "stopped at the cancel");
+  assert.equal(eventStatus("run:cancelled"), "cancelled");
+  assert.equal(eventStatus("step:cancelled"), "cancelled");
+
+  applyTiming(timing, { event: "run:retried", step_slug: null, at: at(2_000) });
+  assert.equal(timing.runEnd, null, "running again");
+  assert.equal(timing.steps.get("draft").end, T0 + 100, "a completed step keeps its time");
+  assert.equal(timing.steps.has("approve"), false, "the re-run step starts from nothing");
+  assert.equal(eventStatus("run:retried"), "started");
+  applyTiming(timing, { event: "step:waiting", step_slug: "approve", attempt: 1, at: at(2_100) });
+  assert.equal(stepLook({ slug: "approve", status: "waiting", attempt: 1 }, timing, {}, T0 + 2_600).duration, 500);
+});
+
+test("a boolean schema asks Approve or Reject: the button pressed is the answer", () => {
+  const model = formModel({ type: "boolean", title: "Publish this draft?" });
+  assert.deepEqual(model, { kind: "boolean", title: "Publish this draft?", description: null });
+  assert.deepEqual(readValues(model, "true"), { ok: true, value: true });
+  assert.deepEqual(readValues(model, "false"), { ok: true, value: false });
+  assert.equal(readValues(model, "").ok, false, "no button, no answer");
+});
+
+const ORDER = {
+  type: "object",
+  title: "Ship the order",
+  required: ["carrier", "parcels"],
+  properties: {
+    carrier: { enum: ["dhl", "ups", 7, null], title: "Carrier" },
+    parcels: { type: "integer", description: "how many boxes" },
+    weight: { type: "number", default: 1.5 },
+    note: { type: "string" },
+    fragile: { type: "boolean", default: true },
+  },
+};
+
+test("an object schema of simple fields becomes labelled inputs, required ones marked", () => {
+  const model = formModel(ORDER);
+  assert.equal(model.kind, "object");
+  assert.equal(model.title, "Ship the order");
+  assert.deepEqual(model.fields.map((f) => [f.name, f.label, f.type, f.required]), [
+    ["carrier", "Carrier", "enum", true],
+    ["parcels", "parcels", "integer", true],
+    ["weight", "weight", "number", false],
+    ["note", "note", "string", false],
+    ["fragile", "fragile", "boolean", false],
+  ]);
+  assert.deepEqual(model.fields[0].options, ["dhl", "ups", 7, null]);
+  assert.equal(model.fields[1].description, "how many boxes");
+  assert.deepEqual(initialValues(model), { carrier: "", parcels: "", weight: "1.5", note: "", fragile: true },
+    "the schema's defaults fill a fresh form");
+  // as jsonb returns it: keys shortest first
+  const stored = formModel({ type: "object", required: ["carrier"], properties: { note: { type: "string" }, carrier: { enum: ["a"] }, fragile: { type: "boolean" } } });
+  assert.deepEqual(stored.fields.map((f) => f.name), ["carrier", "note", "fragile"], "required first, then in the schema's order");
+});
+
+test("an object form's values: typed, optional empties left out, what cannot be a value refused", () => {
+  const model = formModel(ORDER);
+  assert.deepEqual(readValues(model, { carrier: "2", parcels: " 3 ", weight: "2.25", note: "", fragile: false }), {
+    ok: true, value: { carrier: 7, parcels: 3, weight: 2.25, fragile: false },
+  }, "an enum option keeps its type; an empty optional string is absent");
+  assert.deepEqual(readValues(model, { carrier: "3", parcels: "1", weight: "", note: "hi", fragile: true }).value,
+    { carrier: null, parcels: 1, note: "hi", fragile: true });
+  assert.deepEqual(readValues(model, { carrier: "", parcels: "2.5", weight: "heavy", note: "", fragile: true }), {
+    ok: false,
+    errors: [
+      { path: "/carrier", message: "Required." },
+      { path: "/parcels", message: "Not a whole number." },
+      { path: "/weight", message: "Not a number." },
+    ],
+  });
+  assert.deepEqual(readValues(model, { carrier: "9", parcels: "1" }).errors, [{ path: "/carrier", message: "Pick one of the options." }]);
+});
+
+test("anything else is typed as JSON: nested objects, arrays, unions, no schema at all", () => {
+  for (const schema of [
+    { type: "object", properties: { tags: { type: "array" } } },
+    { type: "object", properties: { address: { type: "object", properties: {} } } },
+    { type: "object", properties: {} },
+    { type: ["string", "null"] },
+    { type: "string" },
+    { enum: [true, false] },
+    {},
+    null,
+  ]) {
+    assert.equal(formModel(schema).kind, "json", JSON.stringify(schema));
+  }
+  const model = formModel({ type: "array", title: "Pick items" });
+  assert.equal(model.title, "Pick items");
+  assert.deepEqual(readValues(model, ' [1, "a"] '), { ok: true, value: [1, "a"] });
+  assert.deepEqual(readValues(model, "null"), { ok: true, value: null });
+  assert.deepEqual(readValues(model, "  "), { ok: false, errors: [{ path: "", message: "Type the answer as JSON." }] });
+  assert.match(readValues(model, "{oops").errors[0].message, /^Not valid JSON: /);
+});
+
+test("the server's refusal: each error with its path, else the error's message", () => {
+  const err = Object.assign(new Error("refused"), {
+    status: 400, errors: [{ path: "/parcels", message: "-1 is less than 1" }, { message: "x" }, 5],
+  });
+  assert.deepEqual(refusalErrors(err), [{ path: "/parcels", message: "-1 is less than 1" }, { path: "", message: "x" }]);
+  assert.deepEqual(refusalErrors(new Error("no list")), [{ path: "", message: "no list" }]);
+  assert.deepEqual(refusalErrors(null), [{ path: "", message: "The answer was refused." }]);
 });

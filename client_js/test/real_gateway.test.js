@@ -8,7 +8,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { createClient, FlowFailedError, PGFlowError, triggerFlow } from "../client.js";
+import {
+  createClient, FlowCancelledError, FlowFailedError, InputRejectedError, PGFlowError, triggerFlow,
+} from "../client.js";
 import {
   eventSeen, freshDataDir, getJson, removeDataDir, startGateway, startProxy, until, withTimeout,
 } from "./real_gateway.js";
@@ -298,6 +300,99 @@ test("getRun on an unknown run rejects with the gateway's not_found", async () =
     const err = await rejection(run.result({ timeout: RUN_TIMEOUT }));
     assert.ok(err instanceof PGFlowError, `a PGFlowError, not ${err}`);
     assert.equal(err.code, "not_found");
+  } finally {
+    client.close();
+  }
+});
+
+// ---- steering (examples/flows.py `approval`: draft -> approve, an input step -> publish) ----
+
+test("approval: waits for input; a bad value is refused; cancel, retry, then a value publishes it", async () => {
+  const client = newClient();
+  const seen = [];
+  try {
+    const run = await client.startFlow("approval", { title: "Notes", author: "Ada" }, { onEvent: (e) => seen.push(e) });
+    const waiting = (n) => eventSeen(run, () => seen.filter((e) => e.event === "step:waiting").length >= n,
+      `step:waiting number ${n}`);
+    await waiting(1);
+    const approve = run.step("approve");
+    assert.equal(approve.status, "waiting");
+    assert.deepEqual(approve.schema, run.graph.steps.find((s) => s.slug === "approve").schema);
+    assert.equal(approve.schema.type, "boolean");
+    assert.equal(approve.input.draft.title, "Notes");
+    assert.ok(Date.parse(approve.timeoutAt) > Date.now(), `timeoutAt in the future: ${approve.timeoutAt}`);
+
+    const refused = await rejection(run.submit("approve", "yes"));
+    assert.ok(refused instanceof InputRejectedError, `an InputRejectedError, not ${refused}`);
+    assert.equal(refused.status, 400);
+    assert.equal(refused.stepSlug, "approve");
+    assert.ok(refused.errors.length >= 1 && refused.errors.every((e) => typeof e.message === "string"),
+      JSON.stringify(refused.errors));
+    assert.equal(run.step("approve").status, "waiting");
+
+    const pending = rejection(run.result({ timeout: RUN_TIMEOUT }));
+    assert.deepEqual(await run.cancel("changed my mind"), { run_id: run.runId, status: "cancelled" });
+    const cancelled = await pending;
+    assert.ok(cancelled instanceof FlowCancelledError, `a FlowCancelledError, not ${cancelled}`);
+    assert.equal(cancelled.reason, "changed my mind");
+    assert.equal(run.status, "cancelled");
+    assert.equal(run.step("approve").status, "cancelled");
+    assert.equal(run.step("publish").status, "cancelled");
+    assert.equal(run.step("draft").status, "completed");
+    const snap = await snapshot(run.runId);
+    assert.equal(snap.status, "cancelled");
+    assert.equal(snap.cancel_reason, "changed my mind");
+    const again = await rejection(run.cancel());
+    assert.equal(again.status, 409);
+    assert.equal(again.code, "conflict");
+
+    assert.deepEqual(await run.retry(), { run_id: run.runId, status: "started" });
+    await waiting(2);
+    assert.equal(run.status, "started");
+    assert.equal(run.step("approve").status, "waiting");
+    assert.equal(run.step("draft").status, "completed", "a completed step is not run again");
+    assert.deepEqual(await run.submit("approve", true), { run_id: run.runId, step_slug: "approve", status: "completed" });
+    assert.deepEqual(await run.result({ timeout: RUN_TIMEOUT }), { published: true, title: "Notes" });
+    assert.deepEqual(seen.filter((e) => e.step_slug === null).map((e) => e.event),
+      ["run:started", "run:cancelled", "run:retried", "run:completed"]);
+    // A fresh client replays the whole log (past the old run:cancelled) to the same end.
+    await assertEveryEventOnce(run.runId, seen);
+  } finally {
+    client.close();
+  }
+});
+
+test("idempotent starts: the same key gives the same run, another input 422, and a lost answer is resent with its key", async () => {
+  const key = `e2e-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  // A fetch that loses the answer to the first start, after the gateway has started the run.
+  const lost = [];
+  const sentKeys = [];
+  const lossyFetch = async (url, init) => {
+    const res = await fetch(url, init);
+    if (init?.method !== "POST" || !String(url).endsWith("/rpc/run_flow")) return res;
+    sentKeys.push(new Headers(init.headers).get("idempotency-key"));
+    if (sentKeys.length > 1) return res;
+    lost.push(await res.json());
+    throw new TypeError("fetch failed (the test dropped the answer)");
+  };
+  const client = newClient({ fetch: lossyFetch });
+  try {
+    const seen = [];
+    const output = await triggerFlow("diamond", DIAMOND_INPUT, { client, timeout: RUN_TIMEOUT, onEvent: (e) => seen.push(e) });
+    assert.deepEqual(output, DIAMOND_OUTPUT);
+    assert.equal(sentKeys.length, 2, "sent again after the lost answer");
+    assert.equal(sentKeys[1], sentKeys[0], "with the same key");
+    assert.equal(seen[0].run_id, lost[0].run_id, "the run the lost answer named: no second run");
+
+    const first = await client.startFlow("diamond", DIAMOND_INPUT, { idempotencyKey: key, graph: false });
+    const second = await client.startFlow("diamond", DIAMOND_INPUT, { idempotencyKey: key, graph: false });
+    assert.equal(second.runId, first.runId);
+    assert.deepEqual(await second.result({ timeout: RUN_TIMEOUT }), DIAMOND_OUTPUT);
+    assert.equal((await snapshot(first.runId)).idempotency_key, key);
+    const conflict = await rejection(client.startFlow("diamond", { text: "other" }, { idempotencyKey: key }));
+    assert.ok(conflict instanceof PGFlowError, `a PGFlowError, not ${conflict}`);
+    assert.equal(conflict.status, 422);
+    assert.equal(conflict.code, "idempotency_conflict");
   } finally {
     client.close();
   }

@@ -2,7 +2,9 @@
 // functions are never called, so a runner that executes .ts files finds no side effect.
 import {
   createClient,
+  FlowCancelledError,
   FlowFailedError,
+  InputRejectedError,
   FlowRun,
   getDefaultClient,
   PGFlowError,
@@ -150,8 +152,69 @@ export async function usage(): Promise<void> {
     }
   }
 
-  // @ts-expect-error not a run status
+  // @ts-expect-error a step status, not a run status
+  await run.waitForStatus("waiting");
   await run.waitForStatus("cancelled");
+
+  // Steering: cancel, input steps, retry, idempotent starts.
+  const cancelled: { run_id: string; status: "cancelled" } = await run.cancel("no longer needed", { timeout: 5_000 });
+  await run.cancel();
+  void cancelled;
+  // @ts-expect-error a reason is text
+  await run.cancel(42);
+  const approval = run.step("approve");
+  if (approval.status === "waiting") {
+    const schema: Record<string, unknown> | null = approval.schema;
+    const given: Record<string, unknown> | null = approval.input;
+    const until: string | null = approval.timeoutAt;
+    void schema, given, until;
+  }
+  run.on("step:waiting", (e) => {
+    const schema: Record<string, unknown> = e.schema;
+    const timeoutAt: string = e.timeout_at;
+    void schema, timeoutAt;
+  });
+  run.on("run:cancelled", (e) => {
+    const reason: string | null = e.reason;
+    void reason;
+  });
+  run.on("step:cancelled", (e) => {
+    const attempt: number | null = e.attempt;
+    void attempt;
+  });
+  run.on("run:retried", (e) => {
+    const status: "started" = e.status;
+    void status;
+  });
+  try {
+    const done: { step_slug: string; status: "completed" } = await run.submit("approve", { approved: true });
+    void done;
+    await run.submit<{ approved: boolean }>("approve", { approved: false }, { signal: controller.signal });
+    // @ts-expect-error the type argument types the value
+    await run.submit<{ approved: boolean }>("approve", { approved: "yes" });
+  } catch (err) {
+    if (err instanceof InputRejectedError) {
+      const where: string[] = err.errors.map((e) => `${e.path}: ${e.message}`);
+      const step: string = err.stepSlug;
+      void where, step;
+    }
+  }
+  const again: { run_id: string; status: "started" } = await run.retry();
+  void again;
+  const cancelledAt: string | null = run.cancelledAt;
+  const snapReason: string | null = run.snapshot().cancelReason;
+  void cancelledAt, snapReason;
+  try {
+    await triggerFlow("analyze", {}, { idempotencyKey: "order-1234" });
+    await client.startFlow("analyze", {}, { idempotencyKey: "order-1234", graph: false });
+  } catch (err) {
+    if (err instanceof FlowCancelledError) {
+      const fields: [string, string | null, "run_cancelled"] = [err.runId, err.reason, err.code];
+      void fields;
+    }
+  }
+  // @ts-expect-error an idempotency key is a string
+  await triggerFlow("analyze", {}, { idempotencyKey: 1234 });
 
   const attached = client.getRun("3f1c…", { flowSlug: "analyze", onEvent: (e) => void e.seq });
   attached.detach();

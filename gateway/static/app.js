@@ -4,12 +4,15 @@
 // client's one websocket. The page keeps every run it has seen (state.js, so several runs go on
 // at once and switching between them is instant) and draws the one that is open (views.js).
 // This module wires them: HTTP reads, the client's runs, the URL, and the controls.
-// HTTP it reads itself: GET /flows, GET /flows/{slug}, GET /runs?limit=20. Every URL is
-// relative to the gateway's base (client.url), so the page works under a prefix too.
+// HTTP it reads itself: GET /flows, GET /flows/{slug}, GET /runs?limit=20; a run's steering
+// (cancel, retry, an input step's answer) goes through the client's FlowRun, which follows a
+// retried run on. Every URL is relative to the gateway's base (client.url), so the page works
+// under a prefix too.
 
 import { createClient } from "../client.js";
 import { prettyJson } from "./format.js";
-import { announcement, PageState, parseInput } from "./state.js";
+import { formModel, readForm, readValues, refusalErrors } from "./inputform.js";
+import { announcement, answerOf, PageState, parseInput, steerOutcome } from "./state.js";
 import { PageView } from "./views.js";
 
 const RECENT_LIMIT = 20; // runs asked of GET /runs
@@ -66,34 +69,119 @@ function graphFor(slug) {
 function track(run, options) {
   const entry = state.track(run, options);
   run.on("*", (e) => onEvent(entry, e));
-  run.result().catch((err) => {
-    if (err?.code === "run_failed") return; // drawn from the run:failed event
+  watchOutcome(entry);
+  return entry;
+}
+
+// A run that can no longer be followed is a problem the view shows. Its outcome is asked again
+// after a retry: the retried run has a new one.
+function watchOutcome(entry) {
+  entry.run.result().catch((err) => {
+    // one that failed or was cancelled is drawn from its events
+    if (err?.code === "run_failed" || err?.code === "run_cancelled") return;
     entry.problem = err;
     if (entry === state.current) view.renderProblem();
     view.renderRecent();
   });
-  return entry;
 }
 
 function onEvent(entry, e) {
   state.apply(entry, e);
   if (entry === state.current) {
     if (e.step_slug && !dag.has(e.step_slug) && (entry.run.graph || entry.graphFailed)) view.drawGraph(entry);
-    const changed = e.event === "run:failed" ? null : e.step_slug; // null: any step may have
+    const changed = e.step_slug && !e.event.startsWith("run:") ? e.step_slug : null; // null: any step may have
     view.paintSteps(changed);
     view.refreshTip(changed);
     view.appendEvent(e);
     view.renderRunState();
-    if (e.step_slug && dag.selected === e.step_slug) {
+    if (e.step_slug && dag.selected === e.step_slug && changed) {
       if (e.event === "step:stream") view.renderStream();
       else view.renderDetail();
+    } else if (!changed && dag.selected) {
+      view.renderDetail(); // a run's end, cancel or retry changes its unfinished steps too
     }
+    // a question for the person watching: its form shows unless they are looking at another step
+    if (e.event === "step:waiting" && !dag.selected && dag.has(e.step_slug)) dag.select(e.step_slug);
     const text = announcement(entry, e);
     if (text) view.announce(text);
   }
-  if (e.event === "run:started" || e.event === "run:completed" || e.event === "run:failed") {
+  if (e.event.startsWith("run:")) {
     view.renderRecent();
-    if (e.event !== "run:started") setTimeout(refreshRecent, 400);
+    if (e.event !== "run:started" && e.event !== "run:retried") setTimeout(refreshRecent, 400);
+  }
+}
+
+// ---- steering: cancel, retry, answer an input step -----------------------------------------------
+
+/**
+ * Cancels or retries the open run; the outcome shows next to the buttons (and is announced).
+ * The events tell the rest: run:cancelled, or run:retried and the re-run steps (the client
+ * follows a retried run on).
+ */
+async function steer(kind) {
+  const entry = state.current;
+  if (!entry || entry.action.busy) return;
+  entry.action = { busy: kind, message: null, failed: false };
+  view.renderControls();
+  let err = null;
+  try {
+    await (kind === "cancel" ? entry.run.cancel() : entry.run.retry());
+  } catch (e) {
+    err = e;
+  }
+  const outcome = steerOutcome(kind, err);
+  entry.action = { busy: null, message: outcome.text, failed: !outcome.ok };
+  if (!err && kind === "retry") {
+    entry.problem = null;
+    watchOutcome(entry);
+  }
+  if (entry === state.current) {
+    view.renderControls();
+    view.announce(outcome.text);
+  }
+}
+
+/** An input step's form was submitted: check what can be checked here, then POST the answer. */
+async function answer(form, submitter) {
+  const entry = state.current;
+  const slug = form.dataset.inputForm;
+  if (!entry || !slug) return;
+  const ans = answerOf(entry, slug);
+  if (ans.busy) return;
+  const prompt = entry.prompts.get(slug);
+  const model = formModel(prompt ? prompt.schema : entry.run.step(slug).schema);
+  const raw = readForm(form, submitter);
+  if (model.kind !== "boolean") ans.draft = raw;
+  const read = readValues(model, raw);
+  const redraw = () => {
+    if (entry === state.current && dag.selected === slug) view.renderDetail();
+  };
+  // refused (here or by the server): the first field named gets the focus, its error read with it
+  const focusError = () => {
+    if (entry === state.current && dag.selected === slug) ui.detail.querySelector('.input-form [aria-invalid="true"]')?.focus();
+  };
+  if (!read.ok) {
+    Object.assign(ans, { errors: read.errors, message: null });
+    redraw();
+    focusError();
+    return;
+  }
+  Object.assign(ans, { busy: true, errors: [], message: "Sending the answer…" });
+  redraw();
+  let err = null;
+  try {
+    await entry.run.submit(slug, read.value);
+  } catch (e) {
+    err = e;
+  }
+  const outcome = steerOutcome("input", err);
+  // sent: the form stays disabled until the step's step:completed replaces it
+  Object.assign(ans, { busy: outcome.ok, message: outcome.text, errors: err?.status === 400 ? refusalErrors(err) : [] });
+  redraw();
+  focusError();
+  if (entry === state.current) {
+    const errors = ans.errors.map((e) => (e.path ? `${e.path}: ${e.message}` : e.message)).join(" ");
+    view.announce(errors ? `${outcome.text} ${errors}` : outcome.text);
   }
 }
 
@@ -101,10 +189,11 @@ function onEvent(entry, e) {
 function openRun(runId, { push = true } = {}) {
   let entry = state.tracked.get(runId);
   if (!entry) {
-    const flowSlug = state.listed.get(runId)?.flow_slug;
+    const listed = state.listed.get(runId);
+    const flowSlug = listed?.flow_slug;
     let run;
     try {
-      run = client.getRun(runId, { flowSlug });
+      run = client.getRun(runId, { flowSlug, flowVersion: listed?.version });
     } catch (err) {
       view.showStartError(err);
       return;
@@ -304,6 +393,23 @@ ui.resetInput.addEventListener("click", () => {
   view.clearInputError();
   ui.editor.focus();
 });
+// No confirmation before Cancel: a cancelled run is not lost, Retry runs it on.
+ui.cancelRun.addEventListener("click", () => steer("cancel"));
+ui.retryRun.addEventListener("click", () => steer("retry"));
+ui.detail.addEventListener("submit", (e) => {
+  const form = e.target.closest("form[data-input-form]");
+  if (!form) return;
+  e.preventDefault();
+  answer(form, e.submitter);
+});
+// What is typed into an answer's form is kept: the panel is redrawn as events come in.
+for (const type of ["input", "change"]) {
+  ui.detail.addEventListener(type, (e) => {
+    const form = e.target.closest?.("form[data-input-form]");
+    if (!form || !state.current || form.dataset.kind === "boolean") return;
+    answerOf(state.current, form.dataset.inputForm).draft = readForm(form);
+  });
+}
 ui.showFailed.addEventListener("click", () => {
   if (state.current?.failedStep) dag.focus(state.current.failedStep);
 });

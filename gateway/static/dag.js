@@ -21,6 +21,10 @@ const ICONS = {
   completed: `<circle class="icon-fill" r="6.5"/><path class="icon-mark" d="M-3,0.2 L-0.8,2.5 L3.2,-2.3"/>`,
   failed: `<circle class="icon-fill" r="6.5"/><path class="icon-mark" d="M-2.4,-2.4 L2.4,2.4 M2.4,-2.4 L-2.4,2.4"/>`,
   cancelled: `<circle class="icon" r="5"/><path class="icon" d="M-3.4,3.4 L3.4,-3.4"/>`,
+  // an input step waiting for a person: a speech bubble, the question it asks
+  waiting: `<path class="icon" d="M-5.5,-4.5 H5.5 V2.5 H0 L-3,5.5 V2.5 H-5.5 Z"/>`
+    + `<circle class="icon-fill" cx="-2.5" cy="-1" r="0.9"/><circle class="icon-fill" cx="0" cy="-1" r="0.9"/>`
+    + `<circle class="icon-fill" cx="2.5" cy="-1" r="0.9"/>`,
   // running and streaming: three bars that rise and fall in turn
   streaming: `<rect class="icon-fill bar" x="-5.5" y="-5" width="3" height="10" rx="1.5"/>`
     + `<rect class="icon-fill bar" x="-1.5" y="-5" width="3" height="10" rx="1.5"/>`
@@ -314,7 +318,7 @@ export class DagView {
       if (slug && e.from !== slug && e.to !== slug) continue;
       const from = this.looks.get(e.from)?.status;
       const to = this.looks.get(e.to)?.status;
-      const kind = from === "completed" ? (to === "started" || to === "retrying" ? "active" : "done") : "";
+      const kind = from === "completed" ? (to === "started" || to === "retrying" || to === "waiting" ? "active" : "done") : "";
       e.el.setAttribute("class", `edge ${kind}`);
       e.el.setAttribute("marker-end", `url(#arrow${kind ? `-${kind}` : ""})`);
     }

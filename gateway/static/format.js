@@ -4,12 +4,13 @@ export const STATUS_LABELS = {
   created: "waiting",
   started: "running",
   retrying: "waiting to retry", // the backoff; the retry itself runs as `started`, attempt 2+
+  waiting: "waiting for input", // an input step: a person answers it (POST .../input)
   completed: "completed",
   failed: "failed",
   cancelled: "cancelled",
 };
 
-export const RUN_STATUS_LABELS = { started: "Running", completed: "Completed", failed: "Failed" };
+export const RUN_STATUS_LABELS = { started: "Running", completed: "Completed", failed: "Failed", cancelled: "Cancelled" };
 
 /** "420 ms", "3.2 s", "1 min 05 s", "2 h 03 min". */
 export function formatDuration(ms) {
@@ -126,17 +127,22 @@ export function shortId(id) {
 /** The status colour an event's chip takes in the timeline. */
 export function eventStatus(name) {
   if (name === "step:stream") return "streaming";
+  if (name === "run:retried") return "started"; // the run is running again
   if (name.endsWith(":completed")) return "completed";
   if (name.endsWith(":failed")) return "failed";
+  if (name.endsWith(":cancelled")) return "cancelled";
   if (name.endsWith(":retrying")) return "retrying";
+  if (name.endsWith(":waiting")) return "waiting";
   if (name.endsWith(":started")) return "started";
   return "created";
 }
 
 /**
  * Per-step timing from a run's events: {runStart, runEnd, steps: Map(slug -> {first, attemptAt,
- * end, retryAt, retryAttempt})}, all in ms since the epoch (server clock): `first` is the first
- * attempt's start, `attemptAt` the running attempt's. Applied one event at a time.
+ * end, retryAt, retryAttempt, done})}, all in ms since the epoch (server clock): `first` is the
+ * first attempt's start, `attemptAt` the running attempt's, `done` whether it completed. Applied
+ * one event at a time. An input step's time runs from its step:waiting (the question asked) to
+ * its step:completed (answered).
  */
 export function newTiming() {
   return { runStart: null, runEnd: null, steps: new Map() };
@@ -149,10 +155,11 @@ export function applyTiming(timing, e) {
   let s = null;
   if (e.step_slug) {
     s = timing.steps.get(e.step_slug);
-    if (!s) timing.steps.set(e.step_slug, (s = { first: null, attemptAt: null, end: null, retryAt: null, retryAttempt: null }));
+    if (!s) timing.steps.set(e.step_slug, (s = { first: null, attemptAt: null, end: null, retryAt: null, retryAttempt: null, done: false }));
   }
   switch (e.event) {
     case "step:started": // each attempt's, retries included
+    case "step:waiting": // an input step's question: waiting for the answer is its running time
       s.first ??= at;
       s.attemptAt = at;
       s.end = null;
@@ -164,15 +171,26 @@ export function applyTiming(timing, e) {
       s.retryAttempt = e.attempt;
       break;
     case "step:completed":
+      s.done = true;
+    // falls through
     case "step:failed":
       s.first ??= at;
       s.end = at;
       break;
+    case "step:cancelled": // one that never ran has no time to stop
+      if (s.first !== null && s.end === null) s.end = at;
+      break;
     case "run:completed":
     case "run:failed":
+    case "run:cancelled":
       timing.runEnd = at;
-      // steps cut short by the failure stop their clocks here
+      // steps cut short by the failure or the cancel stop their clocks here
       for (const step of timing.steps.values()) if (step.first !== null && step.end === null) step.end = at;
+      break;
+    case "run:retried":
+      // the run goes on: the steps that did not complete run again, timed afresh
+      timing.runEnd = null;
+      for (const [slug, step] of timing.steps) if (!step.done) timing.steps.delete(slug);
       break;
     default:
       break;
@@ -202,6 +220,10 @@ export function stepLook(state, timing, options, now) {
       break;
     case "created":
       sub = "waiting";
+      break;
+    case "waiting": // an input step asked its question: a person answers it, not a worker
+      sub = dur ? `needs input · ${dur}` : "needs input";
+      subShort = "needs input";
       break;
     case "retrying": {
       const delay = options?.base_delay != null && t?.retryAt != null

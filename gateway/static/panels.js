@@ -2,9 +2,10 @@
 // They hold no state: app.js hands them what to show.
 
 import {
-  chunkCount, eventStatus, formatDuration, formatOffset, jsonPreview, logLineCount, prettyJson, STATUS_LABELS,
-  stepLook, streamSummary,
+  chunkCount, eventStatus, formatClock, formatDuration, formatOffset, jsonPreview, logLineCount, prettyJson,
+  STATUS_LABELS, stepLook, streamSummary,
 } from "./format.js";
+import { formModel, inputForm } from "./inputform.js";
 import { LOG_LINES, stepStream } from "./state.js";
 
 const make = (tag, props = {}) => Object.assign(document.createElement(tag), props);
@@ -31,6 +32,12 @@ export function eventRow(e, runStart, live) {
     cell("details preview", preview).title = preview;
   } else if (e.event === "step:stream") {
     cell("details preview", streamSummary(e.chunks)).title = streamSummary(e.chunks, 400);
+  } else if (e.event === "step:waiting") {
+    // what it asks: the schema's title when it has one
+    const asks = typeof e.schema?.title === "string" ? e.schema.title : jsonPreview(e.schema ?? {}, 200);
+    cell("details preview", `asks: ${asks}`).title = jsonPreview(e.schema ?? {}, 400);
+  } else if (e.event === "run:cancelled" && e.reason) {
+    cell("details preview", e.reason).title = e.reason;
   } else {
     cell("details", "");
   }
@@ -52,8 +59,9 @@ function clip(text, max) {
 }
 
 /**
- * The step detail panel's content. `ctx` is {slug, options, state, timing, now}, with `state`
- * null for a flow's preview (no run); null `ctx` gives the hint shown when no step is selected.
+ * The step detail panel's content. `ctx` is {slug, options, state, timing, now, prompt, answer},
+ * with `state` null for a flow's preview (no run), `prompt` and `answer` an input step's question
+ * and this tab's answer (state.js); null `ctx` gives the hint shown when no step is selected.
  */
 export function stepDetail(ctx) {
   const frag = document.createDocumentFragment();
@@ -88,16 +96,20 @@ export function stepDetail(ctx) {
   };
   const deps = opts.depends_on ?? [];
   fact("Depends on", deps.length ? deps.join(", ") : "nothing (a root step)");
-  const max = opts.max_attempts;
+  if (opts.kind === "input") fact("Kind", "input step: a person answers it");
+  // an input step is answered, not attempted: no attempts, no retries
+  const max = opts.kind === "input" ? null : opts.max_attempts;
   if (inRun) {
-    fact("Attempts", state.attempt ? `${state.attempt}${max ? ` of ${max}` : ""}` : `none yet${max ? ` (up to ${max})` : ""}`);
+    if (opts.kind !== "input") {
+      fact("Attempts", state.attempt ? `${state.attempt}${max ? ` of ${max}` : ""}` : `none yet${max ? ` (up to ${max})` : ""}`);
+    }
     const t = timing?.steps.get(slug);
     if (t?.first != null && timing.runStart != null) fact("Started", formatOffset(t.first - timing.runStart));
     fact("Duration", look.duration === null ? "—" : formatDuration(look.duration), "duration");
   } else if (max != null) {
     fact("Max attempts", String(max));
   }
-  if (opts.base_delay != null) fact("Retry delay", `${opts.base_delay} s, doubling`);
+  if (opts.base_delay != null && opts.kind !== "input") fact("Retry delay", `${opts.base_delay} s, doubling`);
   if (opts.timeout != null) fact("Timeout", `${opts.timeout} s`);
   frag.append(facts);
 
@@ -113,14 +125,51 @@ export function stepDetail(ctx) {
     section.dataset.step = slug;
     frag.append(section);
   }
+  if (inRun && state.status === "waiting") frag.append(inputSection(ctx));
   if (inRun && state.status === "completed") {
-    frag.append(make("p", { className: "detail-label", textContent: "Output" }));
+    // an input step's output is the answer a person gave
+    frag.append(make("p", { className: "detail-label", textContent: ctx.prompt || opts.kind === "input" ? "Answer" : "Output" }));
     frag.append(make("pre", { className: "code", textContent: prettyJson(state.output) }));
   }
   if (!inRun) {
     frag.append(make("p", { className: "muted small", textContent: "Start a run to see this step's attempts and output." }));
   }
   return frag;
+}
+
+/**
+ * An input step waiting for a person: what it was given (what is being approved), until when it
+ * waits, and the form for the answer. app.js handles the form's submit (delegated on the panel).
+ */
+function inputSection(ctx) {
+  const { slug, state } = ctx;
+  const prompt = ctx.prompt ?? { schema: state.schema ?? {}, input: state.input, timeoutAt: state.timeout_at ?? null };
+  const answer = ctx.answer ?? { busy: false, errors: [], draft: null, message: null };
+  const section = make("section", { className: "input-request" });
+  section.dataset.testid = "input-request";
+  section.setAttribute("aria-labelledby", `answer-${slug}-title`);
+  const title = make("p", { className: "input-title", id: `answer-${slug}-title`, textContent: "Waiting for your input" });
+  section.append(title);
+  const due = Date.parse(prompt.timeoutAt ?? "");
+  if (Number.isFinite(due)) {
+    const left = due - ctx.now;
+    section.append(make("p", {
+      className: "muted small",
+      textContent: left > 0 ? `Answer by ${formatClock(prompt.timeoutAt)} (in ${formatDuration(left)}); after that the step fails.`
+        : `It was due at ${formatClock(prompt.timeoutAt)}: the step fails unless the answer is in.`,
+    }));
+  }
+  section.append(make("p", { className: "detail-label", id: `answer-${slug}-input`, textContent: "Its input" }));
+  const input = make("pre", { className: "code step-input", tabIndex: 0, textContent: prettyJson(prompt.input ?? null) });
+  input.dataset.testid = "step-input";
+  input.setAttribute("aria-labelledby", `answer-${slug}-input`);
+  section.append(input, inputForm(formModel(prompt.schema), { slug, answer }));
+  const outcome = make("p", { className: "input-outcome small", textContent: answer.message ?? "" });
+  outcome.dataset.testid = "input-outcome";
+  outcome.setAttribute("role", "status");
+  outcome.hidden = !answer.message;
+  section.append(outcome);
+  return section;
 }
 
 // What shapes the stream section: when it changes the section is built anew, else updated in place.

@@ -3,7 +3,8 @@
 // it and app.js feeds it; node tests drive it directly (client_js/test/page_state.test.js).
 //
 // Each followed run is an Entry: the client's FlowRun (status, step states, events) plus the
-// page's own bookkeeping (timing for durations, the failing step, a follow error).
+// page's own bookkeeping (timing for durations, the failing step, a follow error, the questions
+// its input steps ask and what this tab answered, the Cancel / Retry under way).
 
 import { applyTiming, isLogRecord, isStreaming, newTiming, RUN_STATUS_LABELS } from "./format.js";
 
@@ -22,6 +23,33 @@ export const CONN_LABELS = { idle: "Ready", connecting: "Connecting…", open: "
  * @property {string | null} failedStep the step run:failed names
  * @property {any} problem why the run could not be followed (not_found, forbidden, …), or null
  * @property {boolean} graphFailed its graph could not be loaded
+ * @property {Map<string, Prompt>} prompts the input steps' questions, from their step:waiting
+ * @property {Map<string, Answer>} answers this tab's answers to them, while they wait
+ * @property {Action} action the run's Cancel / Retry: under way, or how the last one went
+ */
+
+/**
+ * What an input step asks (its step:waiting event).
+ * @typedef {object} Prompt
+ * @property {any} schema the JSON Schema the answer must meet
+ * @property {unknown} input what the step was given: the run's input and its dependencies' outputs
+ * @property {string | null} timeoutAt when it stops waiting (and fails)
+ */
+
+/**
+ * A person's answer to an input step, as the form shows it.
+ * @typedef {object} Answer
+ * @property {boolean} busy the POST is under way
+ * @property {{path: string, message: string}[]} errors why it was refused (by the page or the server)
+ * @property {any} draft what was typed so far (inputform.js's RawValues), null for none yet
+ * @property {string | null} message how the last POST went, when not by errors
+ */
+
+/**
+ * @typedef {object} Action
+ * @property {"cancel" | "retry" | null} busy the POST under way
+ * @property {string | null} message how the last one went
+ * @property {boolean} failed whether that was a refusal or an error
  */
 
 /**
@@ -63,6 +91,7 @@ export class PageState {
     const entry = {
       runId: run.runId, run, local, flowSlug: run.flowSlug ?? flowSlug, openedAt,
       timing: newTiming(), failedStep: null, problem: null, graphFailed: false,
+      prompts: new Map(), answers: new Map(), action: { busy: null, message: null, failed: false },
     };
     for (const e of run.events) noteEvent(entry, e);
     this.tracked.set(run.runId, entry);
@@ -140,6 +169,83 @@ export class PageState {
 export function noteEvent(entry, e) {
   applyTiming(entry.timing, e);
   if (e.event === "run:failed") entry.failedStep = e.step_slug;
+  if (e.event === "step:waiting" && e.step_slug) {
+    entry.prompts.set(e.step_slug, { schema: e.schema ?? {}, input: e.input, timeoutAt: e.timeout_at ?? null });
+    entry.answers.delete(e.step_slug); // asked anew (after a retry): answered afresh
+  } else if (e.step_slug && /^step:(completed|failed|cancelled)$/.test(e.event)) {
+    entry.answers.delete(e.step_slug);
+  } else if (e.event === "run:retried") {
+    entry.failedStep = null;
+  }
+}
+
+/**
+ * The page's answer record of input step `slug`, made on first use.
+ * @param {Entry} entry
+ * @param {string} slug
+ * @returns {Answer}
+ */
+export function answerOf(entry, slug) {
+  let answer = entry.answers.get(slug);
+  if (!answer) entry.answers.set(slug, (answer = { busy: false, errors: [], draft: null, message: null }));
+  return answer;
+}
+
+/**
+ * Which of the run's controls show: Cancel while it runs, Retry once it failed or was cancelled.
+ * @param {Entry | null} entry
+ */
+export function runControls(entry) {
+  const status = entry && !entry.problem ? entry.run.status : null;
+  return { cancel: status === "started", retry: status === "failed" || status === "cancelled" };
+}
+
+/**
+ * Whether any step of the run waits for a person's input.
+ * @param {Entry} entry
+ */
+export function needsInput(entry) {
+  if (entry.run.status !== "started") return false;
+  for (const s of entry.run.steps.values()) if (s.status === "waiting") return true;
+  return false;
+}
+
+/**
+ * What the page says of how a steering call went: `err` null when the gateway took it, else the
+ * client's error (its `status`, 0 or none when no answer came).
+ * @param {"cancel" | "retry" | "input"} kind
+ * @param {any} err
+ * @returns {{ok: boolean, text: string}}
+ */
+export function steerOutcome(kind, err) {
+  if (!err) {
+    return {
+      ok: true,
+      text: kind === "cancel" ? "Cancelled: the steps that had not finished were stopped."
+        : kind === "retry" ? "Retried: the steps that failed or were cancelled run again."
+        : "Answer sent.",
+    };
+  }
+  const status = typeof err.status === "number" ? err.status : 0;
+  const said = typeof err.message === "string" && err.message ? err.message : null;
+  const text = status === 409
+    ? kind === "cancel" ? "The run had already ended: there was nothing to cancel."
+      : kind === "retry" ? "Only a failed or cancelled run can be retried; this one is not."
+      : "This step was already answered (or no longer waits for input)."
+    : status === 400 && kind === "input" ? "The answer does not fit what the step asks: see what is marked above."
+    : status === 404 ? `Not found: ${said ?? "no such run or step."}`
+    : status === 401 || status === 403 ? `Not allowed: ${said ?? "you may not steer this run."}`
+    : status === 0 ? `No answer from the gateway${said ? `: ${said}` : "."}`
+    : `The gateway refused it (HTTP ${status})${said ? `: ${said}` : "."}`;
+  return { ok: false, text };
+}
+
+/**
+ * The cancelled card's sentence, with the reason the canceller gave, if any.
+ * @param {string | null | undefined} reason
+ */
+export function cancelledText(reason) {
+  return `The run was cancelled${reason ? `: ${reason}` : ""}. Its unfinished steps were stopped; Retry runs them again.`;
 }
 
 /**
@@ -231,6 +337,9 @@ export function parseInput(text) {
 export function announcement(entry, e) {
   const flow = entry.flowSlug ?? "the run";
   if (e.event === "run:completed") return `Run of ${flow} completed.`;
+  if (e.event === "run:cancelled") return `Run of ${flow} was cancelled${e.reason ? `: ${e.reason}` : "."}`;
+  if (e.event === "run:retried") return `Run of ${flow} is running again.`;
+  if (e.event === "step:waiting") return `Step ${e.step_slug} is waiting for your input.`;
   if (e.event === "run:failed") return `Run of ${flow} failed at step ${e.step_slug}: ${e.error}`;
   if (e.event === "step:retrying") return `Step ${e.step_slug} failed attempt ${e.attempt}, waiting to retry.`;
   if (e.event === "step:started" && e.attempt > 1) return `Step ${e.step_slug} is running attempt ${e.attempt}.`;

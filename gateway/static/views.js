@@ -6,7 +6,8 @@ import { DagView } from "./dag.js";
 import { formatAgo, formatClock, formatDuration, prettyJson, shortId, stepLook } from "./format.js";
 import { eventRow, followStream, placeTip, stepDetail, tipContent, updateStream } from "./panels.js";
 import {
-  CONN_LABELS, documentTitle, eventCount, failureTail, problemText, runStatusLabel, stepStream,
+  cancelledText, CONN_LABELS, documentTitle, eventCount, failureTail, needsInput, problemText, runControls,
+  runStatusLabel, stepStream,
 } from "./state.js";
 
 /** @typedef {import("./state.js").PageState} PageState */
@@ -24,6 +25,8 @@ function elements(doc) {
     view: $("run-view"), eyebrow: $("run-eyebrow"), title: $("run-title"), subtitle: $("run-subtitle"),
     meta: $("run-meta"), runId: $("run-id"), started: $("run-started"), elapsed: $("run-elapsed"),
     badge: $("run-status"), badgeText: $("run-status-text"),
+    cancelRun: $("cancel-run"), retryRun: $("retry-run"), runAction: $("run-action"),
+    cancelledCard: $("run-cancelled"), cancelledText: $("run-cancelled-text"),
     dag: $("dag"), dagScroll: $("dag-scroll"), dagEmpty: $("dag-empty"), tip: $("dag-tip"),
     zoomIn: $("zoom-in"), zoomOut: $("zoom-out"), zoomFit: $("zoom-fit"),
     errorCard: $("run-error"), errorSummary: $("run-error-summary"), errorText: $("run-error-text"), showFailed: $("show-failed-step"),
@@ -74,7 +77,8 @@ export class PageView {
     this.ui.dagEmpty.hidden = true;
     this.dag.setGraph(graph);
     for (const s of graph.steps ?? []) {
-      const o = s.max_attempts ? `up to ${s.max_attempts} ${s.max_attempts === 1 ? "try" : "tries"}` : "not started";
+      const o = s.kind === "input" ? "asks for input"
+        : s.max_attempts ? `up to ${s.max_attempts} ${s.max_attempts === 1 ? "try" : "tries"}` : "not started";
       this.dag.update(s.slug, { status: "created", attempt: null, sub: o, pill: null, label: `${s.slug}: not started` });
     }
   }
@@ -112,6 +116,7 @@ export class PageView {
     ui.badge.hidden = !entry || (entry.problem && entry.run.events.length === 0);
     ui.meta.hidden = !entry;
     this.doc.title = documentTitle(entry);
+    this.renderControls();
     if (!entry) {
       ui.eyebrow.textContent = "Preview";
       const flow = state.flows.get(ui.select.value);
@@ -122,6 +127,7 @@ export class PageView {
         : "Choose a flow on the left to see its steps.";
       ui.errorCard.hidden = true;
       ui.outputCard.hidden = true;
+      ui.cancelledCard.hidden = true;
       ui.timelineEmpty.hidden = false;
       ui.timelineEmpty.textContent = "Events appear here as soon as a run starts.";
       ui.timelineCount.textContent = "";
@@ -135,7 +141,10 @@ export class PageView {
     const startedIso = run.startedAt ?? state.listed.get(entry.runId)?.started_at ?? null;
     ui.started.textContent = startedIso ? formatClock(startedIso) : "—";
     ui.badge.dataset.status = run.status;
-    ui.badgeText.textContent = runStatusLabel(run.status);
+    // still running, but stopped at a question only a person can answer: the header says so
+    const asking = needsInput(entry);
+    ui.badge.dataset.waiting = String(asking);
+    ui.badgeText.textContent = asking ? "Waiting for input" : runStatusLabel(run.status);
     this.renderElapsed();
 
     const count = run.events.length;
@@ -148,6 +157,11 @@ export class PageView {
       const text = prettyJson(run.output);
       if (ui.output.textContent !== text) ui.output.textContent = text;
     }
+    ui.cancelledCard.hidden = run.status !== "cancelled";
+    if (run.status === "cancelled") {
+      const cancelled = run.events.findLast((/** @type {any} */ e) => e.event === "run:cancelled");
+      ui.cancelledText.textContent = cancelledText(cancelled?.reason);
+    }
     ui.errorCard.hidden = run.status !== "failed";
     if (run.status === "failed") {
       const slug = entry.failedStep;
@@ -158,6 +172,25 @@ export class PageView {
       ui.errorText.textContent = run.error ?? "";
       ui.showFailed.hidden = !slug || !this.dag.has(slug);
     }
+  }
+
+  /** The run's Cancel / Retry buttons, and how the last one went. */
+  renderControls() {
+    const { ui } = this;
+    const entry = this.state.current;
+    const show = runControls(entry);
+    const action = entry?.action ?? { busy: null, message: null, failed: false };
+    ui.cancelRun.hidden = !show.cancel;
+    ui.retryRun.hidden = !show.retry;
+    ui.cancelRun.disabled = action.busy !== null;
+    ui.retryRun.disabled = action.busy !== null;
+    for (const [button, kind] of [[ui.cancelRun, "cancel"], [ui.retryRun, "retry"]]) {
+      if (action.busy === kind) button.setAttribute("aria-busy", "true");
+      else button.removeAttribute("aria-busy");
+    }
+    const text = action.busy === "cancel" ? "Cancelling…" : action.busy === "retry" ? "Retrying…" : action.message ?? "";
+    if (ui.runAction.textContent !== text) ui.runAction.textContent = text;
+    ui.runAction.dataset.failed = String(action.failed && !action.busy);
   }
 
   renderElapsed() {
@@ -205,6 +238,8 @@ export class PageView {
       state: current ? current.run.step(slug) : null,
       timing: current?.timing ?? null,
       now: this.state.serverNow(),
+      prompt: current?.prompts.get(slug) ?? null,
+      answer: current?.answers.get(slug) ?? null,
     };
   }
 
@@ -218,7 +253,10 @@ export class PageView {
     const old = textOf();
     const kept = old && old.pre.scrollHeight - old.pre.scrollTop - old.pre.clientHeight >= 24
       ? { key: old.key, top: old.pre.scrollTop } : null; // read now: a detached element has no scroll
+    // a redraw keeps the focus of a control in it (a field of an answer's form, say)
+    const focusedId = body.contains(this.doc.activeElement) ? this.doc.activeElement?.id : null;
     body.replaceChildren(stepDetail(this.dag.selected ? this.stepContext(this.dag.selected) : null));
+    if (focusedId) this.doc.getElementById(focusedId)?.focus({ preventScroll: true });
     followStream(body);
     const now = textOf();
     if (now && kept && now.key === kept.key) now.pre.scrollTop = kept.top;
@@ -272,10 +310,10 @@ export class PageView {
     const now = this.state.serverNow();
     this.renderElapsed();
     const tipped = this.tipSlug ? current.run.step(this.tipSlug).status : null;
-    if (tipped === "started" || tipped === "retrying") this.refreshTip(); // its duration, its countdown
+    if (tipped === "started" || tipped === "retrying" || tipped === "waiting") this.refreshTip(); // its duration, its countdown
     for (const [slug] of this.dag.nodes) {
       const st = current.run.step(slug);
-      if (st.status !== "started" && st.status !== "retrying") continue;
+      if (st.status !== "started" && st.status !== "retrying" && st.status !== "waiting") continue;
       const look = stepLook(st, current.timing, this.stepOptions(slug), now);
       this.dag.updateSub(slug, look);
       if (this.dag.selected === slug) {

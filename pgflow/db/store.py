@@ -69,6 +69,7 @@ class StartedRun:
 
     run_id: uuid.UUID
     created: bool
+    version: int = 1  # the version of its flow the run is on
 
 
 def _report_arrays(done: list[Completion], failed: list[Failure]) -> list[list[Any]]:
@@ -114,6 +115,7 @@ class RunReplay:
     last_seq: int
     events: list[tuple[int, str]]  # (seq, event as JSON text)
     truncated: bool = False  # max_bytes left events of the range out
+    flow_version: int = 1  # the version of its flow the run is on
 
 
 # Many runs' replays (Store.get_run_replays), one per position: the run's access facts and
@@ -141,7 +143,8 @@ with q as (
   from sized as s join q on q.o = s.pos
   group by s.pos
 )
-select q.o, r.flow_slug, r.owner, r.last_seq, p.seqs, p.events, coalesce(p.total, 0) as total
+select q.o, r.flow_slug, r.flow_version, r.owner, r.last_seq, p.seqs, p.events,
+  coalesce(p.total, 0) as total
 from q
 join pgflow.runs as r on r.run_id = q.run_id
 left join per_position as p on p.pos = q.o
@@ -223,10 +226,11 @@ class Store:
             )
             return shape
 
-    async def get_flow(self, flow_slug: str) -> dict[str, Any] | None:
+    async def get_flow(self, flow_slug: str, version: int | None = None) -> dict[str, Any] | None:
+        """The flow's newest shape, or its ``version``; None when unknown."""
         async with self._connection() as connection:
             shape: dict[str, Any] | None = await connection.fetchval(
-                "select pgflow.get_flow($1)", flow_slug
+                "select pgflow.get_flow($1, $2)", flow_slug, version
             )
             return shape
 
@@ -261,14 +265,16 @@ class Store:
         flow."""
         async with self._connection() as connection:
             rows = await connection.fetch(
-                "select run_id, created from pgflow.start_runs($1, $2::text[]::jsonb[], $3, $4)",
+                "select run_id, created, version"
+                " from pgflow.start_runs($1, $2::text[]::jsonb[], $3, $4)",
                 [r.flow_slug for r in requests],
                 [r.input_json for r in requests],
                 [r.owner for r in requests],
                 [r.idempotency_key for r in requests]
                 if any(r.idempotency_key is not None for r in requests) else None,
             )
-        return [StartedRun(row[0], row[1]) if row[0] is not None else None for row in rows]
+        return [StartedRun(row[0], row[1], row[2]) if row[0] is not None else None
+                for row in rows]
 
     async def _start_batch(
         self, requests: Sequence[RunRequest]
@@ -571,6 +577,7 @@ class Store:
             found[unique[row["o"] - 1]] = RunReplay(
                 flow_slug=row["flow_slug"], owner=row["owner"], last_seq=row["last_seq"],
                 events=events, truncated=row["total"] > len(events),
+                flow_version=row["flow_version"],
             )
         return [found.get(request) for request in requests]
 

@@ -26,6 +26,10 @@ class Wakeup:
         self._slugs = frozenset(flow_slugs)
         self._event = asyncio.Event()
 
+    def serve(self, flow_keys: Collection[str]) -> None:
+        """The flow versions' keys whose hints wake the loop (``definitions.flow_key``)."""
+        self._slugs = frozenset(flow_keys)
+
     def set(self) -> None:
         self._event.set()
 

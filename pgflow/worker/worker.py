@@ -25,6 +25,7 @@ A plain handler stuck in its thread past its timeout gives its slot back; when
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import uuid
@@ -32,7 +33,7 @@ from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
 
-from pgflow.db.definitions import sync_flows
+from pgflow.db.definitions import flow_key, sync_flows
 from pgflow.db.store import Completion, Failure, Store, Task
 from pgflow.errors import ConfigurationError, DatabaseUnavailableError, PGFlowError
 from pgflow.flows import Flow
@@ -132,7 +133,9 @@ class Worker:
             max_stuck=self.max_stuck_threads, on_stuck=self._on_stuck,
         )
         self._wakeup = Wakeup(self._slugs)  # a task may be ready: claim now
-        self.flow_slugs = sorted(self._slugs)  # what its claims ask for
+        # what its claims ask for: the keys of the flow versions its code has, once defined
+        self.flow_slugs = sorted(self._slugs)
+        self._slug_of_key: dict[str, str] = {}
         self._claiming = 0  # slots held for claims in flight (the claim loop's, the reports')
         self._reporter = Reporter(self.worker_id, self._wakeup.after, self)
         # what running steps stream (ctx.emit), written together every stream_interval
@@ -270,11 +273,16 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 async with asyncio.timeout(DB_CALL_TIMEOUT):
-                    await sync_flows(store, self.flows)
+                    versions = await sync_flows(store, self.flows)
             except (DatabaseUnavailableError, TimeoutError) as exc:
                 await self._wait(self._stopping, retry.failed(exc))
                 continue
             retry.succeeded()
+            # the versions this code has: a run of another version is never claimed here
+            self._slug_of_key = {flow_key(slug, version): slug
+                                 for slug, version in versions.items()}
+            self.flow_slugs = sorted(self._slug_of_key)
+            self._wakeup.serve(self._slug_of_key)
             return True
         return False
 
@@ -475,6 +483,9 @@ class Worker:
             claim_now = len(tasks) >= wanted
 
     def _start(self, task: Task) -> None:
+        # claimed under its version's key; the handler is told the flow's slug
+        task = dataclasses.replace(
+            task, flow_slug=self._slug_of_key.get(task.flow_slug, task.flow_slug))
         key = (task.run_id, task.step_slug, task.attempt)
         runner = self._runners.get((task.flow_slug, task.step_slug))
         self._running[key] = (task, asyncio.create_task(self._execute(task, runner, key)))

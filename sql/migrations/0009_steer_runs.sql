@@ -2,10 +2,26 @@
 -- steps that wait for submit_input, retry_run, and idempotent starts (start_runs; run_flow's
 -- idempotency_key).
 
--- RUNS: cancelled, with when and why; an idempotency key
+-- FLOWS: versions. Each existing flow is its version 1, under the key it always had.
+alter table pgflow.flows add column name text;
+alter table pgflow.flows add column version int;
+update pgflow.flows set name = flow_slug, version = 1,
+  definition = definition || jsonb_build_object('version', 1);
+alter table pgflow.flows alter column name set not null;
+alter table pgflow.flows alter column version set not null;
+alter table pgflow.flows add constraint version_is_positive check (version >= 1);
+create unique index flows_name_version_idx on pgflow.flows (name, version);
+
+-- RUNS: on a version of their flow; cancelled, with when and why; an idempotency key
+alter table pgflow.runs drop constraint runs_flow_slug_fkey;
 alter table pgflow.runs add column cancelled_at timestamptz;
 alter table pgflow.runs add column cancel_reason text;
 alter table pgflow.runs add column idempotency_key text;
+alter table pgflow.runs add column flow_version int not null default 1;
+-- checked without blocking writers: a long history is read once, under a weaker lock
+alter table pgflow.runs add constraint runs_flow_fkey foreign key (flow_slug, flow_version)
+  references pgflow.flows (name, version) not valid;
+alter table pgflow.runs validate constraint runs_flow_fkey;
 alter table pgflow.runs drop constraint status_is_known;
 alter table pgflow.runs add constraint status_is_known
   check (status in ('started', 'completed', 'failed', 'cancelled'));
@@ -40,8 +56,9 @@ alter table pgflow.run_events add constraint event_is_known check (
   ) not valid;
 alter table pgflow.run_events validate constraint event_is_known;
 
--- run_flow gains idempotency_key (a new signature)
+-- new signatures: run_flow gains idempotency_key, get_flow a version
 drop function pgflow.run_flow(text, jsonb, text);
+drop function pgflow.get_flow(text);
 
 -- sql/schema/0100_function_start_runs.sql
 -- start_runs: starts many runs in one call, one transaction and one notification: the gateway's
@@ -51,19 +68,20 @@ drop function pgflow.run_flow(text, jsonb, text);
 -- key already name a run (one started earlier, by another connection at the same instant, or
 -- at an earlier position of this call): it answers that run, created false.
 -- Returns: one row per input position, in order: the run_id (new ones time-ordered, version 7
---   UUIDs) and whether this call created it; a null run_id when that position names an unknown
---   flow: the other positions' runs start all the same, so one bad request in a batch fails
---   alone.
+--   UUIDs), whether this call created it, and the version of its flow it runs; a null run_id
+--   when that position names an unknown flow: the other positions' runs start all the same, so
+--   one bad request in a batch fails alone.
 -- Locks: none beyond the new rows (and, for a key another transaction is inserting, a wait for
 --   that transaction: the unique index's).
+-- Runs start on their flow's newest version (define_flow).
 -- Notifies: pgflow_events (run:started, step:started or step:waiting per root, per new run),
---   pgflow_tasks (each flow slug once).
+--   pgflow_tasks (each flow version's key once).
 -- Raises: PF400 when the arrays differ in length (owners and idempotency_keys may be null:
 --   none for any run); PF422 when a key names a run started with another input.
 -- Idempotent: for the positions with a key, yes; the others are new runs each call.
 create function pgflow.start_runs(flow_slugs text[], inputs jsonb[], owners text[] default null,
                                   idempotency_keys text[] default null)
-returns table (run_id uuid, created boolean)
+returns table (run_id uuid, created boolean, version int)
 language plpgsql
 volatile
 set search_path to ''
@@ -79,6 +97,9 @@ as $$
 declare
   v_count int := coalesce(cardinality(start_runs.flow_slugs), 0);
   v_run_ids uuid[];
+  -- each position's flow version: its key (what its steps carry) and number, the newest
+  v_keys text[];
+  v_versions int[];
   v_created uuid[];
   v_new boolean[];
   v_clash record;
@@ -111,29 +132,38 @@ begin
       end order by q.i),
     array_agg(f.step_count order by q.i),
     array_agg(f.root_count order by q.i),
-    array_agg(distinct start_runs.flow_slugs[q.i]) filter (where f.step_count > 0)
-    into v_run_ids, v_step_counts, v_root_counts, v_flows
+    array_agg(distinct v.flow_key) filter (where f.step_count > 0),
+    array_agg(v.flow_key order by q.i),
+    array_agg(v.version order by q.i)
+    into v_run_ids, v_step_counts, v_root_counts, v_flows, v_keys, v_versions
   from generate_subscripts(start_runs.flow_slugs, 1) as q (i)
+  left join lateral (
+    select fl.flow_slug as flow_key, fl.version from pgflow.flows as fl
+    where fl.name = start_runs.flow_slugs[q.i]
+    order by fl.version desc
+    limit 1
+  ) as v on true
   cross join lateral (
     select count(*)::int as step_count,
       count(*) filter (where cardinality(s.depends_on) = 0)::int as root_count
     from pgflow.steps as s
-    where s.flow_slug = start_runs.flow_slugs[q.i]
+    where s.flow_slug = v.flow_key
   ) as f;
   if v_flows is null then
-    return query select u.run_id, false from unnest(v_run_ids) as u (run_id);
+    return query select u.run_id, false, null::int from unnest(v_run_ids) as u (run_id);
     return;
   end if;
 
   -- a position whose key is taken inserts nothing (the unique index decides, also against a
   -- transaction inserting the same key at this instant: it waits for its outcome)
   with inserted as (
-    insert into pgflow.runs (run_id, flow_slug, input, owner, remaining_steps, last_seq, idempotency_key)
-    select n.run_id, n.flow_slug, coalesce(n.input, 'null'::jsonb), n.owner, n.step_count,
+    insert into pgflow.runs (run_id, flow_slug, flow_version, input, owner, remaining_steps, last_seq,
+                             idempotency_key)
+    select n.run_id, n.flow_slug, n.version, coalesce(n.input, 'null'::jsonb), n.owner, n.step_count,
       1 + n.root_count, n.idempotency_key
-    from unnest(v_run_ids, start_runs.flow_slugs, start_runs.inputs, start_runs.owners,
+    from unnest(v_run_ids, start_runs.flow_slugs, v_versions, start_runs.inputs, start_runs.owners,
                 v_step_counts, v_root_counts, start_runs.idempotency_keys)
-      as n (run_id, flow_slug, input, owner, step_count, root_count, idempotency_key)
+      as n (run_id, flow_slug, version, input, owner, step_count, root_count, idempotency_key)
     where n.run_id is not null
     on conflict (flow_slug, coalesce(owner, ''), idempotency_key) where idempotency_key is not null
       do nothing
@@ -152,8 +182,8 @@ begin
     -- KEYS TAKEN: each such position answers the run that holds its key, if it was started
     -- with the same input
     for v_clash in
-      select u.o, r.run_id, r.input is not distinct from coalesce(start_runs.inputs[u.o], 'null'::jsonb)
-        as same_input
+      select u.o, r.run_id, r.flow_version,
+        r.input is not distinct from coalesce(start_runs.inputs[u.o], 'null'::jsonb) as same_input
       from unnest(v_run_ids, v_new) with ordinality as u (run_id, new, o)
       join pgflow.runs as r
         on r.flow_slug = start_runs.flow_slugs[u.o]
@@ -168,9 +198,11 @@ begin
           using errcode = 'PF422';
       end if;
       v_run_ids[v_clash.o] := v_clash.run_id;
+      v_versions[v_clash.o] := v_clash.flow_version;
     end loop;
     if v_created is null then
-      return query select u.run_id, false from unnest(v_run_ids) as u (run_id);
+      return query select u.run_id, false, u.version
+        from unnest(v_run_ids, v_versions) as u (run_id, version);
       return;
     end if;
   end if;
@@ -181,8 +213,8 @@ begin
     cardinality(s.depends_on),
     case when cardinality(s.depends_on) = 0 then now() end,
     case when cardinality(s.depends_on) = 0 then now() end
-  from unnest(v_run_ids, start_runs.flow_slugs, v_new) as n (run_id, flow_slug, new)
-  join pgflow.steps as s on s.flow_slug = n.flow_slug
+  from unnest(v_run_ids, v_keys, v_new) as n (run_id, flow_key, new)
+  join pgflow.steps as s on s.flow_slug = n.flow_key
   where n.new;
 
   -- EVENTS: each run's run:started and each root's step:started (step:waiting for an input
@@ -192,8 +224,8 @@ begin
   with roots as (
     select n.run_id, s.step_slug, s.kind,
       row_number() over (partition by n.run_id order by s.step_index) as ord
-    from unnest(v_run_ids, start_runs.flow_slugs, v_new) as n (run_id, flow_slug, new)
-    join pgflow.steps as s on s.flow_slug = n.flow_slug and cardinality(s.depends_on) = 0
+    from unnest(v_run_ids, v_keys, v_new) as n (run_id, flow_key, new)
+    join pgflow.steps as s on s.flow_slug = n.flow_key and cardinality(s.depends_on) = 0
     where n.new
   ), inserted as (
     insert into pgflow.run_events (run_id, seq, event, step_slug, attempt, tx, payload)
@@ -214,7 +246,8 @@ begin
     perform pgflow._note_events(v_ranges);
   end if;
   perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
-  return query select u.run_id, coalesce(u.new, false) from unnest(v_run_ids, v_new) as u (run_id, new);
+  return query select u.run_id, coalesce(u.new, false), case when u.run_id is not null then u.version end
+    from unnest(v_run_ids, v_new, v_versions) as u (run_id, new, version);
 end;
 $$;
 
@@ -237,7 +270,7 @@ as $$
 begin
   return (select coalesce(array_agg(s.run_id order by s.o), '{}')
           from pgflow.start_runs(run_flows.flow_slugs, run_flows.inputs, run_flows.owners)
-            with ordinality as s (run_id, created, o));
+            with ordinality as s (run_id, created, version, o));
 end;
 $$;
 
@@ -390,7 +423,7 @@ $$;
 -- Returns: true if the run was retried; false when it is not failed or cancelled.
 -- Locks: the run's row, then its step rows.
 -- Notifies: pgflow_events (run:retried, then step:started / step:waiting, at commit),
---   pgflow_tasks (the flow slug).
+--   pgflow_tasks (the key of the run's flow version).
 -- Raises: PF404 for an unknown run.
 -- Idempotent: no; a repeat while the run is going returns false, and after it failed again
 --   retries it again.
@@ -447,7 +480,8 @@ begin
   set status = 'started', error = null, failed_step = null, failed_at = null,
       cancelled_at = null, cancel_reason = null, last_seq = v_seq
   where r.run_id = v_run.run_id;
-  perform pg_notify('pgflow_tasks', v_run.flow_slug);
+  perform pg_notify('pgflow_tasks', (select s.flow_slug from pgflow.step_states as s
+                                     where s.run_id = v_run.run_id limit 1));
   return true;
 end;
 $$;
@@ -549,6 +583,56 @@ begin
 end;
 $$;
 
+-- sql/schema/0100_function_get_flow.sql
+-- get_flow: a version of a flow's shape, as the browser draws it, in define_flow's normalised
+-- form with its "version": the newest, or the given version; null if unknown.
+-- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
+create function pgflow.get_flow(flow_slug text, version int default null) returns jsonb
+language sql
+stable
+set search_path to ''
+as $$
+  select f.definition from pgflow.flows as f
+  where f.name = get_flow.flow_slug
+    and (get_flow.version is null or f.version = get_flow.version)
+  order by f.version desc
+  limit 1;
+$$;
+
+-- sql/schema/0110_function__run_outputs.sql
+-- _run_outputs: finished runs' outputs, one per given run_id and in its order (null for a null
+-- run_id): the output step's output, or {leaf: output} when the flow has several leaves. Takes a
+-- batch, so report_steps pays one call for all the runs its report finishes. PL/pgSQL, not SQL:
+-- a SQL function called from PL/pgSQL is planned again on every call (0.24 ms, more than the
+-- rest of a one-step report), where PL/pgSQL keeps its plan for the session.
+-- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
+create or replace function pgflow._run_outputs(p_run_ids uuid[]) returns jsonb[]
+language plpgsql
+stable
+set search_path to ''
+as $$
+begin
+  return (
+    select array_agg(o.output order by i.ord)
+    from unnest(p_run_ids) with ordinality as i (run_id, ord)
+    left join lateral (
+      select case when f.output_step is not null then (
+          select s.output from pgflow.step_states as s
+          where s.run_id = r.run_id and s.step_slug = f.output_step
+        ) else (
+          select jsonb_object_agg(s.step_slug, s.output)
+          from pgflow.steps as st
+          join pgflow.step_states as s on s.run_id = r.run_id and s.step_slug = st.step_slug
+          where st.flow_slug = f.flow_slug and cardinality(st.dependents) = 0
+        ) end as output
+      from pgflow.runs as r
+      join pgflow.flows as f on f.name = r.flow_slug and f.version = r.flow_version
+      where r.run_id = i.run_id
+    ) as o on true
+  );
+end;
+$$;
+
 -- sql/schema/0100_function_get_run.sql
 -- get_run: the run now, with every step in flow order; null for an unknown run.
 -- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
@@ -560,6 +644,7 @@ as $$
   select jsonb_build_object(
     'run_id', r.run_id,
     'flow_slug', r.flow_slug,
+    'version', r.flow_version,
     'status', r.status,
     'input', r.input,
     'output', r.output,
@@ -601,8 +686,8 @@ $$;
 -- start-time window (started_after < started_at < started_before), continuing after the run at
 -- (after_started_at, after_run_id) when given: keyset paging, the last row of a page being the
 -- next call's position.
--- Returns: {"run_id", "flow_slug", "status", "seq", "started_at", "completed_at", "failed_at",
---   "cancelled_at"}.
+-- Returns: {"run_id", "flow_slug", "version", "status", "seq", "started_at", "completed_at",
+--   "failed_at", "cancelled_at"}.
 -- Locks: none. Notifies: nothing.
 -- Raises: PF400 for an argument out of its range, or half a position.
 -- Idempotent: yes (reads only).
@@ -637,7 +722,8 @@ begin
   -- the position and the window bound the index scan; the other filters are checked on the way
   return query
   select jsonb_build_object(
-    'run_id', r.run_id, 'flow_slug', r.flow_slug, 'status', r.status, 'seq', r.last_seq,
+    'run_id', r.run_id, 'flow_slug', r.flow_slug, 'version', r.flow_version, 'status', r.status,
+    'seq', r.last_seq,
     'started_at', r.started_at, 'completed_at', r.completed_at, 'failed_at', r.failed_at,
     'cancelled_at', r.cancelled_at
   )
@@ -732,20 +818,23 @@ end;
 $$;
 
 -- sql/schema/0100_function_define_flow.sql
--- define_flow: creates a flow's shape, or checks that it equals the stored one.
+-- define_flow: records a flow's shape, or finds it among the flow's versions. A shape that
+-- differs from every version stored under its slug becomes the next version, which new runs
+-- start on (runs already going finish on theirs); the same shape again is answered with the
+-- version that has it, so a worker running older code serves that older version.
 -- Input: {"slug", "steps": [{"slug", "depends_on", "max_attempts", "base_delay", "timeout",
 --         "kind" ("task", or "input": a step that waits for submit_input), "schema" (an input
 --         step's JSON Schema)}],
 --         "output_step", and optional flow-wide defaults "max_attempts", "base_delay", "timeout"}.
--- Returns: the normalised shape, as get_flow returns it.
--- Cost: linear in the steps and dependencies; the document a flow was created from (its jsonb
---   text, so key order and spacing do not matter) is recognised by its stored sha-256 and
---   answered with the stored shape, without validating or comparing anything again.
+-- Returns: the normalised shape with its "version", as get_flow returns it.
+-- Cost: linear in the steps and dependencies, and in the versions when the shape is new; the
+--   document a version was created from (its jsonb text, so key order and spacing do not
+--   matter) is recognised by its stored sha-256 and answered with the stored shape, without
+--   validating or comparing anything again.
 -- Locks: a transaction advisory lock on the slug, so two processes defining at once agree (not
 --   taken on the fast path: a stored shape never changes).
 -- Notifies: nothing.
--- Raises: PF400 for a bad definition (slugs, types, ranges, unknown deps, cycles, output_step);
---         PF409 when the slug exists with another shape (the message lists the differences).
+-- Raises: PF400 for a bad definition (slugs, types, ranges, unknown deps, cycles, output_step).
 -- Idempotent: yes, for the same shape.
 create or replace function pgflow.define_flow(definition jsonb) returns jsonb
 language plpgsql
@@ -756,41 +845,44 @@ declare
   v_hash bytea := sha256(convert_to(define_flow.definition::text, 'UTF8'));
   v_flow_slug text;
   v_normalised jsonb;
-  v_existing jsonb;
-  v_existing_hash bytea;
-  v_diff text;
+  v_version record;
+  v_newest int := 0;
+  v_key text;
 begin
-  -- FAST PATH: the very document this flow was defined from
+  -- FAST PATH: the very document a version was defined from
   if jsonb_typeof(define_flow.definition -> 'slug') = 'string' then
-    select f.definition into v_existing from pgflow.flows as f
-    where f.flow_slug = define_flow.definition ->> 'slug' and f.definition_hash = v_hash;
+    select f.definition into v_normalised from pgflow.flows as f
+    where f.name = define_flow.definition ->> 'slug' and f.definition_hash = v_hash
+    order by f.version desc
+    limit 1;
     if found then
-      return v_existing;
+      return v_normalised;
     end if;
   end if;
 
   v_normalised := pgflow._normalise_flow(define_flow.definition);
   v_flow_slug := v_normalised ->> 'slug';
 
-  -- STORE OR COMPARE, serialised per slug
+  -- FIND OR ADD THE VERSION, serialised per slug: the newest with this shape, else a new one
   perform pg_advisory_xact_lock(hashtextextended('pgflow.define_flow:' || v_flow_slug, 0));
-  select f.definition, f.definition_hash into v_existing, v_existing_hash
-  from pgflow.flows as f where f.flow_slug = v_flow_slug;
-  if found then
-    v_diff := pgflow._shape_diff(v_existing, v_normalised);
-    if v_diff <> '' then
-      raise exception 'flow % already exists with a different shape (%); give the new shape a new slug, e.g. %',
-        quote_literal(v_flow_slug), v_diff, quote_literal(v_flow_slug || '_v2')
-        using errcode = 'PF409';
+  for v_version in
+    select f.flow_slug, f.version, f.definition, f.definition_hash from pgflow.flows as f
+    where f.name = v_flow_slug
+    order by f.version desc
+  loop
+    v_newest := greatest(v_newest, v_version.version);
+    if pgflow._shape_diff(v_version.definition, v_normalised) = '' then
+      if v_version.definition_hash is null then
+        update pgflow.flows as f set definition_hash = v_hash where f.flow_slug = v_version.flow_slug;
+      end if;
+      return v_version.definition;
     end if;
-    if v_existing_hash is null then
-      update pgflow.flows as f set definition_hash = v_hash where f.flow_slug = v_flow_slug;
-    end if;
-    return v_existing;
-  end if;
+  end loop;
 
-  insert into pgflow.flows (flow_slug, output_step, definition, definition_hash)
-  values (v_flow_slug, v_normalised ->> 'output_step', v_normalised, v_hash);
+  v_key := case when v_newest = 0 then v_flow_slug else v_flow_slug || '@' || (v_newest + 1) end;
+  v_normalised := v_normalised || jsonb_build_object('version', v_newest + 1);
+  insert into pgflow.flows (flow_slug, output_step, definition, definition_hash, name, version)
+  values (v_key, v_normalised ->> 'output_step', v_normalised, v_hash, v_flow_slug, v_newest + 1);
   with s as (
     select e.i, e.s from jsonb_array_elements(v_normalised -> 'steps') with ordinality as e (s, i)
   ), dependents as (
@@ -801,7 +893,7 @@ begin
   insert into pgflow.steps (flow_slug, step_slug, step_index, depends_on, dependents, max_attempts, base_delay, timeout,
                             kind, input_schema)
   select
-    v_flow_slug,
+    v_key,
     s.s ->> 'slug',
     s.i,
     array(select jsonb_array_elements_text(s.s -> 'depends_on')),
@@ -1105,6 +1197,7 @@ declare
   v_output jsonb := coalesce(complete_step.output, 'null'::jsonb);
   v_run pgflow.runs%rowtype;
   v_attempt int;
+  v_flow_key text;  -- the key of the run's flow version (0030_table_flows.sql)
   v_dependents text[];
   v_ready text[];
   v_slug text;
@@ -1123,13 +1216,13 @@ begin
   set status = 'completed', output = v_output, error = null, completed_at = now(),
       leased_by = null, lease_expires_at = null
   where s.run_id = complete_step.run_id and s.step_slug = complete_step.step_slug
-  returning s.attempt into v_attempt;
+  returning s.attempt, s.flow_slug into v_attempt, v_flow_key;
   perform pgflow._event(v_run.run_id, v_seq, 'step:completed', complete_step.step_slug,
                         'completed', v_output, null, v_attempt);
 
   -- DEPENDENTS whose last dependency this was
   select st.dependents into v_dependents from pgflow.steps as st
-  where st.flow_slug = v_run.flow_slug and st.step_slug = complete_step.step_slug;
+  where st.flow_slug = v_flow_key and st.step_slug = complete_step.step_slug;
   if cardinality(v_dependents) > 0 then
     with updated as (
       update pgflow.step_states as s
@@ -1145,14 +1238,14 @@ begin
     if v_ready is not null then
       foreach v_slug in array v_ready loop
         v_seq := v_seq + 1;
-        if exists (select from pgflow.steps as st where st.flow_slug = v_run.flow_slug
+        if exists (select from pgflow.steps as st where st.flow_slug = v_flow_key
                    and st.step_slug = v_slug and st.kind = 'input') then
           perform pgflow._start_waiting(v_run.run_id, v_seq, v_slug);
         else
           perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
         end if;
       end loop;
-      perform pg_notify('pgflow_tasks', v_run.flow_slug);
+      perform pg_notify('pgflow_tasks', v_flow_key);
     end if;
   end if;
 
@@ -1776,7 +1869,7 @@ begin
       pgflow.retry_run, pgflow.define_flow, pgflow.get_flow
       to pgflow_gateway;
     -- Store.get_run_replay and get_run_owner: a subscription's access check and its replay
-    grant select (run_id, flow_slug, owner, last_seq) on pgflow.runs to pgflow_gateway;
+    grant select (run_id, flow_slug, flow_version, owner, last_seq) on pgflow.runs to pgflow_gateway;
   end if;
 
   -- PRUNER: deletes finished runs (`pgflow prune`, the worker's --retention)
@@ -1802,6 +1895,8 @@ alter function pgflow.retry_run set search_path to pg_catalog, pg_temp;
 alter function pgflow._wait_for_input set search_path to pg_catalog, pg_temp;
 alter function pgflow._start_waiting set search_path to pg_catalog, pg_temp;
 alter function pgflow._time_out_input set search_path to pg_catalog, pg_temp;
+alter function pgflow.get_flow set search_path to pg_catalog, pg_temp;
+alter function pgflow._run_outputs set search_path to pg_catalog, pg_temp;
 alter function pgflow.get_run set search_path to pg_catalog, pg_temp;
 alter function pgflow.list_runs set search_path to pg_catalog, pg_temp;
 alter function pgflow.prune_runs set search_path to pg_catalog, pg_temp;
@@ -1823,6 +1918,8 @@ revoke all on function pgflow.retry_run from public;
 revoke all on function pgflow._wait_for_input from public;
 revoke all on function pgflow._start_waiting from public;
 revoke all on function pgflow._time_out_input from public;
+revoke all on function pgflow.get_flow from public;
+revoke all on function pgflow._run_outputs from public;
 revoke all on function pgflow.get_run from public;
 revoke all on function pgflow.list_runs from public;
 revoke all on function pgflow.prune_runs from public;
@@ -1848,6 +1945,7 @@ alter function pgflow.define_flow security definer;
 alter function pgflow.complete_step security definer;
 alter function pgflow.report_steps security definer;
 alter function pgflow.claim_tasks security definer;
+alter function pgflow.get_flow security definer;
 
 -- ROLES: pgflow_worker, pgflow_gateway and pgflow_pruner, those that exist
 select pgflow._grant_roles();

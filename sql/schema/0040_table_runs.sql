@@ -4,7 +4,7 @@
 
 create table pgflow.runs (
   run_id uuid primary key default gen_random_uuid(),
-  flow_slug text not null references pgflow.flows (flow_slug),
+  flow_slug text not null,
   status text not null default 'started',
   input jsonb not null,
   output jsonb,
@@ -21,6 +21,10 @@ create table pgflow.runs (
   cancel_reason text,
   -- run_flow's idempotency_key: unique per flow and owner while the run exists
   idempotency_key text,
+  -- the version of its flow it started on, and runs to its end
+  flow_version int not null default 1,
+  constraint runs_flow_fkey foreign key (flow_slug, flow_version)
+    references pgflow.flows (name, version),
   constraint status_is_known check (status in ('started', 'completed', 'failed', 'cancelled')),
   constraint cancelled_run_has_cancelled_at check ((status = 'cancelled') = (cancelled_at is not null)),
   constraint completed_run_has_completed_at check ((status = 'completed') = (completed_at is not null)),

@@ -24,6 +24,7 @@ declare
   v_output jsonb := coalesce(complete_step.output, 'null'::jsonb);
   v_run pgflow.runs%rowtype;
   v_attempt int;
+  v_flow_key text;  -- the key of the run's flow version (0030_table_flows.sql)
   v_dependents text[];
   v_ready text[];
   v_slug text;
@@ -42,13 +43,13 @@ begin
   set status = 'completed', output = v_output, error = null, completed_at = now(),
       leased_by = null, lease_expires_at = null
   where s.run_id = complete_step.run_id and s.step_slug = complete_step.step_slug
-  returning s.attempt into v_attempt;
+  returning s.attempt, s.flow_slug into v_attempt, v_flow_key;
   perform pgflow._event(v_run.run_id, v_seq, 'step:completed', complete_step.step_slug,
                         'completed', v_output, null, v_attempt);
 
   -- DEPENDENTS whose last dependency this was
   select st.dependents into v_dependents from pgflow.steps as st
-  where st.flow_slug = v_run.flow_slug and st.step_slug = complete_step.step_slug;
+  where st.flow_slug = v_flow_key and st.step_slug = complete_step.step_slug;
   if cardinality(v_dependents) > 0 then
     with updated as (
       update pgflow.step_states as s
@@ -64,14 +65,14 @@ begin
     if v_ready is not null then
       foreach v_slug in array v_ready loop
         v_seq := v_seq + 1;
-        if exists (select from pgflow.steps as st where st.flow_slug = v_run.flow_slug
+        if exists (select from pgflow.steps as st where st.flow_slug = v_flow_key
                    and st.step_slug = v_slug and st.kind = 'input') then
           perform pgflow._start_waiting(v_run.run_id, v_seq, v_slug);
         else
           perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
         end if;
       end loop;
-      perform pg_notify('pgflow_tasks', v_run.flow_slug);
+      perform pg_notify('pgflow_tasks', v_flow_key);
     end if;
   end if;
 

@@ -8,6 +8,7 @@ as $$
   select jsonb_build_object(
     'run_id', r.run_id,
     'flow_slug', r.flow_slug,
+    'version', r.flow_version,
     'status', r.status,
     'input', r.input,
     'output', r.output,

@@ -3,8 +3,8 @@
 -- start-time window (started_after < started_at < started_before), continuing after the run at
 -- (after_started_at, after_run_id) when given: keyset paging, the last row of a page being the
 -- next call's position.
--- Returns: {"run_id", "flow_slug", "status", "seq", "started_at", "completed_at", "failed_at",
---   "cancelled_at"}.
+-- Returns: {"run_id", "flow_slug", "version", "status", "seq", "started_at", "completed_at",
+--   "failed_at", "cancelled_at"}.
 -- Locks: none. Notifies: nothing.
 -- Raises: PF400 for an argument out of its range, or half a position.
 -- Idempotent: yes (reads only).
@@ -39,7 +39,8 @@ begin
   -- the position and the window bound the index scan; the other filters are checked on the way
   return query
   select jsonb_build_object(
-    'run_id', r.run_id, 'flow_slug', r.flow_slug, 'status', r.status, 'seq', r.last_seq,
+    'run_id', r.run_id, 'flow_slug', r.flow_slug, 'version', r.flow_version, 'status', r.status,
+    'seq', r.last_seq,
     'started_at', r.started_at, 'completed_at', r.completed_at, 'failed_at', r.failed_at,
     'cancelled_at', r.cancelled_at
   )

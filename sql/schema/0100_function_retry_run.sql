@@ -6,7 +6,7 @@
 -- Returns: true if the run was retried; false when it is not failed or cancelled.
 -- Locks: the run's row, then its step rows.
 -- Notifies: pgflow_events (run:retried, then step:started / step:waiting, at commit),
---   pgflow_tasks (the flow slug).
+--   pgflow_tasks (the key of the run's flow version).
 -- Raises: PF404 for an unknown run.
 -- Idempotent: no; a repeat while the run is going returns false, and after it failed again
 --   retries it again.
@@ -63,7 +63,8 @@ begin
   set status = 'started', error = null, failed_step = null, failed_at = null,
       cancelled_at = null, cancel_reason = null, last_seq = v_seq
   where r.run_id = v_run.run_id;
-  perform pg_notify('pgflow_tasks', v_run.flow_slug);
+  perform pg_notify('pgflow_tasks', (select s.flow_slug from pgflow.step_states as s
+                                     where s.run_id = v_run.run_id limit 1));
   return true;
 end;
 $$;

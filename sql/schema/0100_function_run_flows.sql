@@ -16,6 +16,6 @@ as $$
 begin
   return (select coalesce(array_agg(s.run_id order by s.o), '{}')
           from pgflow.start_runs(run_flows.flow_slugs, run_flows.inputs, run_flows.owners)
-            with ordinality as s (run_id, created, o));
+            with ordinality as s (run_id, created, version, o));
 end;
 $$;

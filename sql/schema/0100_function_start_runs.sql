@@ -5,19 +5,20 @@
 -- key already name a run (one started earlier, by another connection at the same instant, or
 -- at an earlier position of this call): it answers that run, created false.
 -- Returns: one row per input position, in order: the run_id (new ones time-ordered, version 7
---   UUIDs) and whether this call created it; a null run_id when that position names an unknown
---   flow: the other positions' runs start all the same, so one bad request in a batch fails
---   alone.
+--   UUIDs), whether this call created it, and the version of its flow it runs; a null run_id
+--   when that position names an unknown flow: the other positions' runs start all the same, so
+--   one bad request in a batch fails alone.
 -- Locks: none beyond the new rows (and, for a key another transaction is inserting, a wait for
 --   that transaction: the unique index's).
+-- Runs start on their flow's newest version (define_flow).
 -- Notifies: pgflow_events (run:started, step:started or step:waiting per root, per new run),
---   pgflow_tasks (each flow slug once).
+--   pgflow_tasks (each flow version's key once).
 -- Raises: PF400 when the arrays differ in length (owners and idempotency_keys may be null:
 --   none for any run); PF422 when a key names a run started with another input.
 -- Idempotent: for the positions with a key, yes; the others are new runs each call.
 create function pgflow.start_runs(flow_slugs text[], inputs jsonb[], owners text[] default null,
                                   idempotency_keys text[] default null)
-returns table (run_id uuid, created boolean)
+returns table (run_id uuid, created boolean, version int)
 language plpgsql
 volatile
 set search_path to ''
@@ -33,6 +34,9 @@ as $$
 declare
   v_count int := coalesce(cardinality(start_runs.flow_slugs), 0);
   v_run_ids uuid[];
+  -- each position's flow version: its key (what its steps carry) and number, the newest
+  v_keys text[];
+  v_versions int[];
   v_created uuid[];
   v_new boolean[];
   v_clash record;
@@ -65,29 +69,38 @@ begin
       end order by q.i),
     array_agg(f.step_count order by q.i),
     array_agg(f.root_count order by q.i),
-    array_agg(distinct start_runs.flow_slugs[q.i]) filter (where f.step_count > 0)
-    into v_run_ids, v_step_counts, v_root_counts, v_flows
+    array_agg(distinct v.flow_key) filter (where f.step_count > 0),
+    array_agg(v.flow_key order by q.i),
+    array_agg(v.version order by q.i)
+    into v_run_ids, v_step_counts, v_root_counts, v_flows, v_keys, v_versions
   from generate_subscripts(start_runs.flow_slugs, 1) as q (i)
+  left join lateral (
+    select fl.flow_slug as flow_key, fl.version from pgflow.flows as fl
+    where fl.name = start_runs.flow_slugs[q.i]
+    order by fl.version desc
+    limit 1
+  ) as v on true
   cross join lateral (
     select count(*)::int as step_count,
       count(*) filter (where cardinality(s.depends_on) = 0)::int as root_count
     from pgflow.steps as s
-    where s.flow_slug = start_runs.flow_slugs[q.i]
+    where s.flow_slug = v.flow_key
   ) as f;
   if v_flows is null then
-    return query select u.run_id, false from unnest(v_run_ids) as u (run_id);
+    return query select u.run_id, false, null::int from unnest(v_run_ids) as u (run_id);
     return;
   end if;
 
   -- a position whose key is taken inserts nothing (the unique index decides, also against a
   -- transaction inserting the same key at this instant: it waits for its outcome)
   with inserted as (
-    insert into pgflow.runs (run_id, flow_slug, input, owner, remaining_steps, last_seq, idempotency_key)
-    select n.run_id, n.flow_slug, coalesce(n.input, 'null'::jsonb), n.owner, n.step_count,
+    insert into pgflow.runs (run_id, flow_slug, flow_version, input, owner, remaining_steps, last_seq,
+                             idempotency_key)
+    select n.run_id, n.flow_slug, n.version, coalesce(n.input, 'null'::jsonb), n.owner, n.step_count,
       1 + n.root_count, n.idempotency_key
-    from unnest(v_run_ids, start_runs.flow_slugs, start_runs.inputs, start_runs.owners,
+    from unnest(v_run_ids, start_runs.flow_slugs, v_versions, start_runs.inputs, start_runs.owners,
                 v_step_counts, v_root_counts, start_runs.idempotency_keys)
-      as n (run_id, flow_slug, input, owner, step_count, root_count, idempotency_key)
+      as n (run_id, flow_slug, version, input, owner, step_count, root_count, idempotency_key)
     where n.run_id is not null
     on conflict (flow_slug, coalesce(owner, ''), idempotency_key) where idempotency_key is not null
       do nothing
@@ -106,8 +119,8 @@ begin
     -- KEYS TAKEN: each such position answers the run that holds its key, if it was started
     -- with the same input
     for v_clash in
-      select u.o, r.run_id, r.input is not distinct from coalesce(start_runs.inputs[u.o], 'null'::jsonb)
-        as same_input
+      select u.o, r.run_id, r.flow_version,
+        r.input is not distinct from coalesce(start_runs.inputs[u.o], 'null'::jsonb) as same_input
       from unnest(v_run_ids, v_new) with ordinality as u (run_id, new, o)
       join pgflow.runs as r
         on r.flow_slug = start_runs.flow_slugs[u.o]
@@ -122,9 +135,11 @@ begin
           using errcode = 'PF422';
       end if;
       v_run_ids[v_clash.o] := v_clash.run_id;
+      v_versions[v_clash.o] := v_clash.flow_version;
     end loop;
     if v_created is null then
-      return query select u.run_id, false from unnest(v_run_ids) as u (run_id);
+      return query select u.run_id, false, u.version
+        from unnest(v_run_ids, v_versions) as u (run_id, version);
       return;
     end if;
   end if;
@@ -135,8 +150,8 @@ begin
     cardinality(s.depends_on),
     case when cardinality(s.depends_on) = 0 then now() end,
     case when cardinality(s.depends_on) = 0 then now() end
-  from unnest(v_run_ids, start_runs.flow_slugs, v_new) as n (run_id, flow_slug, new)
-  join pgflow.steps as s on s.flow_slug = n.flow_slug
+  from unnest(v_run_ids, v_keys, v_new) as n (run_id, flow_key, new)
+  join pgflow.steps as s on s.flow_slug = n.flow_key
   where n.new;
 
   -- EVENTS: each run's run:started and each root's step:started (step:waiting for an input
@@ -146,8 +161,8 @@ begin
   with roots as (
     select n.run_id, s.step_slug, s.kind,
       row_number() over (partition by n.run_id order by s.step_index) as ord
-    from unnest(v_run_ids, start_runs.flow_slugs, v_new) as n (run_id, flow_slug, new)
-    join pgflow.steps as s on s.flow_slug = n.flow_slug and cardinality(s.depends_on) = 0
+    from unnest(v_run_ids, v_keys, v_new) as n (run_id, flow_key, new)
+    join pgflow.steps as s on s.flow_slug = n.flow_key and cardinality(s.depends_on) = 0
     where n.new
   ), inserted as (
     insert into pgflow.run_events (run_id, seq, event, step_slug, attempt, tx, payload)
@@ -168,6 +183,7 @@ begin
     perform pgflow._note_events(v_ranges);
   end if;
   perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
-  return query select u.run_id, coalesce(u.new, false) from unnest(v_run_ids, v_new) as u (run_id, new);
+  return query select u.run_id, coalesce(u.new, false), case when u.run_id is not null then u.version end
+    from unnest(v_run_ids, v_new, v_versions) as u (run_id, new, version);
 end;
 $$;

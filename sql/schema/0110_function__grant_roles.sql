@@ -56,7 +56,7 @@ begin
       pgflow.retry_run, pgflow.define_flow, pgflow.get_flow
       to pgflow_gateway;
     -- Store.get_run_replay and get_run_owner: a subscription's access check and its replay
-    grant select (run_id, flow_slug, owner, last_seq) on pgflow.runs to pgflow_gateway;
+    grant select (run_id, flow_slug, flow_version, owner, last_seq) on pgflow.runs to pgflow_gateway;
   end if;
 
   -- PRUNER: deletes finished runs (`pgflow prune`, the worker's --retention)

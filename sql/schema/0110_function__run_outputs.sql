@@ -21,10 +21,10 @@ begin
           select jsonb_object_agg(s.step_slug, s.output)
           from pgflow.steps as st
           join pgflow.step_states as s on s.run_id = r.run_id and s.step_slug = st.step_slug
-          where st.flow_slug = r.flow_slug and cardinality(st.dependents) = 0
+          where st.flow_slug = f.flow_slug and cardinality(st.dependents) = 0
         ) end as output
       from pgflow.runs as r
-      join pgflow.flows as f on f.flow_slug = r.flow_slug
+      join pgflow.flows as f on f.name = r.flow_slug and f.version = r.flow_version
       where r.run_id = i.run_id
     ) as o on true
   );

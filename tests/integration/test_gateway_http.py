@@ -64,7 +64,8 @@ async def test_run_flow_starts_a_run_and_the_snapshot_follows_it(gw: RunningGate
                                   json={"flow_slug": "greet", "input": {"name": "Ada"}})
     assert response.status_code == 201
     body = response.json()
-    assert body == {"run_id": body["run_id"], "flow_slug": "greet", "status": "started"}
+    assert body == {"run_id": body["run_id"], "flow_slug": "greet", "version": 1,
+                    "status": "started"}
     assert response.headers["location"] == f"/runs/{body['run_id']}"
     snapshot = (await gw.http.get(f"/runs/{body['run_id']}")).json()
     assert snapshot["run_id"] == body["run_id"]

@@ -564,7 +564,8 @@ async def test_the_same_key_starts_one_run_however_many_ask_at_once(gw: RunningG
     bodies = {r.text for r in responses}
     assert len(bodies) == 1  # the same body, byte for byte
     body = responses[0].json()
-    assert body == {"run_id": body["run_id"], "flow_slug": "chain", "status": "started"}
+    assert body == {"run_id": body["run_id"], "flow_slug": "chain", "version": 1,
+                    "status": "started"}
     assert {r.headers["location"] for r in responses} == {f"/runs/{body['run_id']}"}
     snapshot = (await gw.http.get(f"/runs/{body['run_id']}")).json()
     assert snapshot["idempotency_key"] == key
@@ -711,3 +712,51 @@ async def test_the_openapi_document_names_the_new_routes(gw: RunningGateway) -> 
     codes = document["components"]["schemas"]["Error"]["properties"]["error"]["properties"][
         "code"]["enum"]
     assert {"conflict", "invalid_input", "idempotency_conflict"} <= set(codes)
+
+
+# -- flow versions ------------------------------------------------------------------------------
+
+VERSIONED_V1 = {"slug": "versioned", "steps": [
+    {"slug": "ask", "kind": "input", "schema": {"type": "boolean"}}]}
+VERSIONED_V2 = {"slug": "versioned", "steps": [
+    {"slug": "ask", "kind": "input", "schema": {"type": "string"}},
+    {"slug": "after", "depends_on": ["ask"]}]}
+
+
+async def test_a_new_version_serves_new_runs_while_an_old_run_keeps_its_own_shape(
+    gw: RunningGateway,
+) -> None:
+    store = store_of(gw)
+    await store.define_flow(VERSIONED_V1)
+    started = await gw.http.post("/rpc/run_flow", json={"flow_slug": "versioned"})
+    assert started.status_code == 201, started.text
+    assert started.json()["version"] == 1
+    old_run = started.json()["run_id"]
+    await store.define_flow(VERSIONED_V2)
+    started = await gw.http.post("/rpc/run_flow", json={"flow_slug": "versioned"})
+    assert started.json()["version"] == 2
+    new_run = started.json()["run_id"]
+
+    newest = await gw.http.get("/flows/versioned")
+    assert (newest.json()["version"], len(newest.json()["steps"])) == (2, 2)
+    assert newest.headers["cache-control"] == "public, max-age=5"
+    old_shape = await gw.http.get("/flows/versioned", params={"version": 1})
+    assert (old_shape.json()["version"], len(old_shape.json()["steps"])) == (1, 1)
+    assert old_shape.headers["cache-control"] == "public, max-age=86400"
+    assert_error(await gw.http.get("/flows/versioned", params={"version": 9}), 404, "not_found")
+    assert_error(await gw.http.get("/flows/versioned", params={"version": "x"}), 400,
+                 "bad_request")
+    assert [(await gw.http.get(f"/runs/{r}")).json()["version"] for r in (old_run, new_run)] == [
+        1, 2]
+
+    # each run's value is checked against its own version's schema
+    assert_error(await gw.http.post(f"/runs/{old_run}/steps/ask/input", json={"value": "yes"}),
+                 400, "invalid_input")
+    assert_error(await gw.http.post(f"/runs/{new_run}/steps/ask/input", json={"value": True}),
+                 400, "invalid_input")
+    ok = await gw.http.post(f"/runs/{old_run}/steps/ask/input", json={"value": True})
+    assert ok.status_code == 200, ok.text
+    assert await run_status(gw, old_run) == "completed"  # version 1 has no `after`
+    ok = await gw.http.post(f"/runs/{new_run}/steps/ask/input", json={"value": "yes"})
+    assert ok.status_code == 200, ok.text
+    assert await step_status(gw, new_run, "after") == "started"

@@ -4,6 +4,7 @@ batching, leases, shutdown and lost connections."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ import orjson
 import pytest
 
 from examples import flows as examples
-from pgflow import Flow, FlowShapeConflictError, StepContext
+from pgflow import Flow, StepContext
 from pgflow.db.connection import connect
 from pgflow.db.store import Store
 from pgflow.errors import DatabaseUnavailableError
@@ -73,16 +74,18 @@ async def test_sync_flows_defines_a_flow_and_accepts_its_unchanged_shape(store: 
     assert [s["slug"] for s in shape["steps"]] == ["a"]
 
 
-async def test_sync_flows_refuses_a_changed_shape_naming_the_difference_and_a_new_slug(
-    store: Store,
+async def test_sync_flows_makes_a_changed_shape_the_next_version_and_old_code_keeps_its_own(
+    store: Store, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await sync_flows(store, [_shape_v1()])
-    with pytest.raises(FlowShapeConflictError) as caught:
-        await sync_flows(store, [_shape_v2()])
-    message = str(caught.value)
-    assert "'shaped'" in message
-    assert "step 'b' added" in message
-    assert "shaped_v2" in message
+    assert await sync_flows(store, [_shape_v1()]) == {"shaped": 1}
+    with caplog.at_level(logging.INFO, logger="pgflow.db.definitions"):
+        assert await sync_flows(store, [_shape_v2()]) == {"shaped": 2}
+        assert "flow shaped: its shape changed: it is now version 2" in caplog.text
+        caplog.clear()
+        # a process still running the old code serves version 1, and says so
+        assert await sync_flows(store, [_shape_v1()]) == {"shaped": 1}
+        assert ("flow shaped: this code is its version 1, but version 2 is the newest"
+                in caplog.text)
 
 
 # -- handlers ----------------------------------------------------------------------------------

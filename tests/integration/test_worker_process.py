@@ -20,7 +20,6 @@ from tests.integration.worker_helpers import (
     running_worker,
     server_down,
     sigkill,
-    start_worker,
     step_of,
     wait_for_run,
     wait_until,
@@ -76,21 +75,20 @@ async def test_a_worker_process_starts_on_unchanged_shapes_and_runs_the_fanout_e
     assert len(run["steps"]) == examples.FANOUT_WIDTH + 2
 
 
-async def test_a_worker_process_refuses_to_start_when_a_flow_changed_shape(
+async def test_a_worker_with_a_changed_flow_runs_its_new_version_and_leaves_old_runs_alone(
     db_url: str, store: Store
 ) -> None:
+    # version 1 of diamond, with a run in flight that no process has the code for
     await store.define_flow({"slug": "diamond", "steps": [{"slug": "fetch"}]})
-    worker = await start_worker(db_url, *FAST, flows="examples.flows")
-    try:
-        code = await worker.wait()
-    finally:
-        await worker.close()
-    assert code != 0
-    message = worker.stderr
-    assert "flow 'diamond' already exists with a different shape" in message
-    assert "step 'summarize' added" in message
-    assert "diamond_v2" in message
-    assert "worker started" not in message
+    old_run = await store.run_flow("diamond", {"url": "old"})
+    async with running_worker(db_url, *FAST, flows="examples.flows") as worker:
+        assert "flow diamond: its shape changed: it is now version 2" in worker.stderr
+        new_run = await store.run_flow("diamond", {"text": "a new version runs"})
+        run = await wait_for_run(store, new_run, timeout=10)
+        old = await store.get_run(old_run)
+    assert (run["status"], run["version"]) == ("completed", 2)
+    assert old is not None
+    assert (old["status"], old["version"], old["steps"][0]["attempt"]) == ("started", 1, 0)
 
 
 async def test_a_step_killed_with_its_worker_runs_again_after_its_lease(

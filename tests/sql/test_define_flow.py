@@ -7,7 +7,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.sql._helpers import DIAMOND, define
+from tests.sql._helpers import DIAMOND, claim, complete, define, run_state, start
 
 
 async def definition_error(conn: Any, definition: Any) -> asyncpg.PostgresError:
@@ -67,22 +67,53 @@ async def test_define_flow_accepts_its_own_output_as_input(conn: Any) -> None:
     assert await define(conn, shape) == shape
 
 
-async def test_define_flow_refuses_a_changed_shape_and_names_the_difference(conn: Any) -> None:
-    await define(conn, DIAMOND)
+async def test_a_changed_shape_under_a_slug_is_its_next_version_and_an_old_one_is_found(
+        conn: Any) -> None:
+    first = await define(conn, DIAMOND)
+    assert first["version"] == 1
     changed = {**DIAMOND, "steps": [*DIAMOND["steps"][:3], {"slug": "d", "depends_on": ["b"]}]}
-    error = await definition_error(conn, changed)
-    assert error.sqlstate == "PF409"
-    assert "'diamond' already exists with a different shape" in str(error)
-    assert "step 'd' depends_on" in str(error)
-    assert "new slug" in str(error)
+    second = await define(conn, changed)
+    assert second["version"] == 2
+    assert second["steps"][3]["depends_on"] == ["b"]
+    third = await define(conn, {**DIAMOND, "max_attempts": 7})
+    assert third["version"] == 3
+    # the code of an older version, defined again (another document, same shape): that version
+    assert await define(conn, {**DIAMOND, "steps": DIAMOND["steps"][::-1]}) == first
+    assert await define(conn, changed) == second
+    rows = await conn.fetch("select flow_slug, name, version from pgflow.flows order by version")
+    assert [tuple(r) for r in rows] == [("diamond", "diamond", 1), ("diamond@2", "diamond", 2),
+                                       ("diamond@3", "diamond", 3)]
+    assert await conn.fetchval("select pgflow.get_flow('diamond')") == third
+    assert await conn.fetchval("select pgflow.get_flow('diamond', 2)") == second
+    assert await conn.fetchval("select pgflow.get_flow('diamond', 4)") is None
 
 
-async def test_define_flow_refuses_changed_options_under_the_same_slug(conn: Any) -> None:
+async def test_runs_in_flight_finish_on_their_version_and_new_runs_start_on_the_newest(
+        conn: Any) -> None:
     await define(conn, DIAMOND)
-    changed = {**DIAMOND, "max_attempts": 7}
-    error = await definition_error(conn, changed)
-    assert error.sqlstate == "PF409"
-    assert "max_attempts 3 -> 7" in str(error)
+    old = await start(conn, "diamond", "old")
+    (a_old,) = await claim(conn)
+    # version 2 arrives while the old run is going: a single step
+    await define(conn, {"slug": "diamond", "steps": [{"slug": "only"}]})
+    new = await start(conn, "diamond", "new")
+    assert [(r["flow_slug"], r["version"]) for r in [await run_state(conn, old),
+                                                      await run_state(conn, new)]] == [
+        ("diamond", 1), ("diamond", 2)]
+    assert await complete(conn, a_old)
+    tasks = await claim(conn)
+    assert sorted((t["flow_slug"], t["step_slug"]) for t in tasks) == [
+        ("diamond", "b"), ("diamond", "c"), ("diamond@2", "only")]
+    for task in tasks:
+        assert await complete(conn, task)
+    (d,) = await claim(conn)
+    assert await complete(conn, d, {"d": True})
+    assert [(await run_state(conn, r))["status"] for r in (old, new)] == ["completed",
+                                                                        "completed"]
+    assert (await run_state(conn, old))["output"] == {"d": True}  # its version's output step
+    # a worker that serves only version 1 claims nothing of version 2
+    later = await start(conn, "diamond", "later")
+    assert await conn.fetch("select * from pgflow.claim_tasks('w', 10, array['diamond'])") == []
+    assert (await claim(conn))[0]["run_id"] == later
 
 
 @pytest.mark.parametrize(
@@ -223,9 +254,7 @@ async def test_a_large_flow_keeps_the_shape_errors(conn: Any) -> None:
     await define(conn, definition)
     changed = {**definition, "steps": [*definition["steps"][:-1],
                                        {"slug": "s1999", "depends_on": ["s0"]}]}
-    error = await definition_error(conn, changed)
-    assert error.sqlstate == "PF409"
-    assert "step 's1999' depends_on [\"s1998\"] -> [\"s0\"]" in str(error)
+    assert (await define(conn, changed))["version"] == 2
     looped = chain(2000, "looped")
     looped["steps"][0] = {"slug": "s0", "depends_on": ["s1999"]}
     error = await definition_error(conn, looped)

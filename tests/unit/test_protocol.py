@@ -8,7 +8,6 @@ import orjson
 import pytest
 
 from gateway.errors import BadJsonError, BadRequestError
-from gateway.notifications import NotificationError, parse_notification
 from gateway.wire import (
     MAX_JSON_DEPTH,
     canonical_run_id,
@@ -20,6 +19,7 @@ from gateway.wire import (
     pong_frame,
     subscribed_frame,
 )
+from pgflow.db.notifications import NotificationError, parse_notification
 
 RUN = "0b7e8a3c-5a43-4b8e-9f5c-2f1e6f3b9a10"
 

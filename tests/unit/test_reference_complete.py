@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.notifications import EventName
 from pgflow.cli import build_parser
+from pgflow.db.notifications import EventName
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "docs" / "reference"

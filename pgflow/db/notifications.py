@@ -1,7 +1,8 @@
-"""What PostgreSQL tells the gateway: the ``pgflow_events`` NOTIFY payloads, version 1.
+"""What PostgreSQL tells its listeners: the ``pgflow_events`` NOTIFY payloads, version 1.
 
-The relay parses each payload just enough to route it: inline events, or references to the
-event log (``refs``) when the events did not fit in a notification (docs/reference/events.md).
+The gateway's relay and the Python client parse each payload just enough to route it: inline
+events, or references to the event log (``refs``) when the events did not fit in a
+notification (docs/reference/events.md).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ NOTIFY_VERSION = 1
 MAX_SEQ = 2**63 - 1  # seq is a bigint
 
 EventName = Literal[
-    "run:started", "run:completed", "run:failed",
-    "step:started", "step:completed", "step:failed", "step:retrying",
+    "run:started", "run:completed", "run:failed", "run:cancelled", "run:retried",
+    "step:started", "step:completed", "step:failed", "step:retrying", "step:stream",
+    "step:waiting", "step:cancelled",
 ]
 
 
