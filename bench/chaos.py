@@ -8,9 +8,11 @@ Everything runs on 127.0.0.1: a private PostgreSQL (durable defaults) in a temp 
 ``python -m pgflow serve`` gateways, a steady stream of runs started over HTTP, and many
 websocket subscribers (a plain ``websockets`` client following docs/reference/: subscribe with
 ``since``, record every event, on any disconnect reconnect and resubscribe with the last seq
-seen). Meanwhile a fault loop, at random intervals, SIGKILLs a worker (and starts a
-replacement), terminates the gateways' LISTEN backends, restarts PostgreSQL (fast mode) and
-aborts client sockets.
+seen). Runs are steered as users do: a share is cancelled at a random moment, and every
+``approval`` run's input step is answered (approve or reject) over HTTP through either gateway,
+retried across 503s and lost answers (a 409 then says it was applied). Meanwhile a fault
+loop, at random intervals, SIGKILLs a worker (and starts a replacement), terminates the
+gateways' LISTEN backends, restarts PostgreSQL (fast mode) and aborts client sockets.
 
 After the duration the faults stop; the soak waits (bounded) until every run is terminal and
 every subscriber has its runs' terminal events, then checks: every run terminal; each
@@ -51,14 +53,16 @@ from pgflow.db.local_server import PostgresCluster, free_port  # noqa: E402
 from pgflow.db.migrate import migrate_url  # noqa: E402
 
 HOST = "127.0.0.1"
-FLOWS = ("diamond", "fanout", "flaky", "doomed")
+FLOWS = ("diamond", "fanout", "flaky", "doomed", "approval")
 FLOW_INPUT = {
     "diamond": {"text": "the quick brown fox jumps over the lazy dog " * 3},
     "fanout": {"start": 3},
     "flaky": {"order": "C-1", "amount": 7},
     "doomed": {"mission": "chaos"},
+    "approval": {"title": "chaos notes"},
 }
-TERMINAL = {"run:completed", "run:failed"}
+TERMINAL = {"run:completed", "run:failed", "run:cancelled"}
+STEER_INTERVAL = 0.2  # seconds between two looks for waiting input steps
 FAULT_COUNTERS = ("worker_sigkill", "listener_backend_terminations", "client_socket_drops",
                   "postgres_restart")
 LISTENER_APP = "pgflow-gateway-listener"  # gateway/relay.py APPLICATION_NAME
@@ -82,6 +86,7 @@ class Options:
     seed: int | None = None
     quiet: bool = False
     round_robin_faults: bool = False  # each kind in turn (the test), else weighted random
+    cancel_share: float = 0.15  # of the runs started, those cancelled at a random moment
 
 
 def log(options: Options, message: str) -> None:
@@ -368,6 +373,65 @@ class Chaos:
         self.counts["runs_started"] += 1
         for subscriber in self.rng.sample(self.subscribers, self.o.followers_per_run):
             subscriber.follow(run_id)
+        if self.rng.random() < self.o.cancel_share:
+            await asyncio.sleep(self.rng.uniform(0.0, 0.5))
+            await self._steer(http, f"/runs/{run_id}/cancel", {"reason": "chaos"}, "cancels")
+
+    # steering: cancels (above) and the answers input steps wait for
+
+    async def _steer(self, http: httpx.AsyncClient, path: str, body: dict[str, Any],
+                     kind: str) -> None:
+        """POSTs until an answer: 200 applied, 409 already ended or answered (a repeat of a
+        request whose first answer was lost, or a run that ended first)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                response = await http.post(path, json=body)
+            except httpx.HTTPError:
+                self.counts[f"{kind}_transport_errors"] += 1
+            else:
+                if response.status_code in (200, 409):
+                    self.counts[f"{kind}_{response.status_code}"] += 1
+                    return
+                self.counts[f"{kind}_http_{response.status_code}"] += 1
+                if response.status_code != 503:
+                    self.counts["steer_failed"] += 1
+                    self.start_failures.append(f"{path}: {response.status_code} "
+                                               f"{response.text[:300]}")
+                    return
+            await asyncio.sleep(0.2)
+        self.counts["steer_failed"] += 1
+
+    async def answer_inputs(self, stop: asyncio.Event) -> None:
+        """A person at the page: each waiting input step gets an answer, approve or reject,
+        through a random gateway; until every run ended."""
+        clients = [httpx.AsyncClient(base_url=u, trust_env=False, timeout=10)
+                   for u in self.gateway_urls]
+        answered: set[str] = set()
+        try:
+            while not stop.is_set():
+                try:
+                    connection = await asyncpg.connect(self.url, timeout=5)
+                    try:
+                        waiting = await connection.fetch(
+                            "select run_id::text, step_slug from pgflow.step_states "
+                            "where status = 'waiting'")
+                    finally:
+                        await connection.close()
+                except (OSError, asyncpg.PostgresError):
+                    waiting = []  # the server is restarting: look again
+                for run_id, step_slug in waiting:
+                    if run_id in answered:
+                        continue
+                    answered.add(run_id)
+                    await self._steer(self.rng.choice(clients),
+                                      f"/runs/{run_id}/steps/{step_slug}/input",
+                                      {"value": self.rng.random() < 0.8}, "inputs")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), STEER_INTERVAL)
+        finally:
+            for client in clients:
+                await client.aclose()
 
     # faults
 
@@ -472,7 +536,7 @@ class Chaos:
         result: Counter[str] = Counter()
         result["runs_in_database"] = len(statuses)
         result["runs_not_terminal"] = sum(1 for s in statuses.values()
-                                          if s not in ("completed", "failed"))
+                                          if s not in ("completed", "failed", "cancelled"))
         result["runs_unknown_to_database"] = sum(1 for r in self.runs if r not in statuses)
         for run_id, flow in self.runs.items():
             result[f"{flow}_{statuses.get(run_id, 'missing')}"] += 1
@@ -536,6 +600,8 @@ class Chaos:
         stop = asyncio.Event()
         load = asyncio.create_task(self.start_runs(stop))
         faults = asyncio.create_task(self.fault_loop(stop))
+        drained = asyncio.Event()
+        answers = asyncio.create_task(self.answer_inputs(drained))
         await asyncio.sleep(o.seconds)
         stop.set()
         await faults
@@ -543,6 +609,8 @@ class Chaos:
         log(o, f"faults stopped after {o.seconds:.0f} s; {len(self.runs)} runs started; "
                "waiting for every run to end")
         not_terminal = await self.wait_terminal()
+        drained.set()
+        await answers
         await self.wait_subscribers(timeout=20.0 if not_terminal == 0 else 1.0)
         for subscriber in self.subscribers:
             await subscriber.close()
@@ -580,7 +648,7 @@ ZERO_CHECKS = (
     "runs_not_terminal", "runs_unknown_to_database", "tasks_left_leased", "malformed_logs",
     "events_lost", "events_duplicated", "events_out_of_order", "events_mismatched",
     "events_not_in_log", "subscriber_errors", "gateways_exited", "workers_exited_unexpectedly",
-    "start_failed",
+    "start_failed", "steer_failed",
 )
 
 

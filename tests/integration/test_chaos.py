@@ -46,6 +46,10 @@ async def test_chaos_soak_loses_nothing_and_ends_every_run() -> None:
     assert result["fault_client_sockets_dropped"] >= 2, result
     # load ran and was checked
     assert result["runs_started"] >= 20, result
+    # and runs were steered through the gateways meanwhile: cancelled, and answered
+    assert result.get("cancels_200", 0) >= 2, result
+    assert result.get("inputs_200", 0) >= 1, result
+    assert result.get("approval_completed", 0) >= 1, result
     assert result["streams_checked"] == 3 * result["runs_started"], result
     # the guarantees
     assert result["runs_not_terminal"] == 0, result

@@ -13,6 +13,7 @@ import pytest
 
 from pgflow.db.command import psql_binary
 from pgflow.flows import Flow
+from tests.integration.worker_helpers import running
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -118,3 +119,17 @@ def test_the_readme_install_section_names_no_outside_link() -> None:
     assert "pip install /path/to/pgflow" in install
     assert "pgflow worker --flows mymodule" in install
     assert "http" not in install.replace("/rpc/run_flow", "")
+
+
+async def test_the_readme_steering_example_approves_a_run_from_python(db_url: str) -> None:
+    steer = section("Call it from your own page")
+    (code,) = [b for b in blocks("python", steer) if "input_step" in b]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md steering block", "exec"), namespace)
+    approval = namespace["approval"]
+    assert isinstance(approval, Flow)
+    async with running(db_url, [approval]):
+        approve_notes = namespace["approve_notes"]
+        assert callable(approve_notes)
+        output = await asyncio.wait_for(approve_notes(db_url), 30)
+    assert output == {"published": True}

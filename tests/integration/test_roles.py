@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 
 from examples import flows as examples
+from pgflow import Client, InputRejectedError
 from pgflow.db.migrate import load_migrations, migrate, migrate_url, sql_dir
 from pgflow.errors import ConfigurationError
 from tests.conftest import Server
@@ -41,6 +42,9 @@ PUBLIC_FUNCTIONS = sorted(
 )
 DENIED = asyncpg.InsufficientPrivilegeError
 TIMEOUT = 20.0  # seconds
+# a flow of one input step: a person's answer is its output, no worker needed
+ROLE_APPROVAL = {"slug": "role_approval",
+                 "steps": [{"slug": "ask", "kind": "input", "schema": {"type": "boolean"}}]}
 DATABASES = ("pgflow_roles", "pgflow_roles_unmigrated", "pgflow_roles_migrations",
              "pgflow_roles_schema")
 
@@ -230,6 +234,38 @@ async def test_the_worker_claims_and_reports_but_cannot_delete_or_start_runs(
     finally:
         await worker.close()
         await gateway.close()
+
+
+async def test_the_python_client_steers_runs_as_pgflow_gateway(deployment: Deployment) -> None:
+    # The Python client's documented role: start with a key, answer an input step (its schema
+    # read through get_flow), cancel, retry, follow events; the worker role may do none of it.
+    owner = await deployment.connect("pgflow_owner")
+    try:
+        await owner.execute("select pgflow.define_flow($1::text::jsonb)",
+                            json.dumps(ROLE_APPROVAL))
+    finally:
+        await owner.close()
+    async with Client(deployment.url_as("pgflow_gateway")) as client:
+        run = await client.start("role_approval", {"n": 1}, idempotency_key="role-key")
+        assert (await client.start("role_approval", {"n": 1}, idempotency_key="role-key")
+                ).run_id == run.run_id
+        with pytest.raises(InputRejectedError):
+            await run.submit("ask", "not a boolean")
+        assert await run.submit("ask", True)
+        assert await run.result(timeout=TIMEOUT) is True
+        other = await client.start("role_approval", {"n": 2})
+        assert await other.cancel("not needed")
+        assert await other.retry()
+        assert await other.submit("ask", False)
+        assert [e["event"] async for e in other.events()][-3:] == [
+            "step:waiting", "step:completed", "run:completed"]
+    worker = await deployment.connect("pgflow_worker")
+    try:
+        for call in ("cancel_run($1)", "retry_run($1)", "submit_input($1, 'ask', 'true')"):
+            assert call.split("(")[0] in await refused(worker, f"select pgflow.{call}",
+                                                       run.run_id)
+    finally:
+        await worker.close()
 
 
 async def test_only_a_member_of_pgflow_pruner_deletes_finished_runs(
