@@ -145,6 +145,10 @@ class FakeGateway extends EventEmitter {
     super();
     this.prefix = prefix;
     this.flows = new Map([[GRAPH.slug, GRAPH], [APPROVAL_GRAPH.slug, APPROVAL_GRAPH]]);
+    // older versions of a flow, "slug@N" -> graph; `flows` holds each flow's newest
+    this.flowVersions = new Map();
+    // the version a new run of a flow starts on; default: its newest graph's (or 1)
+    this.startVersion = (flowSlug) => this.flows.get(flowSlug)?.version ?? 1;
     this.runs = new Map(); // run_id -> { flowSlug, input, log: [event], subscribers: Set<socket> }
     this.requests = []; // { method, path, headers, body }
     this.connections = []; // every accepted socket, in order; `socket.pgUrl` is the request URL
@@ -221,7 +225,8 @@ class FakeGateway extends EventEmitter {
 
   createRun(flowSlug = GRAPH.slug, input = {}) {
     const runId = randomUUID();
-    this.runs.set(runId, { flowSlug, input, log: [], subscribers: new Set() });
+    const version = this.startVersion(flowSlug);
+    this.runs.set(runId, { flowSlug, version, input, log: [], subscribers: new Set() });
     return runId;
   }
 
@@ -261,7 +266,7 @@ class FakeGateway extends EventEmitter {
     let raw = "";
     for await (const chunk of req) raw += chunk;
     const fullPath = new URL(req.url, "http://x").pathname;
-    this.requests.push({ method: req.method, path: fullPath, headers: req.headers, body: raw });
+    this.requests.push({ method: req.method, path: fullPath, url: req.url, headers: req.headers, body: raw });
     this.emit("change");
     // Outside the prefix nothing answers, as in a parent app that mounts the gateway.
     const path = fullPath.startsWith(`${this.prefix}/`) ? fullPath.slice(this.prefix.length) : null;
@@ -302,7 +307,7 @@ class FakeGateway extends EventEmitter {
       const runId = known?.runId ?? this.createRun(body.flow_slug, body.input);
       if (key !== undefined && !known) this.keys.set(`${body.flow_slug}\n${key}`, { runId, input: body.input, key });
       if (this.loseAnswer(post)) res.socket.destroy();
-      else reply(known ? 200 : 201, { run_id: runId, flow_slug: body.flow_slug, status: "started" });
+      else reply(known ? 200 : 201, { run_id: runId, flow_slug: body.flow_slug, version: this.runs.get(runId).version, status: "started" });
       // The real gateway's workers race the client's subscribe; start the run right away too.
       if (!known) this.onRunCreated(runId);
       return;
@@ -311,13 +316,17 @@ class FakeGateway extends EventEmitter {
     if (req.method === "POST" && steer) return this._steer(steer, raw, reply, error);
     const flow = /^\/flows\/([^/]+)$/.exec(path ?? "");
     if (req.method === "GET" && flow) {
-      const graph = this.flows.get(decodeURIComponent(flow[1]));
+      const slug = decodeURIComponent(flow[1]);
+      const version = new URL(req.url, "http://x").searchParams.get("version");
+      const newest = this.flows.get(slug);
+      const graph = version === null || Number(version) === (newest?.version ?? 1)
+        ? newest : this.flowVersions.get(`${slug}@${version}`);
       return graph ? reply(200, graph) : error(404, "not_found", "unknown flow");
     }
     const run = /^\/runs\/([^/]+)$/.exec(path ?? "");
     if (req.method === "GET" && run && this.runs.has(run[1])) {
       const r = this.runs.get(run[1]);
-      return reply(200, { run_id: run[1], flow_slug: r.flowSlug, seq: r.log.length });
+      return reply(200, { run_id: run[1], flow_slug: r.flowSlug, version: r.version, seq: r.log.length });
     }
     error(404, "not_found", `no route ${req.method} ${fullPath}`);
   }
