@@ -1536,7 +1536,7 @@ $$;
 -- (0.1 to 86400).
 -- Before claiming it sweeps leases that ran out, longest expired first: each counts as a failed
 -- attempt ('lease expired') and is claimable again at once, or fails the step on its last attempt;
--- and input steps waiting past their timeout, which fail (and their runs with them).
+-- and input steps of any flow waiting past their timeout, which fail (and their runs with them).
 -- A claimed retry (a row in status 'retrying': attempt 2 or later) gets its step:started, with
 -- its attempt, in the same transaction; first attempts had theirs when they were queued.
 -- Returns: one row per task with the handler's assembled input
@@ -1627,12 +1627,13 @@ begin
     end if;
   end loop;
 
-  -- SWEEP: input steps waiting past their deadline (available_at), rechecked under each run's lock
+  -- SWEEP: input steps waiting past their deadline (available_at), rechecked under each run's
+  -- lock; of every flow, not only the caller's: failing one needs no handler, and a flow made
+  -- of input steps alone has no worker of its own
   for v_expired in
     select e.run_id, e.step_slug from (
       select s.run_id, s.step_slug from pgflow.step_states as s
       where s.status = 'waiting' and s.available_at < v_now
-        and (claim_tasks.flow_slugs is null or s.flow_slug = any(claim_tasks.flow_slugs))
       order by s.available_at
       limit 100
     ) as e

@@ -374,3 +374,14 @@ async def test_the_same_key_from_many_connections_at_once_starts_one_run(db_url:
     finally:
         for c in connections:
             await c.close()
+
+
+async def test_any_workers_claim_enforces_every_flows_input_deadlines(conn: Any) -> None:
+    await define(conn, {"slug": "people_only", "steps": [{"slug": "ask", "kind": "input",
+                                                           "timeout": 1}]})
+    run_id = await start(conn, "people_only")
+    await conn.execute("update pgflow.step_states set available_at = now() - interval '1 s' "
+                       "where run_id = $1", run_id)
+    # a worker of another flow: its claim still fails the overdue step
+    assert await conn.fetch("select * from pgflow.claim_tasks('w', 10, array['diamond'])") == []
+    assert (await run_state(conn, run_id))["status"] == "failed"
