@@ -33,7 +33,7 @@ APPLICATION_NAME = "pgflow-client"
 POOL_SIZE = 4  # connections for queries; LISTEN has one more of its own
 CONNECT_TIMEOUT = 10.0  # seconds
 ENDED = ("completed", "failed", "cancelled")
-_MAX_FLOW_SHAPES = 1024  # flow shapes cached for submit(); a slug's shape never changes
+_MAX_FLOW_SHAPES = 1024  # flow versions' shapes cached for submit(); a version never changes
 
 
 def _with_application_name(url: str, name: str) -> str:

@@ -18,6 +18,7 @@ import asyncpg
 
 from pgflow.db.coalescer import Coalescer
 from pgflow.db.connection import create_pool, dumps
+from pgflow.db.json_values import UnstorableJSONError, encode_json
 from pgflow.db.translation import translate_errors
 from pgflow.errors import (
     DatabaseUnavailableError,
@@ -253,9 +254,9 @@ class Store:
         database refuses, IdempotencyConflictError for a key that started a run with another
         input (that call alone, each).
         """
-        try:  # here, so that a value orjson cannot encode fails this call only
-            input_json = dumps(input)
-        except TypeError as error:  # orjson.JSONEncodeError
+        try:  # here, so that a value that cannot be stored fails this call only
+            input_json = encode_json(input).decode()
+        except UnstorableJSONError as error:
             raise ValueRejectedError(f"the input cannot be stored as JSON: {error}") from None
         return await self.run_starter.submit(
             RunRequest(flow_slug, input_json, owner, idempotency_key))
@@ -313,8 +314,8 @@ class Store:
         when the step is not waiting. Raises UnknownRunError, UnknownStepError,
         ValueRejectedError (a value orjson or jsonb cannot hold)."""
         try:
-            value_json = dumps(value)
-        except TypeError as error:  # orjson.JSONEncodeError
+            value_json = encode_json(value).decode()
+        except UnstorableJSONError as error:
             raise ValueRejectedError(f"the value cannot be stored as JSON: {error}") from None
         async with self._connection() as connection:
             applied: bool = await connection.fetchval(

@@ -8,11 +8,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import dataclasses
-import enum
 import inspect
 import logging
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from pgflow.db.json_values import UnstorableJSONError as OutputError
+from pgflow.db.json_values import encode_json as encode_output
 from pgflow.db.store import Task
 from pgflow.flows import ChunkSink, Flow, StepContext
 from pgflow.worker._log_stream import current_stream
@@ -95,53 +94,6 @@ def storable(text: str) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "backslashreplace").decode()
     return text
-
-
-class OutputError(ValueError):
-    """A handler's return value that is not JSON PostgreSQL can store."""
-
-
-def encode_output(value: Any) -> bytes:
-    """``value`` as JSON text for a ``jsonb``.
-
-    Raises:
-        OutputError: not JSON (a set, an object, an int beyond 64 bits, a lone surrogate,
-            nesting deeper than orjson's 254 levels), or NaN/Infinity (JSON has none; orjson
-            would write null), or U+0000 in a string or key (``jsonb`` refuses it).
-    """
-    try:
-        encoded = orjson.dumps(value)
-    except TypeError as exc:  # orjson.JSONEncodeError
-        raise OutputError(f"{type(value).__name__}, which is not JSON: {exc}") from exc
-    # NaN and Infinity come out as null, U+0000 as its escape: only then is the value walked.
-    if b"null" in encoded or b"\\u0000" in encoded:
-        problem = _unstorable(value)
-        if problem is not None:
-            raise OutputError(problem)
-    return encoded
-
-
-def _unstorable(value: Any) -> str | None:
-    """What in an orjson-serialisable ``value`` PostgreSQL's jsonb cannot store faithfully."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return "a string containing U+0000 (NUL), which PostgreSQL's jsonb cannot store"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return f"{item!r}, which JSON has no number for"
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-        elif isinstance(item, enum.Enum):
-            stack.append(item.value)
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
-    return None
 
 
 class Attempts:

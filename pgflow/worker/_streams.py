@@ -22,9 +22,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgflow.db.json_values import UnstorableJSONError, encode_json
 from pgflow.db.store import Store
 from pgflow.errors import StreamBufferFullError, StreamError
-from pgflow.worker._attempts import OutputError, encode_output
 from pgflow.worker._retry import DB_CALL_TIMEOUT, Retry
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,10 @@ Key = tuple[uuid.UUID, str, int]  # run_id, step_slug, attempt
 
 
 def encode_chunk(value: Any) -> bytes:
-    """A chunk as JSON text, checked as a step's output is (``_attempts.encode_output``)."""
+    """A chunk as JSON text, checked as a step's output is (``json_values.encode_json``)."""
     try:
-        encoded = encode_output(value)
-    except OutputError as exc:
+        encoded = encode_json(value)
+    except UnstorableJSONError as exc:
         raise StreamError(f"cannot stream {exc}") from None
     if len(encoded) > MAX_CHUNK_BYTES:
         raise StreamError(f"a chunk of {len(encoded)} bytes is over the {MAX_CHUNK_BYTES} limit")

@@ -11,7 +11,12 @@ import asyncpg
 import pytest
 
 from pgflow.db.store import Store
-from pgflow.errors import DatabaseUnavailableError, UnknownFlowError, ValueRejectedError
+from pgflow.errors import (
+    DatabaseUnavailableError,
+    IdempotencyConflictError,
+    UnknownFlowError,
+    ValueRejectedError,
+)
 from tests.conftest import Server
 from tests.integration.gateway_harness import CHAIN, TIMEOUT, running_gateway
 
@@ -42,25 +47,38 @@ async def test_concurrent_requests_share_a_transaction_and_an_unknown_flow_fails
         assert store.run_starter.batches < CONCURRENT
 
 
-async def test_a_value_the_database_refuses_fails_its_request_alone(store: Store) -> None:
+async def test_a_request_the_database_refuses_fails_alone_in_its_batch(store: Store) -> None:
     await store.define_flow(CHAIN)
-    # JSON can carry \u0000 in a string; PostgreSQL's jsonb cannot store it (SQLSTATE 22P05),
-    # so the whole batch's transaction fails and each request is tried again alone
+    await store.run_flow("chain", {"first": True}, idempotency_key="taken")
+    # The same key with another input: start_runs raises PF422, which fails the whole batch's
+    # transaction, so each request of the batch is tried again alone.
     inputs: list[Any] = [{"i": i} for i in range(12)]
-    inputs[5] = {"bad": "nul \u0000 here"}
-    results = await asyncio.wait_for(asyncio.gather(
-        *(store.run_flow("chain", value) for value in inputs), return_exceptions=True
-    ), TIMEOUT)
-    assert isinstance(results[5], ValueRejectedError)
+    calls = [store.run_flow("chain", value) if i != 5 else
+             store.run_flow("chain", {"other": True}, idempotency_key="taken")
+             for i, value in enumerate(inputs)]
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), TIMEOUT)
+    assert isinstance(results[5], IdempotencyConflictError)
     good = [r for i, r in enumerate(results) if i != 5]
     assert all(isinstance(r, uuid.UUID) for r in good)
     assert store.run_starter.largest_batch > 1
-    rows = await store.pool.fetch("select run_id, input from pgflow.runs")
+    rows = await store.pool.fetch("select run_id, input from pgflow.runs where idempotency_key "
+                                  "is null")
     assert {row["run_id"]: row["input"] for row in rows} == {
         r: inputs[i] for i, r in enumerate(results) if i != 5
     }
     with pytest.raises(UnknownFlowError, match="unknown flow 'nope'"):
         await store.run_flow("nope", {})
+
+
+@pytest.mark.parametrize("value", [{"bad": "nul \u0000 here"}, [1.0, float("nan")],
+                                   {"inf": float("inf")}, {1, 2}])
+async def test_an_input_that_cannot_be_stored_is_refused_before_the_database(
+        store: Store, value: Any) -> None:
+    # JSON has no NaN (orjson would write null: the input changed, silently) and jsonb no U+0000
+    await store.define_flow(CHAIN)
+    with pytest.raises(ValueRejectedError, match="cannot be stored as JSON"):
+        await store.run_flow("chain", value)
+    assert await store.pool.fetchval("select count(*) from pgflow.runs") == 0
 
 
 async def test_a_database_crash_mid_batch_loses_no_acknowledged_run(
