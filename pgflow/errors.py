@@ -2,7 +2,7 @@
 
     PGFlowError
     ├── InvalidFlowError        define_flow refused a shape (SQLSTATE PF400)
-    ├── FlowShapeConflictError  another shape already uses the slug (PF409)
+    ├── FlowShapeConflictError  PF409: no longer raised (a changed shape is a new version)
     ├── UnknownFlowError        run_flow on a flow that was never defined (PF404)
     ├── UnknownRunError         no run with that id (PF404)
     ├── UnknownStepError        the run has no step with that slug (PF404)
@@ -37,7 +37,8 @@ class InvalidFlowError(PGFlowError):
 
 
 class FlowShapeConflictError(PGFlowError):
-    """A flow with this slug already exists with a different shape."""
+    """A flow with this slug already exists with a different shape. (Kept for callers that
+    catch it: define_flow now records a changed shape as the flow's next version.)"""
 
 
 class UnknownFlowError(PGFlowError):

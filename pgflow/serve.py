@@ -93,7 +93,7 @@ async def _serve(url: str, flows: list[Flow], config: GatewayConfig,
             "retention_interval": args.retention_interval,
         })
     else:
-        # The worker's flow sync, for its messages: a changed shape names a new slug to use.
+        # The worker's flow sync, for its messages: a changed shape is a new version.
         app = create_app(url, flows=flows, config=config, sync_flows=sync_flows)
     runtime = runtime_of(app)
     await runtime.start()  # migrations and flow errors end here, with a clear message

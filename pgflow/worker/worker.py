@@ -218,7 +218,7 @@ class Worker:
         """Works until ``stop()``; returns after the shutdown.
 
         Raises:
-            FlowShapeConflictError, InvalidFlowError: a flow cannot be defined as declared.
+            InvalidFlowError: a flow cannot be defined as declared.
             ConfigurationError: the database refuses the connection (bad URL, credentials).
         """
         if self._ran:
