@@ -54,3 +54,12 @@ async def sc(input: Any) -> int:
 @streaming.step(depends_on=[sb, sc])
 async def sd(input: Any) -> int:
     return 4
+
+
+# A map over the run's input (issue 18): a no-op task per element.
+mapped = Flow("bench_map", max_attempts=3, base_delay=1, timeout=60)
+
+
+@mapped.map(over="run", output=True)
+async def element(input: Any) -> None:
+    return None

@@ -39,6 +39,8 @@ export interface StepStartedEvent extends EventBase {
   error: null;
   /** The attempt about to run. */
   attempt: number;
+  /** A map step's: how many elements it runs, each one a task of its own (`task:*` events). */
+  tasks?: number;
 }
 
 export interface StepCompletedEvent extends EventBase {
@@ -163,6 +165,63 @@ export interface RunRetriedEvent extends EventBase {
   attempt: null;
 }
 
+// ---- map steps: one task per element ----
+
+/**
+ * What every `task:*` event carries: the map step (`step_slug`) and the element (`index`). The
+ * map step's own status only ever changes with `step:*` events: an element that fails for good
+ * (`task:failed`) is followed by the step's `step:failed` (error `task <index> failed: …`).
+ */
+interface TaskEventBase extends EventBase {
+  /** The map step the element belongs to. */
+  step_slug: string;
+  /** The element's index in the array the step maps over, from 0. */
+  index: number;
+  /** The element's attempt. */
+  attempt: number;
+}
+
+/** A retry of an element was claimed (attempt 2 and up: the first attempts get no event). */
+export interface TaskStartedEvent extends TaskEventBase {
+  event: "task:started";
+  status: "started";
+  output?: null;
+  error?: null;
+}
+
+/** An element completed. Its output is not in the event: the step's step:completed has them all. */
+export interface TaskCompletedEvent extends TaskEventBase {
+  event: "task:completed";
+  status: "completed";
+  output?: null;
+  error?: null;
+}
+
+/** An element's attempt failed and will be retried after its backoff. */
+export interface TaskRetryingEvent extends TaskEventBase {
+  event: "task:retrying";
+  status: "retrying";
+  output?: null;
+  error: string;
+}
+
+/** An element failed for good; the map step's step:failed, then run:failed, follow. */
+export interface TaskFailedEvent extends TaskEventBase {
+  event: "task:failed";
+  status: "failed";
+  output?: null;
+  error: string;
+}
+
+/** Chunks an element streamed while it ran, as step:stream carries a step's. */
+export interface TaskStreamEvent extends TaskEventBase {
+  event: "task:stream";
+  chunks: unknown[];
+  status?: undefined;
+  output?: undefined;
+  error?: undefined;
+}
+
 /** Every event of a run, discriminated by `event`. */
 export type FlowEvent<TOutput = unknown> =
   | RunStartedEvent
@@ -176,7 +235,12 @@ export type FlowEvent<TOutput = unknown> =
   | RunCompletedEvent<TOutput>
   | RunFailedEvent
   | RunCancelledEvent
-  | RunRetriedEvent;
+  | RunRetriedEvent
+  | TaskStartedEvent
+  | TaskCompletedEvent
+  | TaskRetryingEvent
+  | TaskFailedEvent
+  | TaskStreamEvent;
 
 export type FlowEventName = FlowEvent["event"];
 
@@ -185,17 +249,37 @@ export type EventOf<N extends FlowEventName, TOutput = unknown> = Extract<FlowEv
 
 export type EventListener<E = FlowEvent> = (event: E) => void;
 
-/** Called with each chunk a step streams, in order (`onChunk`). */
-export type ChunkListener = (stepSlug: string, chunk: unknown) => void;
+/** Which element of a map step streamed a chunk (`task:stream`). */
+export interface TaskChunkSource {
+  index: number;
+  attempt: number;
+}
+
+/**
+ * Called with each chunk a step streams, in order (`onChunk`). The elements of a map step stream
+ * too: their chunks come with `task`, which says which element (a step's own come without it).
+ */
+export type ChunkListener = (stepSlug: string, chunk: unknown, task?: TaskChunkSource) => void;
 
 // ---- graph and state --------------------------------------------------------------------------
+
+/**
+ * What a step is. `task`: a handler a worker runs; `input`: a step that waits for a person's value
+ * (`run.submit()`); `map`: a handler run once per element of an array, each element its own task
+ * (`task:*` events); `http`: a task a worker hands to an HTTP endpoint (`url`).
+ */
+export type StepKind = "task" | "input" | "map" | "http";
 
 /** One step of a flow's shape, as `define_flow` takes it. */
 export interface FlowGraphStep {
   slug: string;
   depends_on: string[];
-  /** `input`: a step that waits for a person's value (`run.submit()`); `task` otherwise. */
-  kind?: "task" | "input";
+  /** `task` when absent. */
+  kind?: StepKind;
+  /** A map step's array: the output of one of `depends_on`, or `"run"` (the run's input). */
+  over?: string;
+  /** An HTTP step's endpoint; a relative one ("/functions/x") is resolved by the worker. */
+  url?: string;
   /** An input step's JSON Schema for its value. */
   schema?: JsonSchema;
   max_attempts?: number;
@@ -214,9 +298,30 @@ export interface FlowGraph {
   [option: string]: unknown;
 }
 
+/**
+ * Where an element of a map step is (`run.taskStatus()`): `pending` (queued, or running its first
+ * attempt: no event tells these apart), `started` (a retry running), `retrying` (waiting out its
+ * backoff), `completed`, `failed` (for good).
+ */
+export type TaskStatus = "pending" | "started" | "retrying" | "completed" | "failed";
+
+/** A failed attempt of an element of a map step (`task:retrying` or `task:failed`). */
+export interface TaskError {
+  readonly index: number;
+  readonly attempt: number | null;
+  readonly error: string;
+  /** `task:failed`: no more attempts. `false`: `task:retrying`, another attempt follows. */
+  readonly final: boolean;
+  readonly at: string | null;
+  /** The event's seq. */
+  readonly seq: number;
+}
+
 /** Live state of one step, updated in place as events arrive. */
 export interface StepState {
   readonly slug: string;
+  /** From the flow's graph; `task` until the graph is loaded (a map step's step:started says `map`). */
+  readonly kind: StepKind;
   readonly status: StepStatus;
   readonly output: unknown;
   readonly error: string | null;
@@ -244,6 +349,19 @@ export interface StepState {
   readonly input: Record<string, unknown> | null;
   /** ISO 8601: when a waiting input step fails without a value; from step:waiting, else null. */
   readonly timeoutAt: string | null;
+  /** A map step's element count, from its step:started; null before (and for other steps). */
+  readonly tasks: number | null;
+  /** How many of a map step's elements completed (`task:completed`), each counted once. */
+  readonly tasksCompleted: number;
+  /** How many of them failed for good (`task:failed`). */
+  readonly tasksFailed: number;
+  /** How many of them wait out a retry's backoff (`task:retrying`, until their `task:started`). */
+  readonly tasksRetrying: number;
+  /**
+   * The latest failed attempts of its elements, oldest first: at most 10. Replaced, not
+   * changed, by each new one. A retried run's new start of the step clears them.
+   */
+  readonly taskErrors: readonly TaskError[];
 }
 
 /**
@@ -522,6 +640,11 @@ export class FlowRun<TOutput = unknown> {
 
   /** Live state of one step (status `created` until an event says otherwise). */
   step(slug: string): StepState;
+  /**
+   * Where element `index` of map step `stepSlug` is; null for a step that is no map or an index
+   * it has not heard of. O(1): the counts are on `step(stepSlug)`.
+   */
+  taskStatus(stepSlug: string, index: number): TaskStatus | null;
   /** Listen to one event name, or "*" for every event; returns the unsubscribe function. */
   on<N extends FlowEventName>(event: N, listener: EventListener<EventOf<N, TOutput>>): () => void;
   on(event: "*", listener: EventListener<FlowEvent<TOutput>>): () => void;

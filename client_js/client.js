@@ -55,7 +55,9 @@ function gatewayBase(url) {
 
 /**
  * An event listener that hands `onChunk` each chunk of every `step:stream` event, one call per
- * chunk: one that throws is reported and costs none of the chunks after it.
+ * chunk: one that throws is reported and costs none of the chunks after it. A map step's
+ * elements stream too (`task:stream`): their chunks come with a third argument, `{index,
+ * attempt}`, which a two-argument onChunk simply ignores.
  * @param {ChunkListener | undefined} onChunk
  * @returns {Listener | undefined}
  */
@@ -63,10 +65,14 @@ function chunkListener(onChunk) {
   if (onChunk === undefined) return undefined;
   if (typeof onChunk !== "function") throw new TypeError("pgflow client: onChunk must be a function");
   return (event) => {
-    if (event.event !== "step:stream" || !Array.isArray(event.chunks)) return;
+    const task = event.event === "task:stream";
+    if ((!task && event.event !== "step:stream") || !Array.isArray(event.chunks)) return;
+    const element = task ? { index: event.index, attempt: event.attempt } : undefined;
     for (const chunk of event.chunks) {
       try {
-        onChunk(event.step_slug, chunk);
+        // a step's own chunks keep the two-argument call they always had
+        if (element) onChunk(event.step_slug, chunk, element);
+        else onChunk(event.step_slug, chunk);
       } catch (err) {
         reportListenerError(err);
       }

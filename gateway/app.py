@@ -156,6 +156,7 @@ def create_app(
         auth=runtime.auth, flows=runtime.flows, store=runtime.require_store,
         metrics=runtime.metrics, max_body_bytes=config.max_body_bytes,
         unhealthy=runtime.unhealthy, open_sockets=lambda: len(runtime.fanout.clients),
+        http_secret=config.http_secret,
     )
     app = Starlette(
         routes=[*routes, WebSocketRoute("/realtime", realtime)],

@@ -91,8 +91,14 @@ class GatewayConfig:
     # A direct URL for LISTEN and the migrations, when the database URL is PgBouncer's.
     listen_database_url: str | None = None
     pgbouncer: bool = False  # the database URL is PgBouncer in transaction mode
+    # The HMAC secret of HTTP steps' callback tokens (/rpc/complete_step, /rpc/fail_step);
+    # None: those routes answer 404.
+    http_secret: str | None = None
 
     def __post_init__(self) -> None:
+        if self.http_secret is not None and (not isinstance(self.http_secret, str)
+                                             or not self.http_secret):
+            raise ConfigurationError("--http-secret must be a non-empty string")
         if self.jwt_secret is not None and self.jwt_public_key is not None:
             raise ConfigurationError("give --jwt-secret or --jwt-public-key, not both")
         if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_HS256_SECRET_BYTES:
@@ -181,6 +187,7 @@ class GatewayConfig:
             pool_size=args.pool_size,
             listen_database_url=args.listen_database_url or None,
             pgbouncer=args.pgbouncer,
+            http_secret=args.http_secret or None,
         )
 
     @classmethod
@@ -296,6 +303,19 @@ def add_pgbouncer_options(
         default=env.get("PGFLOW_PGBOUNCER", "").lower() in ("1", "true", "yes"),
         help="the database URL is PgBouncer in transaction pooling mode: no named prepared "
         "statements (default: $PGFLOW_PGBOUNCER=1, else off)",
+    )
+
+
+def add_http_secret_option(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> None:
+    """``--http-secret``, of ``pgflow serve``, ``pgflow worker`` and ``pgflow demo``."""
+    env = os.environ if environ is None else environ
+    parser.add_argument(
+        "--http-secret", default=env.get("PGFLOW_HTTP_SECRET"), metavar="SECRET",
+        help="the secret HTTP steps are signed with: the worker signs its requests and callback "
+        "tokens with it, the functions check the signatures, the gateway the tokens "
+        "(default: $PGFLOW_HTTP_SECRET; without it HTTP steps are off)",
     )
 
 
@@ -456,3 +476,4 @@ def add_gateway_options(
         help=f"database connections for HTTP and replays (default: {DEFAULT_POOL_SIZE})",
     )
     add_pgbouncer_options(parser, env)
+    add_http_secret_option(parser, env)

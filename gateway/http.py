@@ -1,5 +1,5 @@
-"""The HTTP routes: run_flow, flows, runs and their steering (cancel, input, retry), health,
-metrics, the JS client and the demo page.
+"""The HTTP routes: run_flow, flows, runs and their steering (cancel, input, retry), HTTP
+steps' callbacks (complete_step, fail_step), health, metrics, the JS client and the demo page.
 
 Every handler answers errors as ``{"error": {"code", "message"}}`` with the status that
 ``wire.error_status`` gives; ``_api`` translates PGFlow's exceptions, and nothing a client sends
@@ -48,6 +48,7 @@ from pgflow.errors import (
 )
 from pgflow.flows import SLUG, Flow
 from pgflow.input_schema import validate_input
+from pgflow.signing import TokenClaims, TokenError, read_token
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ CLIENT_MODULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # Idempotency-Key: 1 to 255 visible ASCII characters (no spaces, no controls).
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 MAX_CANCEL_REASON = 1000  # characters: the reason travels in run:cancelled to every subscriber
+MAX_STEP_ERROR = 4000  # characters of an HTTP step's error sent to /rpc/fail_step
+NO_HTTP_STEPS = "HTTP steps are not configured: --http-secret"
 
 PLACEHOLDER_PAGE = b"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>PGFlow gateway</title></head>
@@ -304,6 +307,7 @@ def http_routes(
     max_body_bytes: int,
     unhealthy: Callable[[], str | None],
     open_sockets: Callable[[], int],
+    http_secret: str | None = None,
 ) -> list[BaseRoute]:
     """The gateway's HTTP routes.
 
@@ -311,6 +315,8 @@ def http_routes(
         store: the open store (raises ``DatabaseUnavailableError`` until it is).
         unhealthy: why the gateway is not serving (``/healthz`` answers 503), or None.
         open_sockets: how many websockets are open.
+        http_secret: the secret HTTP steps' tokens are signed with (``--http-secret``); None:
+            the callback routes answer 404.
     """
     static = StaticFiles()
     # (slug, version) -> body: a version's shape never changes
@@ -518,6 +524,59 @@ def http_routes(
         return json_response({"run_id": str(run_id), "status": "started"},
                              headers={"Cache-Control": "no-store"})
 
+    async def step_callback(request: Request, field: str) -> tuple[TokenClaims, Any] | Response:
+        """The token's claims and the ``field`` of a callback's body ``{"token", field}``, or
+        the 404 of a gateway without a secret.
+
+        Raises:
+            BadJsonError, BadRequestError: not a JSON object with exactly those fields.
+            UnauthorizedError: a forged, malformed or expired token.
+        """
+        if http_secret is None:
+            return error_response("not_found", NO_HTTP_STEPS, 404)
+        body = await read_json(request, max_body_bytes)
+        expected = f'{{"token", "{field}"}}'
+        if not isinstance(body, dict) or "token" not in body or field not in body:
+            raise BadRequestError(f"the body must be a JSON object {expected}")
+        unknown = sorted(set(body) - {"token", field})
+        if unknown:
+            raise BadRequestError(f"unknown field(s) {', '.join(u[:64] for u in unknown[:10])}: "
+                                  f"expected {expected}")
+        token = body["token"]
+        if not isinstance(token, str):
+            raise BadRequestError("token must be a string")
+        try:
+            claims = read_token(http_secret, token)
+        except TokenError as exc:
+            raise UnauthorizedError(str(exc)) from None
+        return claims, body[field]
+
+    @_api
+    async def complete_step(request: Request) -> Response:
+        found = await step_callback(request, "output")
+        if isinstance(found, Response):
+            return found
+        claims, output = found
+        check_storable(output, "output")
+        applied = await store().complete_step(claims.run_id, claims.step_slug, output,
+                                              claims.worker_id, claims.attempt)
+        return json_response({"applied": bool(applied)}, headers={"Cache-Control": "no-store"})
+
+    @_api
+    async def fail_step(request: Request) -> Response:
+        found = await step_callback(request, "error")
+        if isinstance(found, Response):
+            return found
+        claims, error = found
+        if not isinstance(error, str):
+            raise BadRequestError("error must be a string")
+        if len(error) > MAX_STEP_ERROR:
+            raise BadRequestError(f"error is over {MAX_STEP_ERROR} characters")
+        check_storable(error, "error")
+        applied = await store().fail_step(claims.run_id, claims.step_slug, error,
+                                          claims.worker_id, claims.attempt)
+        return json_response({"applied": bool(applied)}, headers={"Cache-Control": "no-store"})
+
     async def healthz(request: Request) -> Response:
         problem = unhealthy()
         if problem is not None:
@@ -579,6 +638,8 @@ def http_routes(
         Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/runs/{run_id}/steps/{step_slug}/input", submit_input, methods=["POST"]),
         Route("/runs/{run_id}/retry", retry_run, methods=["POST"]),
+        Route("/rpc/complete_step", complete_step, methods=["POST"]),
+        Route("/rpc/fail_step", fail_step, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_page, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

@@ -16,6 +16,7 @@ _ERROR_CODES = [
     "too_many_subscriptions", "too_many_connections", "unavailable", "internal",
 ]
 _RUN_STATUSES = ["started", "completed", "failed", "cancelled"]
+_STEP_KINDS = ["task", "input", "map", "http"]
 _STEP_STATUSES = ["created", "started", "retrying", "waiting", "completed", "failed",
                   "cancelled"]
 
@@ -155,6 +156,33 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("RunRetried"), "the run started again"),
                               **_errors(400, 401, 403, 404, 409, 413, 503)},
             }},
+            "/rpc/complete_step": {"post": {
+                "summary": "An HTTP step's function completes its step (callback; the token "
+                           "is the credential, docs/reference/http-steps.md)",
+                "security": [{}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("CompleteStepRequest")}}},
+                "responses": {
+                    "200": _json(_ref("StepCallbackApplied"), "applied: false for a late or "
+                                 "repeated callback (the attempt no longer holds the step)"),
+                    "401": {"$ref": "#/components/responses/E401"},
+                    "404": _json(_ref("Error"), "HTTP steps are not configured: the gateway "
+                                 "has no --http-secret (not_found)"),
+                    **_errors(400, 413, 503)},
+            }},
+            "/rpc/fail_step": {"post": {
+                "summary": "An HTTP step's function fails its attempt (callback; retried with "
+                           "the step's backoff while attempts remain)",
+                "security": [{}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("FailStepRequest")}}},
+                "responses": {
+                    "200": _json(_ref("StepCallbackApplied"), "applied: false for a late or "
+                                 "repeated callback"),
+                    "401": {"$ref": "#/components/responses/E401"},
+                    "404": _json(_ref("Error"), "HTTP steps are not configured (not_found)"),
+                    **_errors(400, 413, 503)},
+            }},
             "/healthz": {"get": {
                 "summary": "Liveness: 200 while the LISTEN connection is up",
                 "security": [{}],
@@ -219,6 +247,18 @@ def openapi_document() -> dict[str, Any]:
                                   "properties": {"run_id": {"type": "string", "format": "uuid"},
                                                  "step_slug": {"type": "string"},
                                                  "status": {"const": "completed"}}},
+                "CompleteStepRequest": {
+                    "type": "object", "required": ["token", "output"],
+                    "additionalProperties": False, "properties": {
+                        "token": {"type": "string", "description": "the request's token"},
+                        "output": {"description": "any JSON: the step's output"}}},
+                "FailStepRequest": {
+                    "type": "object", "required": ["token", "error"],
+                    "additionalProperties": False, "properties": {
+                        "token": {"type": "string", "description": "the request's token"},
+                        "error": {"type": "string", "maxLength": 4000}}},
+                "StepCallbackApplied": {"type": "object", "required": ["applied"],
+                                        "properties": {"applied": {"type": "boolean"}}},
                 "RunRetried": {"type": "object", "required": ["run_id", "status"],
                                "properties": {"run_id": {"type": "string", "format": "uuid"},
                                               "status": {"const": "started"}}},
@@ -244,9 +284,15 @@ def openapi_document() -> dict[str, Any]:
                                  "max_attempts": {"type": "integer"},
                                  "base_delay": {"type": "number"},
                                  "timeout": {"type": "integer"},
-                                 "kind": {"enum": ["task", "input"]},
+                                 "kind": {"enum": _STEP_KINDS},
                                  "schema": {"description": "an input step's JSON Schema "
-                                                           "(2020-12)"}}}},
+                                                           "(2020-12)"},
+                                 "over": {"type": "string",
+                                          "description": "a map step's array: a dependency "
+                                                         "or \"run\""},
+                                 "url": {"type": "string",
+                                         "description": "an HTTP step's function"}}}},
+                             "version": {"type": "integer", "minimum": 1},
                              "output_step": {"type": ["string", "null"]},
                              "public": {"type": "boolean"},
                              "description": {"type": "string"},
@@ -272,10 +318,13 @@ def openapi_document() -> dict[str, Any]:
                     "seq": {"type": "integer"},
                     "steps": {"type": "array", "items": {"type": "object", "properties": {
                         "step_slug": {"type": "string"},
-                        "kind": {"enum": ["task", "input"]},
+                        "kind": {"enum": _STEP_KINDS},
                         "status": {"enum": _STEP_STATUSES},
                         "attempt": {"type": "integer"}, "output": {},
-                        "error": {"type": ["string", "null"]}}}}}},
+                        "error": {"type": ["string", "null"]},
+                        "tasks": {"type": ["integer", "null"],
+                                  "description": "a map step's element tasks"},
+                        "tasks_completed": {"type": ["integer", "null"]}}}}}},
             },
         },
     }

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from gateway.config import (
     lease_seconds,
@@ -67,6 +68,38 @@ def _add_flows_option(parser: argparse.ArgumentParser, required: bool) -> None:
         metavar="MODULE[:ATTR]",
         help="module whose top-level Flow objects to load, or MODULE:ATTR for one Flow or a "
         "list; repeatable",
+    )
+
+
+def http_url(text: str) -> str:
+    """An ``http(s)://host[:port][/path]`` URL, without its trailing slash."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.query or parts.fragment):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s)://host[:port][/path] URL")
+    return text.rstrip("/")
+
+
+def _add_http_step_options(parser: argparse.ArgumentParser) -> None:
+    """The options of HTTP steps' dispatch (docs/reference/http-steps.md); ``--http-secret``
+    comes from ``gateway.config.add_http_secret_option``."""
+    parser.add_argument(
+        "--http-concurrency", type=positive_int, default=None, metavar="N",
+        help="HTTP steps' calls in flight at once in this process (default: 64)",
+    )
+    parser.add_argument(
+        "--http-base-url", type=http_url, default=None, metavar="URL",
+        help="what HTTP steps' relative urls (/functions/render) are resolved against "
+        "(default: none; serve --with-worker and demo: the gateway's own URL)",
+    )
+    parser.add_argument(
+        "--callback-url", type=http_url, default=None, metavar="URL",
+        help="the gateway base URL HTTP steps' functions call back (/rpc/complete_step, "
+        "/rpc/fail_step) (default: --http-base-url)",
     )
 
 
@@ -133,6 +166,7 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
         default=300.0,
         help="seconds between --retention rounds (default: 300)",
     )
+    _add_http_step_options(parser)
 
 
 def _add_server_options(parser: argparse.ArgumentParser, default_port: int) -> None:
@@ -168,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(demo, 8000)
     _add_database_options(demo)
     _add_flows_option(demo, required=False)
+    _add_http_step_options(demo)
+    from gateway.config import add_http_secret_option
+
+    add_http_secret_option(demo)
 
     serve = commands.add_parser(
         "serve",
@@ -196,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.config import add_pgbouncer_options
 
     add_pgbouncer_options(worker)
+    add_http_secret_option(worker)
 
     migrate = commands.add_parser("migrate", help="apply the engine's SQL migrations")
     _add_database_options(migrate)

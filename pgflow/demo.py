@@ -11,32 +11,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import importlib.util
 import logging
 import os
+import secrets
+
+from starlette.routing import Mount
 
 from gateway.app import create_app, runtime_of
+from gateway.config import GatewayConfig
 from gateway.server import GatewayServer
 from pgflow.db.local_server import database_url, default_data_dir
 from pgflow.flows import Flow, load_flows
-from pgflow.serve import create_app_with_worker
+from pgflow.serve import create_app_with_worker, http_worker_options
 
 logger = logging.getLogger(__name__)
 
-# The repository's examples; an installed wheel carries the same module under gateway/.
+# The repository's examples; an installed wheel carries the same modules under pgflow/.
 EXAMPLE_MODULES = ("examples.flows", "pgflow._demo_flows")
+# The mixed flow (Python, map and HTTP steps), and the HTTP function its HTTP step calls,
+# which the demo serves itself at FUNCTIONS_PATH.
+PIPELINE_MODULES = ("examples.pipeline", "pgflow._demo_pipeline")
+FUNCTION_MODULES = ("examples.functions.render_starlette", "pgflow._demo_function")
+FUNCTIONS_PATH = "/functions"
 DEMO_CONCURRENCY = 32
 
 
-def example_flows() -> list[Flow]:
-    for module in EXAMPLE_MODULES:
+def _first_module(candidates: tuple[str, ...]) -> str | None:
+    for module in candidates:
         try:
-            found = importlib.util.find_spec(module) is not None
+            if importlib.util.find_spec(module) is not None:
+                return module
         except ModuleNotFoundError:
-            found = False
-        if found:
-            return load_flows([module])
-    return []
+            continue
+    return None
+
+
+def example_flows() -> list[Flow]:
+    found = [_first_module(EXAMPLE_MODULES), _first_module(PIPELINE_MODULES)]
+    return load_flows([module for module in found if module is not None])
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -52,15 +66,28 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 async def _demo(url: str, database: str, flows: list[Flow], args: argparse.Namespace) -> int:
+    function = _first_module(FUNCTION_MODULES)
+    if not args.http_secret and function is not None and any(
+            step.kind == "http" for flow in flows for step in flow.steps.values()):
+        # nothing to set up: this process is the worker, the gateway and the function, so a
+        # secret of its own signs the calls and the callbacks
+        args.http_secret = secrets.token_urlsafe(32)
+    config = GatewayConfig(http_secret=args.http_secret or None)
+    port = args.port
     if flows:
-        app = create_app_with_worker(url, flows=flows, worker_options={
-            "concurrency": DEMO_CONCURRENCY, "poll_interval": 0.5})
+        http_options, port = http_worker_options(args)
+        app = create_app_with_worker(url, flows=flows, config=config, worker_options={
+            "concurrency": DEMO_CONCURRENCY, "poll_interval": 0.5, **http_options})
     else:
-        app = create_app(url)
+        app = create_app(url, config=config)
+    if function is not None and args.http_secret:
+        # the example HTTP function (examples/functions/render_starlette.py), served here
+        make_function = importlib.import_module(function).make_app
+        app.router.routes.append(Mount(FUNCTIONS_PATH, app=make_function(args.http_secret)))
     runtime = runtime_of(app)
     await runtime.start()
     server = GatewayServer(
-        app, host=args.host, port=args.port, log_level=args.log_level,
+        app, host=args.host, port=port, log_level=args.log_level,
         install_signal_handlers=True,
     )
     bound = await server.start()

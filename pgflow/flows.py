@@ -6,6 +6,7 @@ shape are raised at import time, naming the flow and the step, so a typo never r
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import re
@@ -29,6 +30,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BASE_DELAY = 1.0  # seconds
 DEFAULT_TIMEOUT = 60  # seconds
 MAX_INPUT_TIMEOUT = 30 * 86400  # seconds an input step may wait for its value
+# what define_flow takes as an HTTP step's url (sql/schema/0110_function__normalise_flow.sql)
+HTTP_URL = re.compile(r"^(https?://[^\s/?#]+|/)\S*$")
 
 
 class ChunkSink(Protocol):
@@ -53,6 +56,7 @@ class StepContext:
     worker_id: str
     stream: ChunkSink | None = field(default=None, repr=False, compare=False)
     cancel_signal: threading.Event | None = field(default=None, repr=False, compare=False)
+    index: int | None = None  # a map step's element: its index in the array (also input["index"])
 
     @property
     def cancelled(self) -> bool:
@@ -97,10 +101,13 @@ class Step:
     timeout: int | None
     takes_context: bool = False
     schema: dict[str, Any] | bool | None = None  # an input step's JSON Schema
+    kind: str = "task"  # "task", "input", "map" (a task per element of `over`), "http"
+    over: str | None = None  # a map step's array: a dependency's slug, or "run"
+    url: str | None = None  # an HTTP step's function
 
     @property
     def is_input(self) -> bool:
-        return self.handler is None
+        return self.kind == "input"
 
     @property
     def is_async(self) -> bool:
@@ -173,6 +180,79 @@ class Flow:
 
         return register
 
+    def map(
+        self,
+        slug: str | None = None,
+        *,
+        over: str | Callable[..., Any],
+        depends_on: Iterable[str | Callable[..., Any]] = (),
+        max_attempts: int | None = None,
+        base_delay: float | None = None,
+        timeout: int | None = None,
+        output: bool = False,
+    ) -> Callable[[H], H]:
+        """Declares the decorated function as a map step: it runs once per element of the array
+        ``over`` gives (a step of this flow, its function or slug, or ``"run"``: the run's
+        input), each element a task of its own, with its own attempts, lease and retries.
+
+        The handler's input is the step's usual input with ``"item"`` (the element) and
+        ``"index"`` added, without the array itself (``over``'s key, or ``"run"`` when it maps
+        over the run's input): a 10,000-element array is not sent 10,000 times. The step's
+        output is the array of the elements' outputs, in index order; an empty array gives
+        ``[]`` at once. A value that is not an array, or one of more than 100,000 elements,
+        fails the step. The options apply to each element.
+        """
+        where = f"flow {self.slug!r}"
+        over_slug = over if over == "run" else self._dependency_slug(f"{where}, map step", over)
+        depends = list(depends_on)
+        if over_slug != "run" and over_slug not in [
+                d if isinstance(d, str) else self._dependency_slug(where, d) for d in depends]:
+            depends.insert(0, over_slug)
+        register = self.step(slug, depends_on=depends, max_attempts=max_attempts,
+                             base_delay=base_delay, timeout=timeout, output=output)
+
+        def register_map(handler: H) -> H:
+            register(handler)
+            step_slug = str(slug or getattr(handler, "__name__", ""))
+            self.steps[step_slug] = dataclasses.replace(
+                self.steps[step_slug], kind="map", over=over_slug)
+            return handler
+
+        return register_map
+
+    def http_step(
+        self,
+        slug: str,
+        *,
+        url: str,
+        depends_on: Iterable[str | Callable[..., Any]] = (),
+        max_attempts: int | None = None,
+        base_delay: float | None = None,
+        timeout: int | None = None,
+        output: bool = False,
+    ) -> str:
+        """Declares a step run by an HTTP function, in any language: no Python handler. A
+        worker POSTs the step's input, signed, to ``url`` (an ``http(s)://`` URL, or a path
+        starting with ``/`` that the worker's ``--http-base-url`` completes); the function
+        answers with the output, or 202 and calls back (docs/reference/http-steps.md).
+
+        Returns the slug, to name in later steps' ``depends_on``.
+        """
+        where = f"flow {self.slug!r}, HTTP step {slug!r}"
+        _check_options(where, max_attempts, base_delay, timeout)
+        if not isinstance(url, str) or not HTTP_URL.match(url) or len(url) > 2000:
+            raise InvalidFlowError(
+                f"{where}: url must be an http(s) URL or a path starting with '/', without "
+                f"spaces, at most 2000 characters, not {url!r}")
+        deps = self._check_new_step(where, slug, depends_on)
+        self.steps[slug] = Step(slug, None, deps, max_attempts, base_delay, timeout,
+                                kind="http", url=url)
+        if output:
+            if self.output_step is not None and self.output_step != slug:
+                raise InvalidFlowError(f"{where}: output step is already {self.output_step!r}")
+            self.output_step = slug
+        return slug
+
     def input_step(
         self,
         slug: str,
@@ -205,7 +285,8 @@ class Flow:
             except ValueError as error:
                 raise InvalidFlowError(f"{where}: {error}") from None
         deps = self._check_new_step(where, slug, depends_on)
-        self.steps[slug] = Step(slug, None, deps, None, None, timeout, schema=schema)
+        self.steps[slug] = Step(slug, None, deps, None, None, timeout, schema=schema,
+                                kind="input")
         return slug
 
     def _check_new_step(self, here: str, step_slug: str,
@@ -266,8 +347,12 @@ class Flow:
             shape |= {"kind": "input", "schema": step.schema if step.schema is not None else {}}
             if step.timeout is not None:
                 shape["timeout"] = step.timeout
-        else:
-            shape["timeout"] = step.timeout if step.timeout is not None else self.timeout
+            return shape
+        shape["timeout"] = step.timeout if step.timeout is not None else self.timeout
+        if step.kind == "map":
+            shape |= {"kind": "map", "over": step.over}
+        elif step.kind == "http":
+            shape |= {"kind": "http", "url": step.url}
         return shape
 
 

@@ -7,7 +7,9 @@ runs one as a side task of the gateway's lifespan, for ``serve --with-worker`` a
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,42 @@ if TYPE_CHECKING:
     from pgflow.flows import Flow
 
 WORKER_DESCRIPTORS = 16  # a worker beside the gateway: its pool, its LISTEN connection, a margin
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def own_url(host: str, port: int) -> tuple[str, int]:
+    """The gateway's URL as a worker in its process reaches it, and the port to listen on:
+    port 0 is resolved here to a free one, so that the URL can be known before the server
+    starts (a worker's HTTP steps call it back there)."""
+    host = _WILDCARDS.get(host, host)
+    if port == 0:
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+        except OSError as exc:
+            raise ConfigurationError(f"cannot listen on {host}: {exc}") from exc
+    try:
+        shown = f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:  # a name
+        shown = host
+    return f"http://{shown}:{port}", port
+
+
+def http_worker_options(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """The HTTP-step options of the worker beside the gateway (``serve --with-worker``,
+    ``demo``), and the port the gateway listens on: with ``--http-secret``, ``--http-base-url``
+    and ``--callback-url`` each default to the gateway's own URL."""
+    from pgflow.worker._options import http_step_options
+
+    port: int = args.port
+    base_url, callback_url = args.http_base_url, args.callback_url
+    if args.http_secret and (base_url is None or callback_url is None):
+        url, port = own_url(args.host, port)
+        base_url = base_url or url
+        callback_url = callback_url or url  # the callback routes are this gateway's
+    return http_step_options(args.http_secret, args.http_concurrency, base_url,
+                             callback_url), port
 
 
 
@@ -79,7 +117,9 @@ async def _serve(url: str, flows: list[Flow], config: GatewayConfig,
     from gateway.server import GatewayServer
     from pgflow.worker import sync_flows
 
+    port = args.port
     if args.with_worker:
+        http_options, port = http_worker_options(args)
         app = create_app_with_worker(url, flows=flows, config=config, worker_options={
             "concurrency": args.concurrency,
             "batch_size": args.batch_size,
@@ -91,6 +131,7 @@ async def _serve(url: str, flows: list[Flow], config: GatewayConfig,
             "max_stuck_threads": args.max_stuck_threads,
             "retention": args.retention,
             "retention_interval": args.retention_interval,
+            **http_options,
         })
     else:
         # The worker's flow sync, for its messages: a changed shape is a new version.
@@ -98,7 +139,7 @@ async def _serve(url: str, flows: list[Flow], config: GatewayConfig,
     runtime = runtime_of(app)
     await runtime.start()  # migrations and flow errors end here, with a clear message
     server = GatewayServer(
-        app, host=args.host, port=args.port, log_level=args.log_level,
+        app, host=args.host, port=port, log_level=args.log_level,
         access_log=os.environ.get("PGFLOW_ACCESS_LOG", "") == "1",
         install_signal_handlers=True,
     )

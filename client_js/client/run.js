@@ -4,6 +4,8 @@
 
 import { deadline, race } from "./deadline.js";
 import { FlowCancelledError, FlowFailedError, PGFlowError, reportListenerError } from "./errors.js";
+import { stepChunks } from "./stream.js";
+import { NO_TASK_ERRORS, TaskBoard } from "./tasks.js";
 
 // Losses of the socket in a row, with the same cause, while a run was behind and got no event
 // further: then the run fails (a frame this client cannot take would otherwise replay forever).
@@ -20,6 +22,21 @@ const RUN_WIDE_EVENTS = new Set(["run:failed", "run:cancelled", "run:retried"]);
 /** @typedef {{-readonly [K in keyof import("../client.js").StepState]: import("../client.js").StepState[K]}} StepState */
 /** @typedef {import("../client.js").RunSnapshot} RunSnapshot */
 /** @typedef {import("../client.js").StepStream<unknown>} StepStream */
+/** @typedef {import("../client.js").StepKind} StepKind */
+
+const STEP_KINDS = new Set(["task", "input", "map", "http"]);
+
+/**
+ * A step's kind as its graph entry gives it: `task` when it gives none (an older gateway) or one
+ * this client does not know.
+ * @param {FlowGraph | null} graph
+ * @param {string | null} slug
+ * @returns {StepKind}
+ */
+function kindIn(graph, slug) {
+  const kind = graph?.steps?.find((s) => s.slug === slug)?.kind;
+  return typeof kind === "string" && STEP_KINDS.has(kind) ? /** @type {StepKind} */ (kind) : "task";
+}
 
 /**
  * What a run needs from the client that follows it.
@@ -32,13 +49,15 @@ const RUN_WIDE_EVENTS = new Set(["run:failed", "run:cancelled", "run:retried"]);
 
 /**
  * @param {string | null} slug
+ * @param {StepKind} [kind]
  * @returns {StepState}
  */
-function newStepState(slug) {
+function newStepState(slug, kind = /** @type {StepKind} */ ("task")) {
   return {
-    slug: /** @type {string} */ (slug), status: "created", output: null, error: null, attempt: null,
+    slug: /** @type {string} */ (slug), kind, status: "created", output: null, error: null, attempt: null,
     startedAt: null, completedAt: null, failedAt: null, chunks: [], text: "", streamAttempt: null,
     schema: null, input: null, timeoutAt: null,
+    tasks: null, tasksCompleted: 0, tasksFailed: 0, tasksRetrying: 0, taskErrors: NO_TASK_ERRORS,
   };
 }
 
@@ -81,6 +100,8 @@ export class FlowRun {
     this._graph = null;
     /** @type {Map<string, StepState>} */
     this._steps = new Map();
+    /** @type {Map<string, TaskBoard>} map step -> where each of its elements is */
+    this._tasks = new Map();
     this._retries = 0; // subscription attempts refused as `unavailable`
     this._replayTo = 0; // the seq `subscribed` announced on the current socket
     this._stalls = 0; // consecutive socket losses while behind, without progress
@@ -142,11 +163,32 @@ export class FlowRun {
   step(slug) {
     let state = this._steps.get(slug);
     if (!state) {
-      state = newStepState(slug);
+      state = newStepState(slug, kindIn(this._graph, slug));
       if (this.status === "failed" || this.status === "cancelled") state.status = "cancelled";
       this._steps.set(slug, state);
     }
     return state;
+  }
+
+  /**
+   * Where element `index` of map step `slug` is: "pending" (queued, or running its first
+   * attempt), "started" (a retry running), "retrying", "completed" or "failed"; null for a step
+   * that is no map or an index it has not heard of.
+   * @param {string} slug
+   * @param {number} index
+   */
+  taskStatus(slug, index) {
+    return this._tasks.get(slug)?.status(index) ?? null;
+  }
+
+  /**
+   * The elements of map step `slug`, made on first use.
+   * @param {string} slug
+   */
+  _board(slug) {
+    let board = this._tasks.get(slug);
+    if (!board) this._tasks.set(slug, (board = new TaskBoard()));
+    return board;
   }
 
   /**
@@ -170,63 +212,7 @@ export class FlowRun {
    * @returns {StepStream}
    */
   stream(slug) {
-    const step = this.step(slug);
-    /** @type {[number | null, unknown][]} chunks received and not yet yielded, with their attempt */
-    const queue = [];
-    let head = 0; // index of the next one: shift() would make a long stream quadratic
-    /** @type {((result: IteratorResult<unknown, undefined>) => void)[]} */
-    const waiting = [];
-    let attempt = step.streamAttempt; // the attempt step.chunks held when last read
-    let read = 0; // how many of step.chunks are queued already
-    /** @type {number | null} */
-    let yielded = null; // the attempt of the chunk yielded last
-    let ended = false;
-    let off = () => {};
-    const flush = () => {
-      while (waiting.length > 0 && (head < queue.length || ended)) {
-        const resolve = /** @type {(result: IteratorResult<unknown, undefined>) => void} */ (waiting.shift());
-        if (head < queue.length) {
-          const [chunkAttempt, chunk] = /** @type {[number | null, unknown]} */ (queue[head++]);
-          yielded = chunkAttempt;
-          resolve({ done: false, value: chunk });
-        } else {
-          resolve({ done: true, value: undefined });
-        }
-      }
-      if (head === queue.length) queue.length = head = 0;
-    };
-    // Called after every change of the run: queue what step.chunks gained, then see if it ended.
-    const pull = () => {
-      // A new attempt's stream replaced step.chunks: read it from its start.
-      if (step.streamAttempt !== attempt) [attempt, read] = [step.streamAttempt, 0];
-      while (read < step.chunks.length) queue.push([attempt, step.chunks[read++]]);
-      if (STEP_FINAL_STATUSES.has(step.status) || this._settled) {
-        ended = true;
-        off();
-      }
-      flush();
-    };
-    pull();
-    if (!ended) off = this.subscribe(pull);
-    return {
-      get attempt() {
-        return yielded;
-      },
-      next: () => new Promise((resolve) => {
-        waiting.push(resolve);
-        flush();
-      }),
-      return: () => {
-        ended = true;
-        off();
-        queue.length = head = 0;
-        flush(); // a next() still pending ends too
-        return Promise.resolve({ done: true, value: undefined });
-      },
-      [Symbol.asyncIterator]() {
-        return this;
-      },
-    };
+    return stepChunks(this, slug);
   }
 
   /**
@@ -419,7 +405,13 @@ export class FlowRun {
   /** @param {FlowGraph | null} graph */
   _setGraph(graph) {
     this._graph = graph;
-    for (const s of graph?.steps ?? []) this.step(s.slug);
+    for (const s of graph?.steps ?? []) {
+      const step = this.step(s.slug);
+      const kind = kindIn(graph, s.slug);
+      // a map step known from its step:started's `tasks` before the graph came stays one
+      if (kind !== "task" || step.kind !== "map") step.kind = kind;
+    }
+    this._stepSnapshots.clear();
     this._changed();
   }
 
@@ -446,6 +438,17 @@ export class FlowRun {
         // Every attempt starts with one, retries included (after their `step:retrying`);
         // the previous attempt's error stays until the step completes.
         Object.assign(step, { status: status("started"), attempt, startedAt: event.at });
+        // A map step's says how many elements it runs (`tasks`): each one a task of its own.
+        if (typeof event.tasks === "number") step.kind = "map";
+        if (step.kind === "map" && event.step_slug) this._board(event.step_slug).start(step, event.tasks);
+        break;
+      case "task:started":
+      case "task:retrying":
+      case "task:completed":
+      case "task:failed":
+        // An element of a map step moved: its counts do. Never the step's own status, which
+        // only step:* events set (a failed element's step:failed follows it).
+        if (event.step_slug) this._board(event.step_slug).apply(step, event);
         break;
       case "step:retrying":
         Object.assign(step, { status: status("retrying"), attempt, error: event.error });
@@ -505,7 +508,12 @@ export class FlowRun {
         this._endEvent = null;
         // The engine re-queues every step that failed or was cancelled; those whose dependencies
         // are done get their step:started / step:waiting next, the others just wait again.
-        for (const s of this._steps.values()) if (s.status === "failed" || s.status === "cancelled") s.status = "created";
+        for (const s of this._steps.values()) {
+          if (s.status !== "failed" && s.status !== "cancelled") continue;
+          s.status = "created";
+          // a re-queued map step runs again the elements that did not complete
+          this._tasks.get(s.slug)?.rewind(s);
+        }
         break;
       default:
         break; // a newer gateway's event: kept in `events` and emitted, no state to change

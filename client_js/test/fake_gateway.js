@@ -38,6 +38,18 @@ export const APPROVAL_GRAPH = {
   output_step: "publish",
 };
 
+// A flow with a map step and an HTTP step: split -> square (once per element of split's array)
+// -> render (a POST to an endpoint).
+export const MAP_GRAPH = {
+  slug: "mapper",
+  steps: [
+    { slug: "split", depends_on: [], kind: "task", max_attempts: 3, base_delay: 1, timeout: 30 },
+    { slug: "square", depends_on: ["split"], kind: "map", over: "split", max_attempts: 3, base_delay: 1, timeout: 30 },
+    { slug: "render", depends_on: ["square"], kind: "http", url: "https://fn.example/render", max_attempts: 3, base_delay: 1, timeout: 30 },
+  ],
+  output_step: "render",
+};
+
 // Event rows as the gateway would log them; `seq` and `at` are filled in by `append`.
 export const ev = {
   runStarted: () => ({ event: "run:started", step_slug: null, status: "started", output: null, error: null, attempt: null }),
@@ -56,6 +68,13 @@ export const ev = {
   stepCancelled: (slug, attempt = null) => ({ event: "step:cancelled", step_slug: slug, status: "cancelled", output: null, error: null, attempt }),
   runCancelled: (reason = null) => ({ event: "run:cancelled", step_slug: null, status: "cancelled", output: null, error: null, attempt: null, reason }),
   runRetried: () => ({ event: "run:retried", step_slug: null, status: "started", output: null, error: null, attempt: null }),
+  // A map step's start says how many elements it runs; then one task:* event per element change.
+  mapStarted: (slug, tasks, attempt = 1) => ({ event: "step:started", step_slug: slug, status: "started", output: null, error: null, attempt, tasks }),
+  taskStarted: (slug, index, attempt) => ({ event: "task:started", step_slug: slug, index, status: "started", error: null, attempt }),
+  taskCompleted: (slug, index, attempt = 1) => ({ event: "task:completed", step_slug: slug, index, status: "completed", error: null, attempt }),
+  taskRetrying: (slug, index, error, attempt = 1) => ({ event: "task:retrying", step_slug: slug, index, status: "retrying", error, attempt }),
+  taskFailed: (slug, index, error, attempt = 1) => ({ event: "task:failed", step_slug: slug, index, status: "failed", error, attempt }),
+  taskStream: (slug, index, chunks, attempt = 1) => ({ event: "task:stream", step_slug: slug, index, attempt, chunks }),
 };
 
 const RUN_ENDS = new Set(["run:completed", "run:failed", "run:cancelled"]);
@@ -144,7 +163,7 @@ class FakeGateway extends EventEmitter {
   constructor(prefix = "") {
     super();
     this.prefix = prefix;
-    this.flows = new Map([[GRAPH.slug, GRAPH], [APPROVAL_GRAPH.slug, APPROVAL_GRAPH]]);
+    this.flows = new Map([[GRAPH.slug, GRAPH], [APPROVAL_GRAPH.slug, APPROVAL_GRAPH], [MAP_GRAPH.slug, MAP_GRAPH]]);
     // older versions of a flow, "slug@N" -> graph; `flows` holds each flow's newest
     this.flowVersions = new Map();
     // the version a new run of a flow starts on; default: its newest graph's (or 1)

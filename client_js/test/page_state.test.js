@@ -9,6 +9,7 @@ import {
   announcement, answerOf, cancelledText, documentTitle, eventCount, failureTail, LOG_LINES, needsInput, PageState,
   parseInput, problemText, runControls, runStatusLabel, steerOutcome, stepStream,
 } from "../../gateway/static/state.js";
+import { foldIndices, foldSummary, Timeline } from "../../gateway/static/timeline.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
 const at = (ms) => new Date(T0 + ms).toISOString();
@@ -361,4 +362,100 @@ test("a cancelled or retried run: texts, the recent list, the failing step forgo
   assert.equal(announcement(entry, APPROVAL[3]), "Step approve is waiting for your input.");
   assert.equal(cancelledText("too slow"), "The run was cancelled: too slow. Its unfinished steps were stopped; Retry runs them again.");
   assert.equal(cancelledText(null), "The run was cancelled. Its unfinished steps were stopped; Retry runs them again.");
+});
+
+// ---- map steps: the events table folds their task events ----
+
+const task = (seq, name, index, extra = {}) => ({
+  seq, event: `task:${name}`, step_slug: "square", index, attempt: 1, at: at(seq), ...extra,
+});
+const rowsOf = (timeline) => timeline.rows.map((r) => (r.kind === "fold" ? `${r.name} ×${r.count}` : r.event.event));
+
+test("the events table folds a map step's consecutive task events: one row per step and event name", () => {
+  const timeline = new Timeline();
+  timeline.add({ seq: 1, event: "run:started", step_slug: null, at: at(1) });
+  timeline.add({ seq: 2, event: "step:started", step_slug: "square", attempt: 1, tasks: 120, at: at(2) });
+  for (let i = 0; i < 120; i++) timeline.add(task(3 + i, "completed", i));
+  assert.deepEqual(rowsOf(timeline), ["run:started", "step:started", "task:completed ×120"]);
+  const fold = timeline.rows[2];
+  assert.equal(foldSummary(fold), "task:completed ×120 · 0–119");
+  assert.deepEqual([fold.fromSeq, fold.toSeq, fold.step, fold.firstAt, fold.lastAt], [3, 122, "square", at(3), at(122)]);
+
+  // retries in between do not break the completions' row: each name keeps its own
+  timeline.add(task(123, "retrying", 7, { error: "flaky" }));
+  timeline.add(task(124, "started", 7, { attempt: 2 }));
+  timeline.add(task(125, "retrying", 9, { error: "flakier" }));
+  assert.deepEqual(rowsOf(timeline), ["run:started", "step:started", "task:completed ×120", "task:retrying ×2", "task:started ×1"]);
+  assert.equal(timeline.rows[3].lastError, "flakier");
+  assert.equal(foldIndices(timeline.rows[3]), "7, 9");
+
+  // another event ends the folding: later task events start new rows, in time order
+  timeline.add({ seq: 126, event: "step:stream", step_slug: "other", attempt: 1, chunks: ["x"], at: at(126) });
+  timeline.add(task(127, "completed", 7, { attempt: 2 }));
+  assert.deepEqual(rowsOf(timeline).slice(-2), ["step:stream", "task:completed ×1"]);
+  assert.equal(foldSummary(timeline.rows.at(-1)), "task:completed ×1 · 7");
+
+  // two map steps at once: one row each
+  const other = { ...task(128, "completed", 0), step_slug: "cube" };
+  timeline.add(other);
+  timeline.add(task(129, "completed", 9));
+  timeline.add({ ...other, seq: 130, index: 1 });
+  assert.deepEqual(timeline.rows.slice(-2).map((r) => [r.step, r.count]), [["square", 2], ["cube", 2]]);
+});
+
+test("a fold lists its elements while they are few, else their range", () => {
+  const timeline = new Timeline();
+  for (const [seq, index] of [[1, 40], [2, 3], [3, 40], [4, 17]]) timeline.add(task(seq, "retrying", index, { error: "x" }));
+  assert.equal(foldIndices(timeline.rows[0]), "40, 3, 17", "distinct, in arrival order");
+  for (const [seq, index] of [[5, 8], [6, 2], [7, 99]]) timeline.add(task(seq, "retrying", index, { error: "x" }));
+  assert.equal(foldIndices(timeline.rows[0]), "2–99");
+  assert.equal(foldSummary(timeline.rows[0]), "task:retrying ×7 · 2–99");
+});
+
+test("take() gives the rows added, then the folds that grew since: what the table must draw", () => {
+  const timeline = new Timeline();
+  timeline.add({ seq: 1, event: "step:started", step_slug: "square", attempt: 1, tasks: 3, at: at(1) });
+  timeline.add(task(2, "completed", 0));
+  let taken = timeline.take();
+  assert.equal(taken.added.length, 2);
+  assert.deepEqual(taken.updated, []);
+  const fold = timeline.rows[1];
+  timeline.add(task(3, "completed", 1));
+  timeline.add(task(4, "completed", 2));
+  taken = timeline.take();
+  assert.deepEqual(taken, { added: [], updated: [fold] }, "the fold grew: updated, not added again");
+  assert.equal(fold.count, 3);
+  assert.deepEqual(timeline.take(), { added: [], updated: [] });
+  timeline.add(task(5, "failed", 2, { error: "boom" }));
+  timeline.add({ seq: 6, event: "step:failed", step_slug: "square", attempt: 1, error: "task 2 failed: boom", at: at(6) });
+  taken = timeline.take();
+  assert.deepEqual(taken.added.map((r) => r.kind), ["fold", "event"]);
+  timeline.reset();
+  assert.equal(timeline.take().added.length, 4, "after a reset, every row: the table is drawn anew");
+});
+
+test("a 10,000-element map's events make a handful of rows, replayed or live, and leave its timing alone", () => {
+  const n = 10_000;
+  const events = [
+    { seq: 1, event: "run:started", step_slug: null, at: at(0) },
+    { seq: 2, event: "step:started", step_slug: "square", attempt: 1, tasks: n, at: at(10) },
+  ];
+  for (let i = 0; i < n; i++) {
+    events.push(task(events.length + 1, i % 100 === 5 ? "retrying" : "completed", i, i % 100 === 5 ? { error: "flaky" } : {}));
+  }
+  for (let i = 5; i < n; i += 100) events.push(task(events.length + 1, "completed", i, { attempt: 2 }));
+  events.push({ seq: events.length + 1, event: "step:completed", step_slug: "square", attempt: 1, output: [], at: at(90_000) });
+  const live = clientRun("m1");
+  const state = new PageState();
+  const entry = state.track(live);
+  for (const e of events) {
+    live._apply({ run_id: "m1", ...e });
+    state.apply(entry, e, T0);
+  }
+  assert.deepEqual(rowsOf(entry.timeline), ["run:started", "step:started", `task:completed ×${n}`, `task:retrying ×${n / 100}`, "step:completed"]);
+  assert.deepEqual(entry.timing.steps.get("square"), {
+    first: T0 + 10, attemptAt: T0 + 10, end: T0 + 90_000, retryAt: null, retryAttempt: null, done: true,
+  }, "an element's retry is not the step's");
+  const replayed = new PageState().track(live); // a reload: the run's events all at once
+  assert.deepEqual(rowsOf(replayed.timeline), rowsOf(entry.timeline));
 });

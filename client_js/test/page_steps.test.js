@@ -6,8 +6,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  applyTiming, chunkCount, eventStatus, isLogRecord, isStreaming, logLineCount, newTiming, STATUS_LABELS, stepLook,
-  streamSummary,
+  applyTiming, chunkCount, eventStatus, isLogRecord, isStreaming, logLineCount, newTiming, progressLabel, progressText,
+  STATUS_LABELS, stepLook, streamSummary, taskProgress,
 } from "../../gateway/static/format.js";
 import { formModel, initialValues, readValues, refusalErrors } from "../../gateway/static/inputform.js";
 
@@ -269,4 +269,60 @@ test("the server's refusal: each error with its path, else the error's message",
   assert.deepEqual(refusalErrors(err), [{ path: "/parcels", message: "-1 is less than 1" }, { path: "", message: "x" }]);
   assert.deepEqual(refusalErrors(new Error("no list")), [{ path: "", message: "no list" }]);
   assert.deepEqual(refusalErrors(null), [{ path: "", message: "The answer was refused." }]);
+});
+
+// ---- map steps: one task per element ----
+
+/** A map step's state as the client keeps it. */
+const mapState = (fields) => ({
+  slug: "square", kind: "map", status: "started", attempt: 1, error: null, chunks: [], text: "", streamAttempt: null,
+  tasks: 120, tasksCompleted: 0, tasksFailed: 0, tasksRetrying: 0, taskErrors: [], ...fields,
+});
+
+test("a map step's node shows its elements done, \"37 / 120\", and says it as \"37 of 120 tasks done\"", () => {
+  const timing = timingOf([
+    { event: "run:started", step_slug: null, at: at(0) },
+    { event: "step:started", step_slug: "square", attempt: 1, tasks: 120, at: at(0) },
+  ]);
+  const look = stepLook(mapState({ tasksCompleted: 37 }), timing, OPTIONS, T0 + 1_500);
+  assert.equal(look.status, "started");
+  assert.equal(look.sub, "37 / 120 · 1.5 s");
+  assert.equal(look.subShort, "37 / 120");
+  assert.deepEqual(look.progress, { total: 120, done: 37, failed: 0, retrying: 0 });
+  assert.equal(look.label, "square: running, 37 of 120 tasks done, 1.5 s");
+  assert.equal(look.pill, null, "the step's own attempt: no pill");
+
+  const failing = stepLook(mapState({ tasksCompleted: 37, tasksFailed: 2, tasksRetrying: 1 }), timing, OPTIONS, T0 + 1_500);
+  assert.equal(failing.subShort, "37 / 120 · 2 failed");
+  assert.equal(failing.label, "square: running, 37 of 120 tasks done, 2 failed, 1 waiting to retry, 1.5 s");
+
+  const done = stepLook(mapState({ status: "completed", tasksCompleted: 120 }), timing, OPTIONS, T0 + 3_000);
+  assert.equal(done.subShort, "120 / 120", "completed: the count stays, full");
+  assert.equal(done.label, "square: completed, 120 of 120 tasks done, 3.0 s");
+});
+
+test("a map step before its start, or a step that is no map, shows no progress", () => {
+  const waiting = stepLook(mapState({ status: "created", tasks: null }), newTiming(), OPTIONS, T0);
+  assert.equal(waiting.progress, null);
+  assert.equal(waiting.sub, "waiting");
+  assert.equal(taskProgress(mapState({ tasks: null })), null, "no element count yet");
+  assert.equal(taskProgress({ kind: "task", tasks: 3, tasksCompleted: 3 }), null);
+  assert.equal(taskProgress(null), null);
+  assert.deepEqual(taskProgress(mapState({ tasks: 0 })), { total: 0, done: 0, failed: 0, retrying: 0 }, "an empty map");
+  assert.equal(progressText({ total: 0, done: 0, failed: 0 }), "0 / 0");
+  assert.equal(progressLabel({ total: 1, done: 1, failed: 0, retrying: 0 }), "1 of 1 task done");
+  assert.equal(eventStatus("task:completed"), "completed");
+  assert.equal(eventStatus("task:retrying"), "retrying");
+  assert.equal(eventStatus("task:failed"), "failed");
+});
+
+test("a map step's element events leave its timing to its own step:* events", () => {
+  // state.js hands applyTiming the step:* events only; one given a task event anyway changes nothing
+  const timing = timingOf([
+    { event: "run:started", step_slug: null, at: at(0) },
+    { event: "step:started", step_slug: "square", attempt: 1, tasks: 2, at: at(10) },
+    { event: "task:completed", step_slug: "square", index: 0, attempt: 1, at: at(20) },
+    { event: "task:retrying", step_slug: "square", index: 1, attempt: 1, error: "boom", at: at(30) },
+  ]);
+  assert.deepEqual(timing.steps.get("square"), { first: T0 + 10, attemptAt: T0 + 10, end: null, retryAt: null, retryAttempt: null, done: false });
 });

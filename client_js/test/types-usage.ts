@@ -19,6 +19,10 @@ import {
   type StepState,
   type StepStream,
   type StepStreamEvent,
+  type StepKind,
+  type TaskChunkSource,
+  type TaskError,
+  type TaskStatus,
 } from "../client.js";
 
 interface Summary {
@@ -130,6 +134,54 @@ export async function usage(): Promise<void> {
   client.getRun("3f1c…", { onChunk });
   // @ts-expect-error onChunk takes the step's slug first
   await triggerFlow("analyze", {}, { onChunk: (slug: number) => void slug });
+
+  // Map steps (one task per element) and HTTP steps.
+  const square = run.step("square");
+  const kind: StepKind = square.kind;
+  if (kind === "map" && square.tasks !== null) {
+    const progress: [number, number, number, number] = [square.tasks, square.tasksCompleted, square.tasksFailed, square.tasksRetrying];
+    const latest: TaskError | undefined = square.taskErrors.at(-1);
+    const where: [number, number | null, string, boolean] | null = latest ? [latest.index, latest.attempt, latest.error, latest.final] : null;
+    void progress, where;
+  }
+  // @ts-expect-error no such kind
+  const nokind: StepKind = "lambda";
+  void nokind;
+  // @ts-expect-error the counts are read-only for users
+  square.tasksCompleted = 3;
+  // @ts-expect-error the error list is read-only for users
+  square.taskErrors.push({ index: 0, attempt: 1, error: "x", final: true, at: null, seq: 1 });
+  const element: TaskStatus | null = run.taskStatus("square", 17);
+  void element;
+  run.on("step:started", (e) => {
+    const tasks: number | undefined = e.tasks;
+    void tasks;
+  });
+  run.on("task:completed", (e) => {
+    const index: number = e.index;
+    const attempt: number = e.attempt;
+    // @ts-expect-error an element's completion carries no output
+    const out: { x: number } = e.output;
+    void index, attempt, out;
+  });
+  run.on("task:failed", (e) => void [e.index, e.error.length]);
+  run.on("task:retrying", (e) => void [e.index, e.error.length]);
+  run.on("task:started", (e) => void e.index);
+  run.on("task:stream", (e) => {
+    const chunks: unknown[] = e.chunks;
+    void chunks, e.index;
+  });
+  run.on("*", (e) => {
+    if (e.event === "task:completed" || e.event === "task:failed") void e.index;
+    // @ts-expect-error a step's own events name no element
+    if (e.event === "step:completed") void e.index;
+  });
+  const onElementChunk: ChunkListener = (stepSlug, chunk, task?: TaskChunkSource) => void [stepSlug, chunk, task?.index, task?.attempt];
+  await triggerFlow("mapper", {}, { onChunk: onElementChunk });
+  const mapStep = loaded.steps.find((s) => s.kind === "map");
+  const over: string | undefined = mapStep?.over;
+  const url: string | undefined = loaded.steps.find((s) => s.kind === "http")?.url;
+  void over, url;
 
   const lastSeq: number = run.lastSeq;
   const events: readonly FlowEvent<Summary>[] = run.events;

@@ -87,12 +87,16 @@ function watchOutcome(entry) {
 
 function onEvent(entry, e) {
   state.apply(entry, e);
-  if (entry === state.current) {
+  if (entry === state.current && e.event.startsWith("task:")) {
+    // an element of a map step: drawn with the others of its burst, on the next frame
+    if (e.step_slug) view.queueTasks(e.step_slug);
+  } else if (entry === state.current) {
+    view.flushTasks(); // the task events before this one first: the page keeps their order
     if (e.step_slug && !dag.has(e.step_slug) && (entry.run.graph || entry.graphFailed)) view.drawGraph(entry);
     const changed = e.step_slug && !e.event.startsWith("run:") ? e.step_slug : null; // null: any step may have
     view.paintSteps(changed);
     view.refreshTip(changed);
-    view.appendEvent(e);
+    view.syncTimeline();
     view.renderRunState();
     if (e.step_slug && dag.selected === e.step_slug && changed) {
       if (e.event === "step:stream") view.renderStream();

@@ -12,6 +12,8 @@ const MAX_SCALE = 2;
 const FIT_MIN_SCALE = 0.7; // fitting the width never shrinks text below ~9px: scroll instead
 const FIT_HEIGHT_MIN_SCALE = 0.8; // a tall graph shrinks this far to show more, then scrolls
 const NARROW = 480; // px of container (a phone): below it, a top-to-bottom layout may fit better
+// The tag a step of a special kind wears on its top left corner (an output step's is top right).
+const KIND_TAGS = { map: "MAP", http: "HTTP" };
 
 // Status icons, drawn in a 12x12 box centred on (0, 0).
 const ICONS = {
@@ -206,13 +208,14 @@ export class DagView {
     const nodeLayer = el("g", { class: "nodes" }, svg);
     this.nodes.clear();
     const outputStep = this.graph.output_step;
+    const kinds = new Map(this.graph.steps.map((s) => [s.slug, s.kind]));
     for (const n of layout.nodes) {
       const x = Math.round(n.x);
       const y = Math.round(n.y);
       const g = el("g", {
         class: "node", transform: `translate(${x},${y})`, tabindex: 0, role: "button",
         "data-testid": `node-${n.slug}`, "data-slug": n.slug, "data-status": "created", "data-attempt": 0,
-        "aria-controls": "step-detail",
+        "data-kind": kinds.get(n.slug) ?? "task", "aria-controls": "step-detail",
       }, nodeLayer);
       el("rect", { class: "halo", x: -1, y: -1, width: n.w + 2, height: n.h + 2, rx: 9 }, g);
       el("rect", { class: "box", width: n.w, height: n.h, rx: 8 }, g);
@@ -231,7 +234,16 @@ export class DagView {
         el("rect", { class: "out-tag-bg", width: 44, height: 15, rx: 7.5 }, tag);
         el("text", { class: "out-tag", x: 22, y: 10.8, "text-anchor": "middle" }, tag).textContent = "OUTPUT";
       }
-      const ref = { g, icon, title, sub, pill, pillBg, pillText, layout: n, iconStatus: null };
+      const tag = KIND_TAGS[kinds.get(n.slug)];
+      if (tag) {
+        // a map runs once per element, an http step is a POST: worth telling before it runs
+        const tagW = tag.length * 7 + 12;
+        const kindTag = el("g", { class: "kind-tag-g", transform: "translate(8,-8)" }, g);
+        kindTag.dataset.testid = `node-kind-${n.slug}`;
+        el("rect", { class: "kind-tag-bg", width: tagW, height: 15, rx: 7.5 }, kindTag);
+        el("text", { class: "kind-tag", x: tagW / 2, y: 10.8, "text-anchor": "middle" }, kindTag).textContent = tag;
+      }
+      const ref = { g, icon, title, sub, pill, pillBg, pillText, layout: n, iconStatus: null, bar: null };
       this.nodes.set(n.slug, ref);
       g.addEventListener("focus", () => this.select(n.slug));
       g.addEventListener("click", () => this.select(n.slug));
@@ -302,6 +314,43 @@ export class DagView {
     }
     ref.subRoom = ref.layout.w - 31 - (pillW ? pillW + 14 : 8);
     ref.sub.textContent = this.fitSub(ref, look);
+    this.paintProgress(ref, look);
+  }
+
+  /**
+   * A map step's progress bar along the node's bottom edge: the done part, then the failed part.
+   * The numbers are in the node's second line and its label; the bar only shows them at a glance.
+   */
+  paintProgress(ref, look) {
+    const { g } = ref;
+    const p = look.progress;
+    if (!p) {
+      if (ref.bar) ref.bar.group.setAttribute("visibility", "hidden");
+      delete g.dataset.tasks;
+      delete g.dataset.tasksDone;
+      delete g.dataset.tasksFailed;
+      return;
+    }
+    const width = ref.layout.w - 20;
+    if (!ref.bar) {
+      const group = el("g", { class: "progress", transform: `translate(10,${ref.layout.h - 8})`, "aria-hidden": "true" }, g);
+      ref.bar = {
+        group,
+        track: el("rect", { class: "progress-track", width, height: 3.5, rx: 1.75 }, group),
+        done: el("rect", { class: "progress-done", width: 0, height: 3.5, rx: 1.75 }, group),
+        failed: el("rect", { class: "progress-failed", width: 0, height: 3.5, rx: 1.75 }, group),
+      };
+    }
+    // an empty map completes at once: nothing to do is all of it done
+    const part = (n) => (p.total > 0 ? (width * Math.min(n, p.total)) / p.total : look.status === "completed" ? width : 0);
+    const done = part(p.done);
+    ref.bar.done.setAttribute("width", done.toFixed(1));
+    ref.bar.failed.setAttribute("x", done.toFixed(1));
+    ref.bar.failed.setAttribute("width", Math.min(width - done, part(p.failed)).toFixed(1));
+    ref.bar.group.setAttribute("visibility", "visible");
+    g.dataset.tasks = String(p.total);
+    g.dataset.tasksDone = String(p.done);
+    g.dataset.tasksFailed = String(p.failed);
   }
 
   // The second line, shortened when it would run under the attempt pill or off the node.

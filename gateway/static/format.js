@@ -198,9 +198,43 @@ export function applyTiming(timing, e) {
 }
 
 /**
+ * A map step's progress, from the client's step state: {total, done, failed, retrying}, or null
+ * for a step that is no map or has not started (its element count comes with its step:started).
+ * @param {any} state
+ */
+export function taskProgress(state) {
+  if (state?.kind !== "map" || typeof state.tasks !== "number") return null;
+  return {
+    total: state.tasks, done: state.tasksCompleted ?? 0, failed: state.tasksFailed ?? 0, retrying: state.tasksRetrying ?? 0,
+  };
+}
+
+/**
+ * "37 / 120", "37 / 120 · 2 failed": a map step's progress as its node shows it.
+ * @param {{total: number, done: number, failed: number}} progress
+ */
+export function progressText({ total, done, failed }) {
+  return `${done} / ${total}${failed ? ` · ${failed} failed` : ""}`;
+}
+
+/**
+ * "37 of 120 tasks done", "37 of 120 tasks done, 2 failed, 1 waiting to retry": the same for a
+ * screen reader, and the step details.
+ * @param {{total: number, done: number, failed: number, retrying: number}} progress
+ */
+export function progressLabel({ total, done, failed, retrying }) {
+  const parts = [`${done} of ${total} task${total === 1 ? "" : "s"} done`];
+  if (failed) parts.push(`${failed} failed`);
+  if (retrying) parts.push(`${retrying} waiting to retry`);
+  return parts.join(", ");
+}
+
+/**
  * How a step looks, from the client's live step state, its timing and its options:
  * {status, attempt, sub (the node's second line), pill, label (for screen readers), duration,
- * streaming (its running attempt streams, see isStreaming), chunks (how many it streamed)}.
+ * streaming (its running attempt streams, see isStreaming), chunks (how many it streamed),
+ * progress (a map step's, see taskProgress)}. A map step that started shows its elements' progress
+ * as its second line, "37 / 120": the count is what moves while it runs.
  */
 export function stepLook(state, timing, options, now) {
   const status = state?.status ?? "created";
@@ -211,9 +245,14 @@ export function stepLook(state, timing, options, now) {
   const dur = duration === null ? "" : formatDuration(duration);
   const streaming = isStreaming(state);
   const chunks = streaming ? state.chunks.length : 0;
+  const progress = status === "created" ? null : taskProgress(state);
   let sub;
   let subShort; // for a narrow node, or one with an attempt pill: the icon already tells the status
-  switch (streaming ? "streaming" : status) {
+  switch (progress ? "progress" : streaming ? "streaming" : status) {
+    case "progress": // a map step: its elements done, the failed ones if any, then its time
+      subShort = progressText(progress);
+      sub = dur ? `${subShort} · ${dur}` : subShort;
+      break;
     case "streaming": // running, with chunks coming in: their count is the live part
       sub = `streaming · ${chunkCount(chunks)}`;
       subShort = chunkCount(chunks);
@@ -255,7 +294,8 @@ export function stepLook(state, timing, options, now) {
   if (status === "retrying" && attempt) parts.push(max ? `attempt ${attempt} of ${max} failed` : `attempt ${attempt} failed`);
   else if (attempt > 1) parts.push(max ? `attempt ${attempt} of ${max}` : `attempt ${attempt}`);
   if (streaming) parts.push(chunkCount(chunks));
+  if (progress) parts.push(progressLabel(progress));
   if (dur && status !== "created") parts.push(dur);
   if (state?.error && (status === "failed" || status === "retrying")) parts.push(`error: ${state.error}`);
-  return { status, attempt, sub, subShort, pill, label: parts.join(", "), duration, streaming, chunks };
+  return { status, attempt, sub, subShort, pill, label: parts.join(", "), duration, streaming, chunks, progress };
 }

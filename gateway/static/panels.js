@@ -3,10 +3,11 @@
 
 import {
   chunkCount, eventStatus, formatClock, formatDuration, formatOffset, jsonPreview, logLineCount, prettyJson,
-  STATUS_LABELS, stepLook, streamSummary,
+  progressLabel, STATUS_LABELS, stepLook, streamSummary, taskProgress,
 } from "./format.js";
 import { formModel, inputForm } from "./inputform.js";
 import { LOG_LINES, stepStream } from "./state.js";
+import { foldIndices } from "./timeline.js";
 
 const make = (tag, props = {}) => Object.assign(document.createElement(tag), props);
 
@@ -43,6 +44,50 @@ export function eventRow(e, runStart, live) {
   }
   if (live) tr.classList.add("fresh");
   return tr;
+}
+
+/**
+ * A summary row of a map step's task events (timeline.js's FoldRow): "task:completed ×120" and
+ * the elements' indices, "0–119"; `data-fold`, `data-count`, `data-seq-from`, `data-seq-to`.
+ * updateFoldRow() keeps it current as the fold takes more events.
+ */
+export function foldRow(fold, runStart) {
+  const tr = document.createElement("tr");
+  tr.dataset.event = fold.name;
+  tr.dataset.step = fold.step;
+  tr.dataset.fold = "true";
+  const cell = (cls) => tr.appendChild(make("td", { className: cls }));
+  cell("seq");
+  cell("at");
+  const event = cell("event");
+  const chip = make("span", { className: "ev", textContent: fold.name });
+  chip.dataset.status = eventStatus(fold.name);
+  event.append(chip, " ", make("span", { className: "fold-count" }));
+  cell("step").textContent = fold.step;
+  cell("attempt");
+  cell("details preview");
+  updateFoldRow(tr, fold, runStart);
+  return tr;
+}
+
+/** Brings a fold's row up to the fold: its count, seq range, time, indices, last error. */
+export function updateFoldRow(tr, fold, runStart) {
+  const [seq, at, event, , attempt, details] = tr.children;
+  tr.dataset.count = String(fold.count);
+  tr.dataset.seqFrom = String(fold.fromSeq);
+  tr.dataset.seqTo = String(fold.toSeq);
+  seq.textContent = fold.count > 1 ? `${fold.fromSeq}–${fold.toSeq}` : String(fold.fromSeq);
+  const last = Date.parse(fold.lastAt ?? "");
+  at.textContent = runStart != null && Number.isFinite(last) ? formatOffset(last - runStart) : "";
+  at.title = fold.firstAt && fold.count > 1 ? `${fold.firstAt} – ${fold.lastAt}` : fold.lastAt ?? "";
+  event.querySelector(".fold-count").textContent = `×${fold.count}`;
+  // one attempt for all of them is worth a number; a mix of attempts is not
+  attempt.textContent = fold.count === 1 && fold.attempt != null ? String(fold.attempt) : "";
+  const indices = foldIndices(fold);
+  const text = fold.lastError ? `${indices} · last: ${fold.lastError}` : indices;
+  details.textContent = text;
+  details.title = text;
+  details.className = fold.lastError ? "details preview error" : "details preview";
 }
 
 // The error worth showing for a step: its own when it failed or waits for a retry, the previous
@@ -96,11 +141,27 @@ export function stepDetail(ctx) {
   };
   const deps = opts.depends_on ?? [];
   fact("Depends on", deps.length ? deps.join(", ") : "nothing (a root step)");
-  if (opts.kind === "input") fact("Kind", "input step: a person answers it");
+  const kind = opts.kind ?? state?.kind;
+  if (kind === "input") fact("Kind", "input step: a person answers it");
+  if (kind === "map") fact("Kind", `map: one task per element of ${opts.over === "run" ? "the run's input" : opts.over ?? "an array"}`);
+  if (kind === "http") {
+    fact("Kind", "HTTP: a POST to an endpoint, which answers or calls back");
+    if (typeof opts.url === "string") {
+      const dd = make("dd");
+      dd.append(make("code", { className: "step-url", textContent: opts.url }));
+      dd.dataset.testid = "step-url";
+      facts.append(make("dt", { textContent: "URL" }), dd);
+    }
+  }
   // an input step is answered, not attempted: no attempts, no retries
-  const max = opts.kind === "input" ? null : opts.max_attempts;
+  const max = kind === "input" ? null : opts.max_attempts;
+  const progress = inRun ? taskProgress(state) : null;
   if (inRun) {
-    if (opts.kind !== "input") {
+    if (kind === "map") {
+      // its elements are attempted, each on its own: the step's own attempt says little
+      fact("Tasks", progress ? progressLabel(progress) : "not started", "tasks");
+      if (max) fact("Tries per task", `up to ${max}`);
+    } else if (kind !== "input") {
       fact("Attempts", state.attempt ? `${state.attempt}${max ? ` of ${max}` : ""}` : `none yet${max ? ` (up to ${max})` : ""}`);
     }
     const t = timing?.steps.get(slug);
@@ -109,9 +170,10 @@ export function stepDetail(ctx) {
   } else if (max != null) {
     fact("Max attempts", String(max));
   }
-  if (opts.base_delay != null && opts.kind !== "input") fact("Retry delay", `${opts.base_delay} s, doubling`);
+  if (opts.base_delay != null && kind !== "input") fact("Retry delay", `${opts.base_delay} s, doubling`);
   if (opts.timeout != null) fact("Timeout", `${opts.timeout} s`);
   frag.append(facts);
+  if (progress) frag.append(tasksSection(state, progress));
 
   const error = inRun ? lastError(state) : null;
   if (error) {
@@ -135,6 +197,74 @@ export function stepDetail(ctx) {
     frag.append(make("p", { className: "muted small", textContent: "Start a run to see this step's attempts and output." }));
   }
   return frag;
+}
+
+/**
+ * A map step's elements: a progress bar, then its elements' latest failed attempts (newest
+ * first). updateTasks() keeps it current in place while the elements' events come in.
+ */
+function tasksSection(state, progress) {
+  const section = make("div", { className: "tasks" });
+  section.dataset.live = "task-progress";
+  const bar = make("progress", { className: "task-progress" });
+  bar.dataset.testid = "step-tasks-progress";
+  section.append(bar, make("div", { className: "task-errors-slot" }));
+  fillTasks(section, state, progress);
+  return section;
+}
+
+/** The error list of a map step's elements, newest first; nothing while none failed. */
+function taskErrorList(errors) {
+  if (errors.length === 0) return [];
+  const label = make("p", { className: "detail-label", id: "step-task-errors-label", textContent: "Latest task errors" });
+  const list = make("ol", { className: "code task-errors", tabIndex: 0 });
+  list.dataset.testid = "step-task-errors";
+  list.setAttribute("aria-labelledby", "step-task-errors-label");
+  for (const e of [...errors].reverse()) {
+    const li = make("li", { className: "task-error" });
+    li.dataset.final = String(e.final);
+    li.append(
+      make("span", { className: "task-error-where", textContent: `task ${e.index}${e.attempt != null ? `, attempt ${e.attempt}` : ""}` }),
+      make("span", { className: "task-error-outcome", textContent: e.final ? " failed: " : " will retry: " }),
+      make("span", { className: "task-error-text", textContent: e.error }),
+    );
+    list.append(li);
+  }
+  return [label, list];
+}
+
+/** Sets a tasks section's bar and, when a new error came, its error list. */
+function fillTasks(section, state, progress) {
+  const bar = section.querySelector(".task-progress");
+  bar.max = Math.max(progress.total, 1);
+  // an empty map completes at once: nothing to do is all of it done
+  bar.value = progress.total === 0 && state.status === "completed" ? 1 : Math.min(progress.done, progress.total);
+  bar.setAttribute("aria-label", progressLabel(progress));
+  const slot = section.querySelector(".task-errors-slot");
+  const errors = state.taskErrors ?? [];
+  const key = String(errors.at(-1)?.seq ?? ""); // the list is replaced, never changed: its last says which
+  if (slot.dataset.key !== key) {
+    slot.dataset.key = key;
+    slot.replaceChildren(...taskErrorList(errors));
+  }
+}
+
+/**
+ * Brings a map step's detail (in `body`) up to its state: the Tasks fact, the bar, the error
+ * list. False when the detail has no tasks section (the step had not started when it was drawn):
+ * the caller then draws it anew.
+ * @param {ParentNode} body
+ * @param {any} state the client's step state
+ */
+export function updateTasks(body, state) {
+  const section = body.querySelector('[data-live="task-progress"]');
+  const progress = taskProgress(state);
+  if (!section || !progress) return false;
+  const fact = body.querySelector('dd[data-live="tasks"]');
+  const label = progressLabel(progress);
+  if (fact && fact.textContent !== label) fact.textContent = label;
+  fillTasks(section, state, progress);
+  return true;
 }
 
 /**
@@ -332,8 +462,19 @@ export function tipContent(ctx) {
   }
   const look = stepLook(state, timing, opts, now);
   frag.append(look.sub);
-  if (look.attempt) {
+  if (look.progress) {
+    // a map's elements are attempted one by one: their counts say more than the step's attempt
+    frag.append(document.createElement("br"), progressLabel(look.progress));
+    const latest = state.taskErrors?.at(-1);
+    if (latest) {
+      const text = `task ${latest.index} ${latest.final ? "failed" : "will retry"}: ${latest.error}`;
+      frag.append(make("div", { className: "tip-error", textContent: clip(text, 140) }));
+    }
+  } else if (look.attempt) {
     frag.append(document.createElement("br"), `attempt ${look.attempt}${opts.max_attempts ? ` of ${opts.max_attempts}` : ""}`);
+  }
+  if ((opts.kind ?? state.kind) === "http" && typeof opts.url === "string") {
+    frag.append(document.createElement("br"), `POST ${clip(opts.url, 80)}`);
   }
   const stream = stepStream(state);
   if (stream) {

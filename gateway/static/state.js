@@ -7,6 +7,7 @@
 // its input steps ask and what this tab answered, the Cancel / Retry under way).
 
 import { applyTiming, isLogRecord, isStreaming, newTiming, RUN_STATUS_LABELS } from "./format.js";
+import { Timeline } from "./timeline.js";
 
 export const RECENT_SHOWN = 30; // runs listed, with those started in this tab
 export const LOG_LINES = 200; // a step's log lines the details keep: the last ones
@@ -26,6 +27,7 @@ export const CONN_LABELS = { idle: "Ready", connecting: "Connecting…", open: "
  * @property {Map<string, Prompt>} prompts the input steps' questions, from their step:waiting
  * @property {Map<string, Answer>} answers this tab's answers to them, while they wait
  * @property {Action} action the run's Cancel / Retry: under way, or how the last one went
+ * @property {Timeline} timeline the events table's rows, a map's task events folded
  */
 
 /**
@@ -92,6 +94,7 @@ export class PageState {
       runId: run.runId, run, local, flowSlug: run.flowSlug ?? flowSlug, openedAt,
       timing: newTiming(), failedStep: null, problem: null, graphFailed: false,
       prompts: new Map(), answers: new Map(), action: { busy: null, message: null, failed: false },
+      timeline: new Timeline(),
     };
     for (const e of run.events) noteEvent(entry, e);
     this.tracked.set(run.runId, entry);
@@ -167,6 +170,9 @@ export class PageState {
  * @param {any} e
  */
 export function noteEvent(entry, e) {
+  entry.timeline.add(e);
+  // an element of a map step: its step's timing is the step:* events'
+  if (e.event?.startsWith("task:")) return;
   applyTiming(entry.timing, e);
   if (e.event === "run:failed") entry.failedStep = e.step_slug;
   if (e.event === "step:waiting" && e.step_slug) {

@@ -4,7 +4,9 @@
 
 import { DagView } from "./dag.js";
 import { formatAgo, formatClock, formatDuration, prettyJson, shortId, stepLook } from "./format.js";
-import { eventRow, followStream, placeTip, stepDetail, tipContent, updateStream } from "./panels.js";
+import {
+  eventRow, foldRow, followStream, placeTip, stepDetail, tipContent, updateFoldRow, updateStream, updateTasks,
+} from "./panels.js";
 import {
   cancelledText, CONN_LABELS, documentTitle, eventCount, failureTail, needsInput, problemText, runControls,
   runStatusLabel, stepStream,
@@ -49,6 +51,12 @@ export class PageView {
     this.ui = elements(doc);
     /** @type {string | null} the step the tooltip is about, while it shows */
     this.tipSlug = null;
+    /** @type {Map<object, HTMLTableRowElement>} the open run's fold rows (timeline.js) -> their <tr> */
+    this.foldRows = new Map();
+    /** @type {Set<string>} map steps whose elements moved since the last frame */
+    this.pendingTasks = new Set();
+    /** @type {number | null} the animation frame that draws them */
+    this.taskFrame = null;
     const ui = this.ui;
     this.dag = new DagView(ui.dag, ui.dagScroll, {
       onSelect: () => this.renderDetail(),
@@ -78,6 +86,7 @@ export class PageView {
     this.dag.setGraph(graph);
     for (const s of graph.steps ?? []) {
       const o = s.kind === "input" ? "asks for input"
+        : s.kind === "map" ? `for each of ${s.over === "run" ? "the input" : s.over ?? "an array"}`
         : s.max_attempts ? `up to ${s.max_attempts} ${s.max_attempts === 1 ? "try" : "tries"}` : "not started";
       this.dag.update(s.slug, { status: "created", attempt: null, sub: o, pill: null, label: `${s.slug}: not started` });
     }
@@ -214,19 +223,78 @@ export class PageView {
 
   // ---- timeline, step details, tooltip ----
 
-  /** Redraws the timeline from the open run's events. */
+  /** Redraws the timeline from the open run's rows. */
   renderTimeline() {
     const { ui } = this;
     ui.timelineBody.replaceChildren();
-    for (const e of this.state.current?.run.events ?? []) this.appendEvent(e, false);
+    this.foldRows.clear();
+    const timeline = this.state.current?.timeline;
+    if (!timeline) return;
+    timeline.reset();
+    this.syncTimeline(false);
     ui.timelineScroll.scrollTop = ui.timelineScroll.scrollHeight;
   }
 
-  appendEvent(e, live = this.state.serverNow() - Date.parse(e.at) < FRESH) {
+  /**
+   * Brings the timeline up to the open run's rows: new ones appended, the fold rows that took
+   * more task events updated in place. O(rows changed), however many events they stand for.
+   * @param {boolean} [live] false: a redraw, where no row flashes as new
+   */
+  syncTimeline(live = true) {
+    const current = this.state.current;
+    if (!current) return;
+    const { added, updated } = current.timeline.take();
+    if (added.length === 0 && updated.length === 0) return;
     const scroller = this.ui.timelineScroll;
     const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 24;
-    this.ui.timelineBody.appendChild(eventRow(e, this.state.current?.timing.runStart, live));
-    if (live && atBottom) scroller.scrollTop = scroller.scrollHeight;
+    const runStart = current.timing.runStart;
+    const now = this.state.serverNow();
+    for (const fold of updated) {
+      const tr = this.foldRows.get(fold);
+      if (tr) updateFoldRow(tr, fold, runStart);
+    }
+    for (const row of added) {
+      if (row.kind === "fold") {
+        const tr = foldRow(row, runStart);
+        this.foldRows.set(row, tr);
+        this.ui.timelineBody.appendChild(tr);
+      } else {
+        // a replayed event is old news: only one that just happened flashes
+        this.ui.timelineBody.appendChild(eventRow(row.event, runStart, live && now - Date.parse(row.event.at) < FRESH));
+      }
+    }
+    if (live && added.length > 0 && atBottom) scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  /**
+   * An element of map step `slug` moved. Thousands can come in a burst (a replay, a fast map):
+   * they are drawn together on the next frame, not one by one.
+   * @param {string} slug
+   */
+  queueTasks(slug) {
+    this.pendingTasks.add(slug);
+    this.taskFrame ??= requestAnimationFrame(() => this.flushTasks());
+  }
+
+  /**
+   * Draws what the queued task events changed: the map nodes, their tooltip and details, the
+   * timeline's fold rows, the event count. Called by the frame, and before any other event is
+   * drawn so the page keeps the events' order.
+   */
+  flushTasks() {
+    if (this.taskFrame !== null) cancelAnimationFrame(this.taskFrame);
+    this.taskFrame = null;
+    const slugs = [...this.pendingTasks];
+    this.pendingTasks.clear();
+    const current = this.state.current;
+    if (!current || slugs.length === 0) return;
+    for (const slug of slugs) {
+      this.paintSteps(slug);
+      this.refreshTip(slug);
+      if (this.dag.selected === slug && !updateTasks(this.ui.detail, current.run.step(slug))) this.renderDetail();
+    }
+    this.syncTimeline();
+    this.renderRunState();
   }
 
   /** @param {string} slug */

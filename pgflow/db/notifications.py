@@ -19,6 +19,7 @@ EventName = Literal[
     "run:started", "run:completed", "run:failed", "run:cancelled", "run:retried",
     "step:started", "step:completed", "step:failed", "step:retrying", "step:stream",
     "step:waiting", "step:cancelled",
+    "task:started", "task:completed", "task:retrying", "task:failed", "task:stream",
 ]
 
 

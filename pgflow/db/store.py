@@ -53,6 +53,14 @@ class Task:
     timeout: int
     max_attempts: int
 
+    @property
+    def map_element(self) -> tuple[str, int] | None:
+        """A map step's element task ('square[17]'): its map step and index; else None."""
+        if not self.step_slug.endswith("]"):
+            return None
+        slug, _, index = self.step_slug[:-1].partition("[")
+        return slug, int(index)
+
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:
@@ -321,6 +329,32 @@ class Store:
             applied: bool = await connection.fetchval(
                 "select pgflow.submit_input($1, $2, $3::text::jsonb)", run_id, step_slug,
                 value_json)
+            return applied
+
+    async def complete_step(self, run_id: uuid.UUID, step_slug: str, output: Any,
+                            worker_id: str | None, attempt: int | None) -> bool:
+        """Completes one leased step (an HTTP step's callback); False when stale: the lease of
+        that holder and attempt is gone. Raises ValueRejectedError for an output jsonb cannot
+        hold."""
+        try:
+            output_json = encode_json(output).decode()
+        except UnstorableJSONError as error:
+            raise ValueRejectedError(f"the output cannot be stored as JSON: {error}") from None
+        async with self._connection() as connection:
+            applied: bool = await connection.fetchval(
+                "select pgflow.complete_step($1, $2, $3::text::jsonb, $4, $5)",
+                run_id, step_slug, output_json, worker_id, attempt)
+            return applied
+
+    async def fail_step(self, run_id: uuid.UUID, step_slug: str, error: str,
+                        worker_id: str | None, attempt: int | None, *,
+                        retry: bool = True) -> bool:
+        """Fails one leased step's attempt (retried as its options say, or with ``retry``
+        False, for good); False when stale."""
+        async with self._connection() as connection:
+            applied: bool = await connection.fetchval(
+                "select pgflow.fail_step($1, $2, $3, $4, $5, $6)",
+                run_id, step_slug, error, worker_id, attempt, retry)
             return applied
 
     async def retry_run(self, run_id: uuid.UUID) -> bool:

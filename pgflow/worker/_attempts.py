@@ -138,9 +138,11 @@ class Attempts:
             return (f"worker {self.worker_id} has no handler for step {task.step_slug!r} "
                     f"of flow {task.flow_slug!r}"), None
         if runner.takes_context:
+            # a map step's element is told its map step and its index
+            step_slug, index = task.map_element or (task.step_slug, None)
             args: tuple[Any, ...] = (task.input, StepContext(
-                task.run_id, task.flow_slug, task.step_slug, task.attempt, task.max_attempts,
-                task.timeout, self.worker_id, stream, cancel_signal,
+                task.run_id, task.flow_slug, step_slug, task.attempt, task.max_attempts,
+                task.timeout, self.worker_id, stream, cancel_signal, index,
             ))
         else:
             args = (task.input,)

@@ -7,6 +7,7 @@ import secrets
 import socket
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from pgflow.db.store import MAX_LEASE, MAX_PRUNE_AGE, MIN_LEASE
 from pgflow.errors import ConfigurationError
@@ -17,6 +18,22 @@ DEFAULT_LEASE = 30.0  # seconds
 DEFAULT_POLL_INTERVAL = 1.0  # seconds
 DEFAULT_SHUTDOWN_GRACE = 30.0  # seconds
 DEFAULT_RETENTION_INTERVAL = 300.0  # seconds between retention rounds
+
+
+def http_step_options(
+    http_secret: str | None,
+    http_concurrency: int | None = None,
+    http_base_url: str | None = None,
+    callback_url: str | None = None,
+) -> dict[str, Any]:
+    """The HTTP-step keyword arguments of ``Worker`` the command line gave: ``http_secret``,
+    ``http_concurrency``, ``http_base_url``, ``callback_url``; none without a secret (HTTP
+    steps off), and only those given (the rest keep the Worker's defaults)."""
+    if not http_secret:
+        return {}
+    given = {"http_secret": http_secret, "http_concurrency": http_concurrency,
+             "http_base_url": http_base_url, "callback_url": callback_url}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def default_worker_id() -> str:

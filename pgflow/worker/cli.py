@@ -16,6 +16,7 @@ from pgflow import event_loop
 from pgflow.errors import ConfigurationError
 from pgflow.flows import Flow, load_flows
 from pgflow.worker._attempts import abandoned_threads, describe_error
+from pgflow.worker._options import http_step_options
 from pgflow.worker._retry import OUTAGE, Retry
 from pgflow.worker.worker import STUCK_EXIT_STATUS, StuckThreadsError, Worker
 
@@ -53,6 +54,8 @@ async def _worker_main(args: argparse.Namespace, flows: Sequence[Flow]) -> Worke
             shutdown_grace=args.shutdown_grace, max_stuck_threads=args.max_stuck_threads,
             listen_database_url=args.listen_database_url, pgbouncer=args.pgbouncer,
             retention=args.retention, retention_interval=args.retention_interval,
+            **http_step_options(args.http_secret, args.http_concurrency, args.http_base_url,
+                                args.callback_url),
         )
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT)

@@ -33,13 +33,22 @@ from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
 
+import orjson
+
 from pgflow.db.definitions import flow_key, sync_flows
+from pgflow.db.json_values import UnstorableJSONError, encode_json
 from pgflow.db.store import Completion, Failure, Store, Task
 from pgflow.errors import ConfigurationError, DatabaseUnavailableError, PGFlowError
 from pgflow.flows import Flow
 from pgflow.worker import _log_stream as log_stream
-from pgflow.worker._attempts import Attempts, Runner, describe_error, runners
+from pgflow.worker._attempts import Attempts, Runner, clip, describe_error, runners
 from pgflow.worker._heartbeat import heartbeat
+from pgflow.worker._http_dispatch import (
+    DEFAULT_HTTP_CONCURRENCY,
+    Completed,
+    Deferred,
+    HttpDispatcher,
+)
 from pgflow.worker._options import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE,
@@ -98,6 +107,10 @@ class Worker:
         retention_interval: float = DEFAULT_RETENTION_INTERVAL,
         stream_interval: float = DEFAULT_STREAM_INTERVAL,
         stream_logs: bool = False,
+        http_secret: str | None = None,
+        http_concurrency: int = DEFAULT_HTTP_CONCURRENCY,
+        http_base_url: str | None = None,
+        callback_url: str | None = None,
     ) -> None:
         if not stream_interval > 0:
             raise ConfigurationError(
@@ -128,6 +141,20 @@ class Worker:
 
         self._slugs = frozenset(f.slug for f in self.flows)
         self._runners = runners(self.flows, stream_logs=stream_logs)
+        # HTTP steps: (flow slug, step slug) -> url, dispatched to their functions
+        self._http_urls = {(f.slug, s.slug): s.url for f in self.flows
+                           for s in f.steps.values() if s.kind == "http" and s.url is not None}
+        if self._http_urls and not http_secret:
+            raise ConfigurationError(
+                "flows with HTTP steps ("
+                + ", ".join(sorted(f"{flow}.{step}" for flow, step in self._http_urls))
+                + ") need the secret their functions verify: --http-secret or PGFLOW_HTTP_SECRET")
+        self.http_secret = http_secret
+        self.http_concurrency = http_concurrency
+        self.http_base_url = http_base_url
+        self.callback_url = callback_url
+        self._dispatcher: HttpDispatcher | None = None
+        self._store: Store | None = None
         self._attempts = Attempts(
             self.worker_id, concurrency, self._slot_freed_by_thread,
             max_stuck=self.max_stuck_threads, on_stuck=self._on_stuck,
@@ -294,6 +321,18 @@ class Worker:
             store.terminate()
 
     async def _work(self, store: Store) -> None:
+        self._store = store
+        if self._http_urls and self.http_secret:
+            self._dispatcher = HttpDispatcher(
+                self.http_secret, concurrency=self.http_concurrency,
+                base_url=self.http_base_url, callback_url=self.callback_url)
+        try:
+            await self._work_with(store)
+        finally:
+            if self._dispatcher is not None:
+                await self._dispatcher.aclose()
+
+    async def _work_with(self, store: Store) -> None:
         async with asyncio.TaskGroup() as group:
             listener = group.create_task(
                 self._wakeup.listen(self.listen_database_url,
@@ -487,8 +526,19 @@ class Worker:
         task = dataclasses.replace(
             task, flow_slug=self._slug_of_key.get(task.flow_slug, task.flow_slug))
         key = (task.run_id, task.step_slug, task.attempt)
-        runner = self._runners.get((task.flow_slug, task.step_slug))
+        step_slug = self._step_of(task)
+        url = self._http_urls.get((task.flow_slug, step_slug))
+        if url is not None:
+            self._running[key] = (task, asyncio.create_task(self._dispatch(task, url, key)))
+            return
+        runner = self._runners.get((task.flow_slug, step_slug))
         self._running[key] = (task, asyncio.create_task(self._execute(task, runner, key)))
+
+    @staticmethod
+    def _step_of(task: Task) -> str:
+        """The step whose handler runs ``task``: a map step's element runs its map step's."""
+        element = task.map_element
+        return element[0] if element is not None else task.step_slug
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         try:
@@ -535,6 +585,59 @@ class Worker:
                    "step": task.step_slug, "attempt": task.attempt},
         )
 
+    async def _dispatch(self, task: Task, url: str, key: _Key) -> None:
+        """An HTTP step's attempt: its function is called (``_http_dispatch.py``); its answer
+        is reported like a handler's, or (202) waited for without a slot: the lease becomes
+        the step's timeout, and the function calls back through the gateway."""
+        assert self._dispatcher is not None
+        assert self._store is not None
+        cancel_signal = self._cancel_signals[key] = threading.Event()
+        try:
+            outcome = await self._dispatcher.call(task, url, self.worker_id)
+            if isinstance(outcome, Deferred):
+                try:
+                    await self._store.extend_leases(self.worker_id, [(task.run_id, task.step_slug)],
+                                                    lease_seconds=task.timeout)
+                except PGFlowError as error:  # its lease runs out: the call is made again
+                    logger.warning("step %s: could not wait for its callback: %s",
+                                   task.step_slug, error, extra={"action": "http_defer_failed"})
+                return
+        except asyncio.CancelledError:
+            if cancel_signal.is_set() and not self._aborting.is_set():
+                return  # its run was cancelled: nothing to report
+            raise
+        finally:
+            self._running.pop(key, None)
+            self._cancel_signals.pop(key, None)
+            self._slot_freed.set()
+        if cancel_signal.is_set():
+            return
+        if isinstance(outcome, Completed):
+            try:
+                encoded = encode_json(outcome.output)
+            except UnstorableJSONError as error:
+                self._reporter.add(Failure(task.run_id, task.step_slug, task.attempt,
+                                           clip(f"step {task.step_slug!r} returned {error}")))
+            else:
+                self._reporter.add(Completion(task.run_id, task.step_slug, task.attempt,
+                                              orjson.Fragment(encoded)))
+            return
+        if outcome.final:  # the function refused this input: no attempt can mend it
+            try:
+                await self._store.fail_step(task.run_id, task.step_slug, outcome.error,
+                                            self.worker_id, task.attempt, retry=False)
+            except PGFlowError as error:  # its lease runs out, and the call is made again
+                logger.warning("step %s: its failure could not be reported: %s",
+                               task.step_slug, error, extra={"action": "http_fail_failed"})
+        else:
+            self._reporter.add(Failure(task.run_id, task.step_slug, task.attempt, outcome.error))
+        logger.warning(
+            "step %s failed (attempt %d of %d%s): %s", task.step_slug, task.attempt,
+            task.max_attempts, ", for good" if outcome.final else "", outcome.error,
+            extra={"action": "step_failed", "run_id": str(task.run_id),
+                   "step": task.step_slug, "attempt": task.attempt},
+        )
+
     def _run_cancelled(self, payload: str) -> None:
         """``pgflow_cancels``: stops the attempts of that run running here. An async handler's
         task is cancelled; a plain handler's thread cannot be, so it sees
@@ -547,8 +650,8 @@ class Worker:
                 continue
             signal.set()
             self.cancelled_attempts += 1
-            runner = self._runners.get((task.flow_slug, task.step_slug))
-            if runner is not None and runner.is_async:
+            runner = self._runners.get((task.flow_slug, self._step_of(task)))
+            if runner is None or runner.is_async:  # an HTTP call, or an async handler
                 handler.cancel()
             logger.info("step %s stopped: its run was cancelled", task.step_slug,
                         extra={"action": "step_cancelled", "run_id": payload,

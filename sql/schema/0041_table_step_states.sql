@@ -1,5 +1,7 @@
--- step_states: one row per step of a run; it is also the task queue: a row with status
--- started/retrying and no lease is a task a worker may claim once available_at has passed.
+-- step_states: one row per step of a run, and one per element of a map step's array (its
+-- task '<map step>[<index>]'); it is also the task queue: a row with status started/retrying and
+-- no lease is a task a worker may claim once available_at has passed. A map step's own row holds
+-- a lease of the engine's ('pgflow:map', never expiring) while its elements run: no one claims it.
 
 create table pgflow.step_states (
   run_id uuid not null references pgflow.runs (run_id) on delete cascade,
@@ -20,6 +22,13 @@ create table pgflow.step_states (
   -- the attempt a retry_run started from: attempts are numbered on, and max_attempts counts
   -- those after it
   attempt_base int not null default 0,
+  -- a map step's element task (step_slug '<map step>[<index>]'): its map step, index and item
+  map_parent text,
+  map_index int,
+  item jsonb,
+  -- a map step's row: its element tasks, and how many are not completed yet
+  map_tasks int,
+  map_left int,
   primary key (run_id, step_slug),
   constraint status_is_known check (
     status in ('created', 'started', 'retrying', 'waiting', 'completed', 'failed', 'cancelled')

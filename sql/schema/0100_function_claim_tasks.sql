@@ -6,7 +6,9 @@
 -- A claimed retry (a row in status 'retrying': attempt 2 or later) gets its step:started, with
 -- its attempt, in the same transaction; first attempts had theirs when they were queued.
 -- Returns: one row per task with the handler's assembled input
---   {"run": <run input>, "<dep slug>": <dep output>, ...}, the step's timeout, and the attempt
+--   {"run": <run input>, "<dep slug>": <dep output>, ...} (a map step's element task
+--   '<slug>[<i>]': the map step's, without the array it maps over, with "item" and "index"), the
+--   step's timeout, and the attempt
 --   number of its last attempt (max_attempts counted from the run's start or last retry_run).
 -- Locks: for update skip locked on ready rows; the run row of each expired lease it sweeps; for a
 --   retry, its run's row with skip locked too (the event's seq): a claim never waits for a run,
@@ -157,24 +159,31 @@ begin
     where s.run_id = c.run_id and s.step_slug = c.step_slug
     -- RETURNING runs once per updated row: one event per claimed retry (read below, so that
     -- no plan can leave it out)
-    returning s.run_id, s.flow_slug, s.step_slug, s.attempt, s.attempt_base,
+    returning s.run_id, s.flow_slug, s.step_slug, s.attempt, s.attempt_base, s.map_parent,
+      s.map_index, s.item,
       case when c.retry then pgflow._announce_retry(s.run_id, s.step_slug, s.attempt) end
         as announced
   )
+  -- an element task of a map step: its map step's input with the element as "item" and its
+  -- "index", without the array mapped over (its dependency's key, or "run"), which would be
+  -- repeated in every element's input
   select l.run_id, l.flow_slug, l.step_slug, l.attempt,
-    jsonb_build_object('run', (
+    case when st.map_over = 'run' then '{}'::jsonb else jsonb_build_object('run', (
       select r.input from pgflow.runs as r where r.run_id = l.run_id
-    )) || coalesce((
+    )) end || coalesce((
       select jsonb_object_agg(d.step_slug, d.output)
       from pgflow.step_states as d
       where d.run_id = l.run_id and d.step_slug = any(st.depends_on)
-    ), '{}'::jsonb),
+        and d.step_slug is distinct from st.map_over
+    ), '{}'::jsonb)
+    || case when l.map_parent is null then '{}'::jsonb
+            else jsonb_build_object('item', l.item, 'index', l.map_index) end,
     st.timeout,
     st.max_attempts + l.attempt_base
   from leased as l
   cross join lateral (
-    select t.depends_on, t.timeout, t.max_attempts from pgflow.steps as t
-    where t.flow_slug = l.flow_slug and t.step_slug = l.step_slug
+    select t.depends_on, t.timeout, t.max_attempts, t.map_over from pgflow.steps as t
+    where t.flow_slug = l.flow_slug and t.step_slug = coalesce(l.map_parent, l.step_slug)
     limit 1
   ) as st
   where l.announced is not false;

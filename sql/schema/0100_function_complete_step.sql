@@ -25,6 +25,9 @@ declare
   v_run pgflow.runs%rowtype;
   v_attempt int;
   v_flow_key text;  -- the key of the run's flow version (0030_table_flows.sql)
+  v_kind text;
+  v_maps text[];  -- map steps started here
+  v_element pgflow.step_states%rowtype;
   v_dependents text[];
   v_ready text[];
   v_slug text;
@@ -34,6 +37,16 @@ begin
   if not pgflow._lock_leased_step(complete_step.run_id, complete_step.step_slug,
                                   complete_step.worker_id, complete_step.attempt) then
     return false;
+  end if;
+  -- an element task of a map step completes as report_steps completes them (its map step
+  -- counts down, and completes with its last element)
+  select * into v_element from pgflow.step_states as s
+  where s.run_id = complete_step.run_id and s.step_slug = complete_step.step_slug;
+  if v_element.map_parent is not null then
+    return (pgflow.report_steps(coalesce(complete_step.worker_id, v_element.leased_by),
+      array[complete_step.run_id], array[complete_step.step_slug],
+      array[coalesce(complete_step.attempt, v_element.attempt)], array[v_output],
+      array[null::text]))[1];
   end if;
   select * into v_run from pgflow.runs as r where r.run_id = complete_step.run_id;
   v_seq := v_run.last_seq + 1;
@@ -65,9 +78,13 @@ begin
     if v_ready is not null then
       foreach v_slug in array v_ready loop
         v_seq := v_seq + 1;
-        if exists (select from pgflow.steps as st where st.flow_slug = v_flow_key
-                   and st.step_slug = v_slug and st.kind = 'input') then
+        select st.kind into v_kind from pgflow.steps as st
+        where st.flow_slug = v_flow_key and st.step_slug = v_slug;
+        if v_kind = 'input' then
           perform pgflow._start_waiting(v_run.run_id, v_seq, v_slug);
+        elsif v_kind = 'map' then
+          perform pgflow._start_map(v_run.run_id, v_seq, v_slug);
+          v_maps := v_maps || v_slug;
         else
           perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
         end if;
@@ -80,6 +97,9 @@ begin
   if v_run.remaining_steps > 1 then
     update pgflow.runs as r set remaining_steps = r.remaining_steps - 1, last_seq = v_seq
     where r.run_id = v_run.run_id;
+    if v_maps is not null then  -- last: a map step with nothing to run ends at once
+      perform pgflow._settle_maps(array_fill(v_run.run_id, array[cardinality(v_maps)]), v_maps);
+    end if;
     return true;
   end if;
   v_run_output := (pgflow._run_outputs(array[v_run.run_id]))[1];

@@ -3,8 +3,10 @@
 -- start on (runs already going finish on theirs); the same shape again is answered with the
 -- version that has it, so a worker running older code serves that older version.
 -- Input: {"slug", "steps": [{"slug", "depends_on", "max_attempts", "base_delay", "timeout",
---         "kind" ("task", or "input": a step that waits for submit_input), "schema" (an input
---         step's JSON Schema)}],
+--         "kind" ("task"; "input": a step that waits for submit_input; "map": a task per element
+--         of "over"'s array; "http": a task dispatched to "url"), "schema" (an input step's
+--         JSON Schema), "over" (a map step's: "run" or one of its depends_on), "url" (an HTTP
+--         step's)}],
 --         "output_step", and optional flow-wide defaults "max_attempts", "base_delay", "timeout"}.
 -- Returns: the normalised shape with its "version", as get_flow returns it.
 -- Cost: linear in the steps and dependencies, and in the versions when the shape is new; the
@@ -71,7 +73,7 @@ begin
     group by d.slug
   )
   insert into pgflow.steps (flow_slug, step_slug, step_index, depends_on, dependents, max_attempts, base_delay, timeout,
-                            kind, input_schema)
+                            kind, input_schema, map_over, http_url)
   select
     v_key,
     s.s ->> 'slug',
@@ -82,7 +84,9 @@ begin
     (s.s ->> 'base_delay')::double precision,
     (s.s ->> 'timeout')::int,
     coalesce(s.s ->> 'kind', 'task'),
-    s.s -> 'schema'
+    s.s -> 'schema',
+    s.s ->> 'over',
+    s.s ->> 'url'
   from s left join dependents as d on d.slug = s.s ->> 'slug';
   return v_normalised;
 end;

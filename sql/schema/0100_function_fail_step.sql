@@ -1,6 +1,7 @@
 -- fail_step: ends a leased step's attempt with an error; retries with exponential backoff
 -- (base_delay * 2^(attempt-1) seconds, at most 30 days) until max_attempts, then fails the step
--- and the run.
+-- and the run; with retry => false it fails them at once (an error no attempt can mend: an HTTP
+-- step's function answering 4xx).
 -- Returns: true if applied; false (and changes nothing) for a caller that no longer holds the
 --   task, as complete_step.
 -- Locks: the run's row, then its step rows.
@@ -12,7 +13,8 @@ create function pgflow.fail_step(
   step_slug text,
   error text,
   worker_id text default null,
-  attempt int default null
+  attempt int default null,
+  retry boolean default true
 ) returns boolean
 language plpgsql
 volatile
@@ -26,7 +28,8 @@ begin
     return false;
   end if;
   perform pgflow._fail_attempt(fail_step.run_id, fail_step.step_slug,
-                               coalesce(fail_step.error, 'failed without a message'), false);
+                               coalesce(fail_step.error, 'failed without a message'), false,
+                               not coalesce(fail_step.retry, true));
   return true;
 end;
 $$;

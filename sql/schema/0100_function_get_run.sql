@@ -1,4 +1,6 @@
--- get_run: the run now, with every step in flow order; null for an unknown run.
+-- get_run: the run now, with every step in flow order (a map step with its count of element
+-- tasks and of those completed; the element tasks themselves are not listed); null for an
+-- unknown run.
 -- Locks: none. Notifies: nothing. Raises: nothing. Idempotent: yes (reads only).
 create function pgflow.get_run(run_id uuid) returns jsonb
 language sql
@@ -34,7 +36,9 @@ as $$
         'started_at', s.started_at,
         'completed_at', s.completed_at,
         'failed_at', s.failed_at
-      ) order by st.step_index), '[]'::jsonb)
+      ) || case when st.kind = 'map' then jsonb_build_object(
+        'tasks', s.map_tasks, 'tasks_completed', s.map_tasks - s.map_left) else '{}'::jsonb end
+      order by st.step_index), '[]'::jsonb)
       from pgflow.step_states as s
       join pgflow.steps as st on st.flow_slug = s.flow_slug and st.step_slug = s.step_slug
       where s.run_id = r.run_id

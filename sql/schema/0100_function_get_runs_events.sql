@@ -29,7 +29,17 @@ begin
   return query
   -- the one rebuild of the compact rows (0042_table_run_events.sql) into events as clients
   -- receive them (events.md): get_run_events and _notify_events read through here
-  select r.o, e.run_id, e.seq, (case when e.event = 'step:stream' then jsonb_build_object(
+  -- an element task's event ('<map step>[<index>]') reads as a task:* event of its map step
+  select r.o, e.run_id, e.seq, (case when right(e.step_slug, 1) = ']' then jsonb_build_object(
+      'run_id', e.run_id, 'seq', e.seq, 'event', 'task:' || split_part(e.event, ':', 2),
+      'step_slug', left(e.step_slug, strpos(e.step_slug, '[') - 1),
+      'index', substr(e.step_slug, strpos(e.step_slug, '[') + 1,
+                      length(e.step_slug) - strpos(e.step_slug, '[') - 1)::int,
+      'attempt', e.attempt,
+      'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+      || case when e.event = 'step:stream' then '{}'::jsonb
+              else jsonb_build_object('status', split_part(e.event, ':', 2), 'error', null) end
+    when e.event = 'step:stream' then jsonb_build_object(
       'run_id', e.run_id, 'seq', e.seq, 'event', e.event, 'step_slug', e.step_slug,
       'attempt', e.attempt,
       'at', to_char(e.at at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))

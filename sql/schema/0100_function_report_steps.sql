@@ -2,6 +2,8 @@
 -- a worker's batch of results in one call, one transaction, one notification. Completions are
 -- the engine's hot path, so they are applied set-based: a handful of statements for the whole
 -- batch. Failures are rare and take the per-step path (fail_step: retries, failing the run).
+-- A map step's element tasks ('<slug>[<i>]') complete the same way and count their map step
+-- down; a map step whose last element completed here completes last, through this function.
 -- Returns: for each input position, whether it was applied (false: a stale report — the caller
 --   no longer holds a live lease on that step, with that worker_id and attempt, or the run ended).
 -- Locks: every run of the batch, in run_id order (the engine's lock order), before anything else,
@@ -42,8 +44,15 @@ declare
   v_ready_slugs text[];
   v_ready_last int[];
   v_ready_index int[];
-  v_ready_wait boolean[];
+  v_ready_kinds text[];
   v_ready_payloads jsonb[];
+  -- per completion: the map step of an element task (null for a step)
+  v_done_parents text[];
+  -- map steps whose last element completed here, and their outputs
+  v_maps_runs uuid[];
+  v_maps_slugs text[];
+  v_maps_attempts int[];
+  v_maps_outputs jsonb[];
   v_flows text[];
   -- per run of the batch with a completion, in run_id order
   v_runs uuid[];
@@ -117,11 +126,11 @@ begin
         leased_by = null, lease_expires_at = null
     from valid as v
     where s.run_id = v.run_id and s.step_slug = v.step_slug
-    returning v.i, s.attempt, s.flow_slug
+    returning v.i, s.attempt, s.flow_slug, s.map_parent
   )
   select array_agg(c.i order by c.i), array_agg(c.attempt order by c.i),
-    array_agg(c.flow_slug order by c.i)
-    into v_done, v_done_attempts, v_done_flows
+    array_agg(c.flow_slug order by c.i), array_agg(c.map_parent order by c.i)
+    into v_done, v_done_attempts, v_done_flows, v_done_parents
   from completed as c;
   if v_done is null then
     return v_applied;
@@ -156,18 +165,47 @@ begin
     returning s.run_id, s.step_slug, s.flow_slug, s.remaining_deps, d.last_i
   )
   select array_agg(r.run_id), array_agg(r.step_slug), array_agg(r.last_i),
-    array_agg(st.step_index), array_agg(distinct r.flow_slug) filter (where st.kind = 'task'),
-    array_agg(st.kind = 'input')
-    into v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index, v_flows, v_ready_wait
+    array_agg(st.step_index), array_agg(distinct r.flow_slug) filter (where st.kind <> 'input'),
+    array_agg(st.kind)
+    into v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index, v_flows, v_ready_kinds
   from ready as r
   join pgflow.steps as st on st.flow_slug = r.flow_slug and st.step_slug = r.step_slug
   where r.remaining_deps = 0;
-  -- an input step made ready waits for its value instead (rare: one statement more then)
-  if true = any(v_ready_wait) then
+  -- an input step made ready waits for its value instead, a map step starts its element tasks
+  -- (rare: one statement more then)
+  if 'input' = any(v_ready_kinds) or 'map' = any(v_ready_kinds) then
     v_ready_payloads := array(
-      select case when w.wait then pgflow._wait_for_input(w.run_id, w.step_slug) end
-      from unnest(v_ready_runs, v_ready_slugs, v_ready_wait) with ordinality as w (run_id, step_slug, wait, o)
+      select case w.kind when 'input' then pgflow._wait_for_input(w.run_id, w.step_slug)
+                         when 'map' then pgflow._begin_map(w.run_id, w.step_slug) end
+      from unnest(v_ready_runs, v_ready_slugs, v_ready_kinds) with ordinality as w (run_id, step_slug, kind, o)
       order by w.o);
+  end if;
+
+  -- MAP STEPS: element tasks completed count down their map step; one whose last element
+  -- completed here is completed with their outputs in index order, last (below)
+  if cardinality(array_remove(v_done_parents, null)) > 0 then
+    with counted as (
+      select report_steps.run_ids[d.i] as run_id, d.parent, count(*)::int as n
+      from unnest(v_done, v_done_parents) as d (i, parent)
+      where d.parent is not null
+      group by 1, 2
+    ), left_now as (
+      update pgflow.step_states as s
+      set map_left = s.map_left - c.n
+      from counted as c
+      where s.run_id = c.run_id and s.step_slug = c.parent
+      returning s.run_id, s.step_slug, s.attempt, s.map_left
+    )
+    select array_agg(l.run_id order by l.run_id, l.step_slug),
+      array_agg(l.step_slug order by l.run_id, l.step_slug),
+      array_agg(l.attempt order by l.run_id, l.step_slug),
+      array_agg((select coalesce(jsonb_agg(e.output order by e.map_index), '[]'::jsonb)
+                 from pgflow.step_states as e
+                 where e.run_id = l.run_id and e.map_parent = l.step_slug)
+                order by l.run_id, l.step_slug)
+      into v_maps_runs, v_maps_slugs, v_maps_attempts, v_maps_outputs
+    from left_now as l
+    where l.map_left = 0;
   end if;
 
   -- RUNS: what the batch does to each (read from the rows locked above, through their key:
@@ -178,8 +216,9 @@ begin
     array_agg(r.remaining_steps = p.n order by r.run_id)
     into v_runs, v_runs_done, v_runs_seq, v_runs_finished
   from (
-    select report_steps.run_ids[i] as run_id, count(*)::int as n
-    from unnest(v_done) as i group by 1
+    -- element tasks count no step of their run: their map step does, once complete
+    select report_steps.run_ids[d.i] as run_id, count(*) filter (where d.parent is null)::int as n
+    from unnest(v_done, v_done_parents) as d (i, parent) group by 1
   ) as p
   join pgflow.runs as r on r.run_id = p.run_id;
   -- a finished run's output, once its steps' outputs are written
@@ -194,17 +233,21 @@ begin
   -- statement, before the runs' update: the foreign key checks of the new rows then find each
   -- run's row already locked by this transaction, and have nothing to write.
   with raw as (
+    -- an element task's event carries no output: its map step's step:completed has them all
     select report_steps.run_ids[d.i] as run_id, d.i as ord, 1 as kind, 0 as sub,
       'step:completed' as event, report_steps.step_slugs[d.i] as step_slug,
-      'completed' as status, coalesce(report_steps.outputs[d.i], 'null'::jsonb) as output,
+      'completed' as status,
+      case when d.parent is null then coalesce(report_steps.outputs[d.i], 'null'::jsonb) end
+        as output,
       null::jsonb as payload, d.attempt, null::bigint as last_seq
-    from unnest(v_done, v_done_attempts) as d (i, attempt)
+    from unnest(v_done, v_done_attempts, v_done_parents) as d (i, attempt, parent)
     union all
     select g.run_id, g.last_i, 2, g.step_index,
-      case when g.payload is null then 'step:started' else 'step:waiting' end, g.step_slug,
+      case when g.kind = 'input' then 'step:waiting' else 'step:started' end, g.step_slug,
       null, null::jsonb, g.payload, 1, null
-    from unnest(v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index, v_ready_payloads)
-      as g (run_id, step_slug, last_i, step_index, payload)
+    from unnest(v_ready_runs, v_ready_slugs, v_ready_last, v_ready_index, v_ready_payloads,
+                v_ready_kinds)
+      as g (run_id, step_slug, last_i, step_index, payload, kind)
     union all
     select f.run_id, 2147483647, 3, 0, 'run:completed', null, 'completed', f.output, null, null, null
     from unnest(v_runs, v_runs_finished, v_runs_output) as f (run_id, finished, output)
@@ -250,10 +293,26 @@ begin
   if v_tx is null then
     perform pgflow._note_events(v_ranges);
   end if;
+
+  -- LAST, numbered after this batch's events: map steps whose elements are all done complete
+  -- (through this function again, under their engine lease); map steps started here with
+  -- nothing to run complete or fail at once
+  if v_maps_runs is not null then
+    perform pgflow.report_steps('pgflow:map', v_maps_runs, v_maps_slugs, v_maps_attempts,
+      v_maps_outputs, array_fill(null::text, array[cardinality(v_maps_runs)]));
+  end if;
+  if 'map' = any(v_ready_kinds) then
+    perform pgflow._settle_maps(v_ready_runs, v_ready_slugs);
+  end if;
+
   if v_flows is not null then
     if current_setting('pgflow.hold_task_wakeups', true) = 'on' then
-      -- report_and_claim claims next and sends only the wake-ups its claim leaves needed
-      perform set_config('pgflow.held_task_wakeups', v_flows::text, true);
+      -- report_and_claim claims next and sends only the wake-ups its claim leaves needed; a
+      -- call within this one (a map step completing) may have held some already
+      perform set_config('pgflow.held_task_wakeups', (
+        select array_agg(distinct f)::text from unnest(v_flows || coalesce(
+          nullif(current_setting('pgflow.held_task_wakeups', true), '')::text[], '{}')) as f),
+        true);
     else
       perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
     end if;

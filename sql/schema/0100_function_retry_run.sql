@@ -21,6 +21,7 @@ declare
   v_run pgflow.runs%rowtype;
   v_seq bigint;
   v_step record;
+  v_maps text[];  -- map steps started again here
 begin
   select * into v_run from pgflow.runs as r where r.run_id = retry_run.run_id for update;
   if not found then
@@ -40,6 +41,15 @@ begin
     where s.run_id = v_run.run_id and s.status in ('failed', 'cancelled')
     order by st.step_index
   loop
+    if v_step.ready and v_step.kind = 'map' then
+      -- its elements not completed run again (_begin_map), under its engine lease
+      update pgflow.step_states as s set error = null, failed_at = null
+      where s.run_id = v_run.run_id and s.step_slug = v_step.step_slug;
+      v_seq := v_seq + 1;
+      perform pgflow._start_map(v_run.run_id, v_seq, v_step.step_slug);
+      v_maps := v_maps || v_step.step_slug;
+      continue;
+    end if;
     update pgflow.step_states as s
     set status = case when v_step.ready then 'started' else 'created' end,
         attempt_base = s.attempt, error = null, failed_at = null, output = null,
@@ -63,6 +73,9 @@ begin
   set status = 'started', error = null, failed_step = null, failed_at = null,
       cancelled_at = null, cancel_reason = null, last_seq = v_seq
   where r.run_id = v_run.run_id;
+  if v_maps is not null then  -- last: a map step with nothing left to run ends at once
+    perform pgflow._settle_maps(array_fill(v_run.run_id, array[cardinality(v_maps)]), v_maps);
+  end if;
   perform pg_notify('pgflow_tasks', (select s.flow_slug from pgflow.step_states as s
                                      where s.run_id = v_run.run_id limit 1));
   return true;

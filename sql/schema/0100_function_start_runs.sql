@@ -37,6 +37,10 @@ declare
   -- each position's flow version: its key (what its steps carry) and number, the newest
   v_keys text[];
   v_versions int[];
+  -- whether a position's flow has a map step among its roots (it maps over the run's input)
+  v_map_roots boolean;
+  v_map_runs uuid[];
+  v_map_slugs text[];
   v_created uuid[];
   v_new boolean[];
   v_clash record;
@@ -71,8 +75,9 @@ begin
     array_agg(f.root_count order by q.i),
     array_agg(distinct v.flow_key) filter (where f.step_count > 0),
     array_agg(v.flow_key order by q.i),
-    array_agg(v.version order by q.i)
-    into v_run_ids, v_step_counts, v_root_counts, v_flows, v_keys, v_versions
+    array_agg(v.version order by q.i),
+    bool_or(f.map_root_count > 0)
+    into v_run_ids, v_step_counts, v_root_counts, v_flows, v_keys, v_versions, v_map_roots
   from generate_subscripts(start_runs.flow_slugs, 1) as q (i)
   left join lateral (
     select fl.flow_slug as flow_key, fl.version from pgflow.flows as fl
@@ -82,7 +87,9 @@ begin
   ) as v on true
   cross join lateral (
     select count(*)::int as step_count,
-      count(*) filter (where cardinality(s.depends_on) = 0)::int as root_count
+      count(*) filter (where cardinality(s.depends_on) = 0)::int as root_count,
+      count(*) filter (where cardinality(s.depends_on) = 0 and s.kind = 'map')::int
+        as map_root_count
     from pgflow.steps as s
     where s.flow_slug = v.flow_key
   ) as f;
@@ -172,7 +179,9 @@ begin
     union all
     select r.run_id, 1 + r.ord, case when r.kind = 'input' then 'step:waiting' else 'step:started' end,
       r.step_slug, 1, v_tx,
-      case when r.kind = 'input' then pgflow._wait_for_input(r.run_id, r.step_slug) else '{}'::jsonb end
+      case r.kind when 'input' then pgflow._wait_for_input(r.run_id, r.step_slug)
+                  when 'map' then pgflow._begin_map(r.run_id, r.step_slug)
+                  else '{}'::jsonb end
     from roots as r
     returning pgflow.run_events.run_id, seq
   )
@@ -181,6 +190,16 @@ begin
   from (select i.run_id, max(i.seq) as last_seq from inserted as i group by i.run_id) as x;
   if v_tx is null then
     perform pgflow._note_events(v_ranges);
+  end if;
+  -- LAST, numbered after the runs' first events: a root map step with nothing to run completes
+  -- or fails at once
+  if v_map_roots then
+    select array_agg(n.run_id), array_agg(s.step_slug) into v_map_runs, v_map_slugs
+    from unnest(v_run_ids, v_keys, v_new) as n (run_id, flow_key, new)
+    join pgflow.steps as s on s.flow_slug = n.flow_key and cardinality(s.depends_on) = 0
+      and s.kind = 'map'
+    where n.new;
+    perform pgflow._settle_maps(v_map_runs, v_map_slugs);
   end if;
   perform pg_notify('pgflow_tasks', f) from unnest(v_flows) as f;
   return query select u.run_id, coalesce(u.new, false), case when u.run_id is not null then u.version end

@@ -68,6 +68,8 @@ begin
       case when e.s -> 'kind' = '"input"' then 2592000 else 86400 end as max_timeout,
       coalesce(e.s -> 'kind', '"task"'::jsonb) as kind,
       e.s -> 'schema' as schema,
+      e.s -> 'over' as over,
+      e.s -> 'url' as url,
       coalesce(e.s -> 'depends_on', '[]'::jsonb) as deps
     from jsonb_array_elements(p_definition -> 'steps') with ordinality as e (s, i)
   ), typed as (
@@ -92,8 +94,8 @@ begin
            or (t.delay_n > 0 and t.delay_n < 0.000001) then
         format('step %s: base_delay must be a number of seconds from 0 to 86400 (0, or at least 0.000001)',
                quote_literal(t.slug))
-      when t.kind not in ('"task"', '"input"') then
-        format('step %s: kind must be "task" or "input"', quote_literal(t.slug))
+      when t.kind not in ('"task"', '"input"', '"map"', '"http"') then
+        format('step %s: kind must be "task", "input", "map" or "http"', quote_literal(t.slug))
       when t.timeout_n is null or t.timeout_n <> trunc(t.timeout_n)
            or t.timeout_n not between 1 and t.max_timeout then
         format('step %s: timeout must be a whole number of seconds from 1 to %s', quote_literal(t.slug),
@@ -102,6 +104,20 @@ begin
         format('step %s: only an input step (kind "input") takes a schema', quote_literal(t.slug))
       when jsonb_typeof(t.schema) not in ('object', 'boolean') then
         format('step %s: schema must be a JSON Schema (an object or a boolean)', quote_literal(t.slug))
+      when (t.kind = '"map"') <> (t.over is not null) then
+        format('step %s: a map step (kind "map") needs "over", and only a map step takes it',
+               quote_literal(t.slug))
+      when t.over is not null and (jsonb_typeof(t.over) <> 'string'
+           or (t.over <> '"run"' and not (jsonb_typeof(t.deps) = 'array' and t.deps ? (t.over #>> '{}'))))
+        then format('step %s: "over" must be "run" or one of its depends_on', quote_literal(t.slug))
+      when (t.kind = '"http"') <> (t.url is not null) then
+        format('step %s: an HTTP step (kind "http") needs "url", and only an HTTP step takes it',
+               quote_literal(t.slug))
+      when t.url is not null and (jsonb_typeof(t.url) <> 'string'
+           or (t.url #>> '{}') !~ '^(https?://[^\s/?#]+|/)[^\s]*$'
+           or length(t.url #>> '{}') > 2000) then
+        format('step %s: "url" must be an http(s) URL or a path starting with "/", without '
+               'spaces, at most 2000 characters', quote_literal(t.slug))
       when jsonb_typeof(t.deps) <> 'array' or d.non_strings > 0 then
         format('step %s: depends_on must be an array of step slugs', quote_literal(t.slug))
       when d.twice is not null then
@@ -126,7 +142,10 @@ begin
       'base_delay', (c.delay::text)::double precision,
       'timeout', c.timeout_n::int
     ) || case when c.kind = '"input"' then jsonb_build_object(
-      'kind', 'input', 'schema', coalesce(c.schema, '{}'::jsonb)) else '{}'::jsonb end
+      'kind', 'input', 'schema', coalesce(c.schema, '{}'::jsonb))
+      when c.kind = '"map"' then jsonb_build_object('kind', 'map', 'over', c.over)
+      when c.kind = '"http"' then jsonb_build_object('kind', 'http', 'url', c.url)
+      else '{}'::jsonb end
     end order by c.i),
     array_agg(c.slug order by c.i),
     count(*)

@@ -11,19 +11,16 @@ volatile
 set search_path to ''
 as $$
 declare
-  v_error text;
+  v_timeout int;
   v_attempt int;
-  v_seq bigint;
 begin
-  update pgflow.step_states as s
-  set status = 'failed', attempt = s.attempt + 1, failed_at = now(),
-      error = format('no input within %s s', st.timeout)
+  -- the attempt its value would have been
+  update pgflow.step_states as s set attempt = s.attempt + 1
   from pgflow.steps as st
   where s.run_id = p_run_id and s.step_slug = p_step_slug
     and st.flow_slug = s.flow_slug and st.step_slug = s.step_slug
-  returning s.error, s.attempt into v_error, v_attempt;
-  select r.last_seq + 1 into v_seq from pgflow.runs as r where r.run_id = p_run_id;
-  perform pgflow._event(p_run_id, v_seq, 'step:failed', p_step_slug, 'failed', null, v_error, v_attempt);
-  perform pgflow._fail_run(p_run_id, v_seq, p_step_slug, v_error, v_attempt);
+  returning st.timeout, s.attempt into v_timeout, v_attempt;
+  perform pgflow._fail_for_good(p_run_id, p_step_slug, format('no input within %s s', v_timeout),
+                                v_attempt);
 end;
 $$;

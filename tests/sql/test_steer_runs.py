@@ -214,7 +214,7 @@ async def test_an_input_step_past_its_timeout_fails_its_run(conn: Any) -> None:
 
 async def test_input_step_definitions_are_checked(conn: Any) -> None:
     bad = [
-        ({"slug": "s", "kind": "human"}, 'kind must be "task" or "input"'),
+        ({"slug": "s", "kind": "human"}, 'kind must be "task", "input", "map" or "http"'),
         ({"slug": "s", "schema": {}}, "only an input step"),
         ({"slug": "s", "kind": "input", "schema": "yes"}, "schema must be a JSON Schema"),
         ({"slug": "s", "kind": "input", "timeout": 2592001}, "from 1 to 2592000"),

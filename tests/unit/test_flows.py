@@ -347,3 +347,45 @@ def test_an_input_step_slug_is_checked_like_any_step() -> None:
         flow.input_step("x")
     with pytest.raises(InvalidFlowError, match="not be 'run'"):
         flow.input_step("run")
+
+
+# -- map and HTTP steps ------------------------------------------------------------------------
+
+def test_a_map_step_sends_its_kind_and_array_and_depends_on_it() -> None:
+    flow = Flow("fan")
+
+    @flow.step()
+    async def split(input: Any) -> Any: ...
+
+    @flow.map(over=split, max_attempts=5)
+    async def each(input: Any, context: StepContext) -> Any: ...
+
+    @flow.map(over="run")
+    def direct(input: Any) -> Any: ...
+
+    steps = flow.definition()["steps"]
+    assert steps[1] == {"slug": "each", "depends_on": ["split"], "max_attempts": 5,
+                        "base_delay": 1.0, "timeout": 60, "kind": "map", "over": "split"}
+    assert steps[2]["depends_on"] == []
+    assert steps[2]["over"] == "run"
+    assert flow.steps["each"].handler is each  # the decorator returns the function unchanged
+
+
+def test_a_map_step_over_a_step_not_declared_before_is_refused() -> None:
+    flow = Flow("fan")
+    with pytest.raises(InvalidFlowError, match="depends_on takes step slugs or functions"):
+        flow.map(over=lambda input: input)
+
+
+def test_an_http_step_sends_its_url_and_checks_it() -> None:
+    flow = Flow("calls", timeout=20)
+    first = flow.http_step("render", url="https://fn.example/render", max_attempts=2)
+    flow.http_step("again", url="/functions/again", depends_on=[first], output=True)
+    steps = flow.definition()["steps"]
+    assert steps[0] == {"slug": "render", "depends_on": [], "max_attempts": 2, "base_delay": 1.0,
+                        "timeout": 20, "kind": "http", "url": "https://fn.example/render"}
+    assert steps[1]["depends_on"] == ["render"]
+    assert flow.output_step == "again"
+    for bad in ("ftp://x", "relative/path", "/has space", "/" + "x" * 2000):
+        with pytest.raises(InvalidFlowError, match="url must be an http"):
+            flow.http_step("bad", url=bad)
