@@ -10,9 +10,13 @@ websocket subscribers (a plain ``websockets`` client following docs/reference/: 
 ``since``, record every event, on any disconnect reconnect and resubscribe with the last seq
 seen). Runs are steered as users do: a share is cancelled at a random moment, and every
 ``approval`` run's input step is answered (approve or reject) over HTTP through either gateway,
-retried across 503s and lost answers (a 409 then says it was applied). Meanwhile a fault
-loop, at random intervals, SIGKILLs a worker (and starts a replacement), terminates the
-gateways' LISTEN backends, restarts PostgreSQL (fast mode) and aborts client sockets.
+retried across 503s and lost answers (a 409 then says it was applied). ``chaos_pipe`` runs
+(bench/chaos_flows.py) fan out a map step, then call an HTTP step's function
+(bench/chaos_function.py) that misbehaves: 503s, callbacks twice, callbacks after the step's
+timeout. Meanwhile a fault loop, at random intervals, SIGKILLs a worker (and starts a
+replacement; its HTTP calls and awaited callbacks die with it), SIGKILLs the function mid-call
+(and starts it again), terminates the gateways' LISTEN backends, restarts PostgreSQL (fast
+mode) and aborts client sockets.
 
 After the duration the faults stop; the soak waits (bounded) until every run is terminal and
 every subscriber has its runs' terminal events, then checks: every run terminal; each
@@ -53,17 +57,20 @@ from pgflow.db.local_server import PostgresCluster, free_port  # noqa: E402
 from pgflow.db.migrate import migrate_url  # noqa: E402
 
 HOST = "127.0.0.1"
-FLOWS = ("diamond", "fanout", "flaky", "doomed", "approval")
+FLOWS = ("diamond", "fanout", "flaky", "doomed", "approval", "chaos_pipe")
 FLOW_INPUT = {
     "diamond": {"text": "the quick brown fox jumps over the lazy dog " * 3},
     "fanout": {"start": 3},
     "flaky": {"order": "C-1", "amount": 7},
     "doomed": {"mission": "chaos"},
     "approval": {"title": "chaos notes"},
+    "chaos_pipe": {"n": 6},  # bench/chaos_flows.py: a map step, then an HTTP step
 }
+HTTP_SECRET = "the-chaos-soak-http-step-secret"
 TERMINAL = {"run:completed", "run:failed", "run:cancelled"}
 STEER_INTERVAL = 0.2  # seconds between two looks for waiting input steps
 FAULT_COUNTERS = ("worker_sigkill", "listener_backend_terminations", "client_socket_drops",
+                  "function_sigkill",
                   "postgres_restart")
 LISTENER_APP = "pgflow-gateway-listener"  # gateway/relay.py APPLICATION_NAME
 # Durable commits (the defaults), enough connections for gateways, workers and the soak.
@@ -100,9 +107,11 @@ def log(options: Options, message: str) -> None:
 class Child:
     """A ``python -m pgflow ...`` child process, its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str],
+                 program: list[str] | None = None) -> None:
         self.name = name
         self.args = args
+        self.program = program or [sys.executable, "-m", "pgflow"]
         self.log_path = log_dir / f"{name}.log"
         self.env = env
         self.process: asyncio.subprocess.Process | None = None
@@ -112,7 +121,7 @@ class Child:
         out = self.log_path.open("ab")  # a local file, opened once
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pgflow", *self.args,
+                *self.program, *self.args,
                 cwd=REPO_ROOT, env=self.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=out, stderr=out,
             )
@@ -275,8 +284,12 @@ class Chaos:
         self.tmp.chmod(0o755)
         self.cluster = PostgresCluster(self.tmp / "db", settings=SERVER_SETTINGS)
         self.url = ""
+        # bench/ importable: the workers load its chaos_flows
         self.env = {**os.environ, "PGFLOW_EXAMPLE_DELAY_SCALE": str(options.delay_scale),
-                    "NO_PROXY": "*", "no_proxy": "*"}
+                    "NO_PROXY": "*", "no_proxy": "*",
+                    "PYTHONPATH": os.pathsep.join(
+                        p for p in (str(REPO_ROOT / "bench"), os.environ.get("PYTHONPATH"))
+                        if p)}
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
                      "all_proxy", "DATABASE_URL"):
             self.env.pop(name, None)
@@ -291,6 +304,8 @@ class Chaos:
         self.counts: Counter[str] = Counter()
         self._worker_seq = 0
         self._tasks: list[asyncio.Task[Any]] = []
+        self.function: Child | None = None
+        self.function_port = free_port(HOST)
 
     # processes
 
@@ -298,8 +313,13 @@ class Chaos:
         self._worker_seq += 1
         child = Child(f"worker-{self._worker_seq}", [
             "worker", "--database-url", self.url, "--flows", "examples.flows",
+            "--flows", "chaos_flows",
             "--lease", str(self.o.lease), "--concurrency", "20", "--poll-interval", "0.5",
             "--shutdown-grace", "2",
+            # HTTP steps: called on the function, called back on either gateway
+            "--http-secret", HTTP_SECRET,
+            "--http-base-url", f"http://{HOST}:{self.function_port}",
+            "--callback-url", self.rng.choice(self.gateway_urls),
         ], self.tmp, self.env)
         await child.start()
         self.workers.append(child)
@@ -309,7 +329,7 @@ class Chaos:
         port = free_port(HOST)
         child = Child(f"gateway-{index}", [
             "serve", "--database-url", self.url, "--flows", "examples.flows",
-            "--host", HOST, "--port", str(port),
+            "--host", HOST, "--port", str(port), "--http-secret", HTTP_SECRET,
         ], self.tmp, self.env)
         await child.start()
         self.gateways.append(child)
@@ -436,8 +456,9 @@ class Chaos:
     # faults
 
     async def fault_loop(self, stop: asyncio.Event) -> None:
-        kinds = ["kill_worker", "kill_listeners", "drop_sockets", "restart_postgres"]
-        weights = [3, 3, 3, 1]
+        kinds = ["kill_worker", "kill_listeners", "drop_sockets", "restart_postgres",
+                 "kill_function"]
+        weights = [3, 3, 3, 1, 2]
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(),
@@ -466,6 +487,36 @@ class Chaos:
         await self.start_worker()
         self.faults["worker_sigkill"] += 1
         log(self.o, f"SIGKILLed {victim.name} (pid {victim.pid}), started a replacement")
+
+    async def start_function(self) -> None:
+        """The HTTP steps' function (bench/chaos_function.py), on its fixed port."""
+        child = Child("function", ["--port", str(self.function_port),
+                                   "--seed", str(self.rng.randrange(2**31))],
+                      self.tmp, {**self.env, "PGFLOW_HTTP_SECRET": HTTP_SECRET},
+                      program=[sys.executable, str(REPO_ROOT / "bench" / "chaos_function.py")])
+        await child.start()
+        self.function = child
+        deadline = time.monotonic() + 30
+        while True:  # listening: a connection is refused no more
+            try:
+                _, writer = await asyncio.open_connection(HOST, self.function_port)
+            except OSError:
+                if child.exited or time.monotonic() > deadline:
+                    raise RuntimeError(f"the function did not start:\n{child.tail()}") from None
+                await asyncio.sleep(0.05)
+            else:
+                writer.close()
+                return
+
+    async def kill_function(self) -> None:
+        """The function dies mid-call: calls in flight fail, callbacks it owed never come."""
+        if self.function is not None:
+            self.function.sigkill()
+            await self.function.process.wait()  # type: ignore[union-attr]
+        await asyncio.sleep(self.rng.uniform(0.1, 0.5))
+        await self.start_function()
+        self.faults["function_sigkill"] += 1
+        log(self.o, "SIGKILLed the HTTP function, started it again")
 
     async def kill_listeners(self) -> None:
         connection = await asyncpg.connect(self.url, timeout=5)
@@ -590,9 +641,11 @@ class Chaos:
         self.url = self.cluster.uri()
         await migrate_url(self.url)
         log(o, f"PostgreSQL on {self.url}, data in {self.tmp}")
+        await self.start_function()
+        # the gateways first: the workers' functions call them back
+        await asyncio.gather(*(self.start_gateway(i + 1) for i in range(o.gateways)))
         for _ in range(o.workers):
             await self.start_worker()
-        await asyncio.gather(*(self.start_gateway(i + 1) for i in range(o.gateways)))
         log(o, f"gateways {self.gateway_urls}, {o.workers} workers")
         ws_urls = [u.replace("http://", "ws://") + "/realtime" for u in self.gateway_urls]
         self.subscribers = [Subscriber(i, ws_urls) for i in range(o.subscribers)]
@@ -630,7 +683,8 @@ class Chaos:
     async def close(self, keep_logs: bool = False) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*(c.stop() for c in self.gateways + self.workers),
+        await asyncio.gather(*(c.stop() for c in self.gateways + self.workers
+                               + ([self.function] if self.function else [])),
                              return_exceptions=True)
         await asyncio.to_thread(self.cluster.kill)
         if keep_logs:  # the processes' logs (not the database) for a failed soak
@@ -679,7 +733,7 @@ def report(result: dict[str, Any]) -> None:
     lines = [
         f"runs started: {result['runs_started']} (not terminal: {result['runs_not_terminal']})",
         "outcomes: " + ", ".join(f"{k}={result[k]}" for k in sorted(result)
-                                 if k.split("_")[0] in FLOWS),
+                                 if k.rsplit("_", 1)[0] in FLOWS),
         f"event streams checked: {result['streams_checked']}, events received "
         f"{result.get('events_received', 0)} of {result.get('events_expected', 0)} expected",
         f"lost {result.get('events_lost', 0)}, duplicated {result.get('events_duplicated', 0)}, "

@@ -389,7 +389,8 @@ export interface RunSnapshot<TOutput = unknown> {
   readonly graph: FlowGraph | null;
   /**
    * Each step known at the last change, by slug: frozen copies of `run.step(slug)` (`chunks`
-   * included). A step that did not change keeps the same object from one snapshot to the next.
+   * and `taskErrors` included; a map step's elements are there as counts only). A step that did
+   * not change keeps the same object from one snapshot to the next.
    */
   readonly steps: Readonly<Record<string, StepState>>;
   /**

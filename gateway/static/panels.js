@@ -466,7 +466,7 @@ export function tipContent(ctx) {
     // a map's elements are attempted one by one: their counts say more than the step's attempt
     frag.append(document.createElement("br"), progressLabel(look.progress));
     const latest = state.taskErrors?.at(-1);
-    if (latest) {
+    if (latest && !lastError(state)) { // a failed map's own error (below) already names it
       const text = `task ${latest.index} ${latest.final ? "failed" : "will retry"}: ${latest.error}`;
       frag.append(make("div", { className: "tip-error", textContent: clip(text, 140) }));
     }

@@ -174,7 +174,8 @@ export class PageView {
     ui.errorCard.hidden = run.status !== "failed";
     if (run.status === "failed") {
       const slug = entry.failedStep;
-      const attempts = slug ? run.step(slug).attempt : null;
+      // a map step's elements have the attempts, each its own: its error names the one that failed
+      const attempts = slug && run.step(slug).kind !== "map" ? run.step(slug).attempt : null;
       ui.errorSummary.replaceChildren(
         "Step ", Object.assign(this.doc.createElement("strong"), { textContent: slug ?? "?" }), failureTail(attempts),
       );

@@ -43,6 +43,7 @@ async def test_chaos_soak_loses_nothing_and_ends_every_run() -> None:
     assert result["fault_worker_sigkill"] >= 2, result
     assert result["fault_listener_backends_terminated"] >= 2, result  # one per gateway at least
     assert result["fault_postgres_restart"] >= 1, result
+    assert result["fault_function_sigkill"] >= 1, result  # the HTTP steps' function, mid-call
     assert result["fault_client_sockets_dropped"] >= 2, result
     # load ran and was checked
     assert result["runs_started"] >= 20, result
@@ -50,6 +51,8 @@ async def test_chaos_soak_loses_nothing_and_ends_every_run() -> None:
     assert result.get("cancels_200", 0) >= 2, result
     assert result.get("inputs_200", 0) >= 1, result
     assert result.get("approval_completed", 0) >= 1, result
+    # a map step and an HTTP step whose function misbehaves (bench/chaos_function.py)
+    assert result.get("chaos_pipe_completed", 0) >= 1, result
     assert result["streams_checked"] == 3 * result["runs_started"], result
     # the guarantees
     assert result["runs_not_terminal"] == 0, result
