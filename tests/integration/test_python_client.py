@@ -542,3 +542,25 @@ async def test_submit_checks_the_value_against_the_schema_then_completes_the_inp
     submitted = next(e for e in events
                      if e["event"] == "step:completed" and e["step_slug"] == "approve")
     assert submitted["output"] == {"ok": True, "note": "fine"}
+
+
+# -- map steps ------------------------------------------------------------------------------
+
+client_map = Flow("client_map", max_attempts=2, base_delay=0)
+
+
+@client_map.map(over="run", output=True)
+async def doubled(input: Any) -> int:
+    return int(input["item"]) * 2
+
+
+async def test_a_map_runs_result_and_its_task_events_through_the_client(
+        db_url: str, client: Client) -> None:
+    async with running(db_url, [client_map]):
+        run = await client.start("client_map", list(range(25)))
+        assert await run.result(timeout=RESULT_TIMEOUT) == [i * 2 for i in range(25)]
+        events = [e async for e in run.events()]
+    completed = sorted(e["index"] for e in events if e["event"] == "task:completed")
+    assert completed == list(range(25))
+    assert all(e["step_slug"] == "doubled" for e in events if e["event"].startswith("task:"))
+    assert [e["event"] for e in events][-2:] == ["step:completed", "run:completed"]
