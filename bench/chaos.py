@@ -394,7 +394,8 @@ class Chaos:
         for subscriber in self.rng.sample(self.subscribers, self.o.followers_per_run):
             subscriber.follow(run_id)
         if self.rng.random() < self.o.cancel_share:
-            await asyncio.sleep(self.rng.uniform(0.0, 0.5))
+            # soon: the example flows end within a second at the soak's delay scale
+            await asyncio.sleep(self.rng.uniform(0.0, 0.1))
             await self._steer(http, f"/runs/{run_id}/cancel", {"reason": "chaos"}, "cancels")
 
     # steering: cancels (above) and the answers input steps wait for

@@ -49,12 +49,21 @@ def _first_module(candidates: tuple[str, ...]) -> str | None:
 
 
 def example_flows() -> list[Flow]:
-    found = [_first_module(EXAMPLE_MODULES), _first_module(PIPELINE_MODULES)]
-    return load_flows([module for module in found if module is not None])
+    """The example flows that need nothing set up (examples/flows.py)."""
+    module = _first_module(EXAMPLE_MODULES)
+    return load_flows([module]) if module is not None else []
+
+
+def pipeline_flows() -> list[Flow]:
+    """The mixed flow, whose HTTP step needs a secret and its function: the demo has both."""
+    module = _first_module(PIPELINE_MODULES)
+    if module is None or _first_module(FUNCTION_MODULES) is None:
+        return []
+    return load_flows([module])
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    flows = example_flows() + load_flows(args.flows)
+    flows = example_flows() + pipeline_flows() + load_flows(args.flows)
     with database_url(args.database_url, args.data_dir) as url:
         embedded = not (args.database_url or os.environ.get("DATABASE_URL"))
         # The embedded server's URL has no secret in it; a URL given to us may have one.

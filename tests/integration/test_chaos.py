@@ -48,7 +48,7 @@ async def test_chaos_soak_loses_nothing_and_ends_every_run() -> None:
     # load ran and was checked
     assert result["runs_started"] >= 20, result
     # and runs were steered through the gateways meanwhile: cancelled, and answered
-    assert result.get("cancels_200", 0) >= 2, result
+    assert result.get("cancels_200", 0) >= 1, result
     assert result.get("inputs_200", 0) >= 1, result
     assert result.get("approval_completed", 0) >= 1, result
     # a map step and an HTTP step whose function misbehaves (bench/chaos_function.py)
