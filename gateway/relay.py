@@ -41,6 +41,7 @@ from pgflow.db.notifications import (
     NotificationError,
     parse_notification,
 )
+from pgflow.db.read_queue import ReadQueue
 from pgflow.db.store import Store
 from pgflow.errors import DatabaseUnavailableError, PGFlowError, UnknownRunError
 
@@ -77,15 +78,15 @@ class Relay:
         self.queue = queue
         self.page = page
         self.batch = batch
-        self._pending: dict[str, None] = {}  # runs to read, in request order
-        self._wakeup = asyncio.Event()
+        # runs to read, batched; a read the database failed is tried again
+        self._reads = ReadQueue(self.read, batch=batch, retryable=DatabaseUnavailableError,
+                                retry_delay=lambda _failures: READ_RETRY_DELAY)
         self._retries: dict[str, asyncio.TimerHandle] = {}  # stalled runs: their next read
         self._replays: set[asyncio.Task[None]] = set()  # page reads under way
         self.frames = FrameCache()
 
     def request_read(self, run_id: str) -> None:
-        self._pending[run_id] = None
-        self._wakeup.set()
+        self._reads.request(run_id)
 
     def request_replay(self, read: ReplayRead) -> None:
         task = asyncio.get_running_loop().create_task(
@@ -145,21 +146,7 @@ class Relay:
 
     async def read_loop(self) -> None:
         """Serves ``request_read``: batched log reads, applied to every subscriber of each run."""
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                runs = list(self._pending)[: self.batch]
-                for run_id in runs:
-                    del self._pending[run_id]
-                try:
-                    await self.read(runs)
-                except DatabaseUnavailableError as exc:
-                    logger.warning("log read failed, retrying: %s", exc,
-                                   extra={"action": "log_read_error"})
-                    for run_id in runs:
-                        self._pending[run_id] = None
-                    await asyncio.sleep(READ_RETRY_DELAY)
+        await self._reads.run()
 
     async def read(self, runs: Sequence[str]) -> None:
         fanout = self.fanout

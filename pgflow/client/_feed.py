@@ -27,6 +27,7 @@ from pgflow.client._follow import Event, Follower, Following
 from pgflow.db.backoff import backoff_delay
 from pgflow.db.listen import RESYNC, Listener
 from pgflow.db.notifications import MAX_SEQ, NOTIFY_CHANNEL, NotificationError, parse_notification
+from pgflow.db.read_queue import ReadQueue
 from pgflow.db.store import Store
 from pgflow.errors import DatabaseUnavailableError, PGFlowError
 
@@ -54,8 +55,11 @@ class Feed:
         self.page = page
         self.batch = batch
         self.log_reads = 0  # queries made to the log (tests, diagnostics)
-        self._pending: dict[str, None] = {}  # runs to read, in request order
-        self._wakeup = asyncio.Event()
+        # runs to read, batched; a failed read is tried again, backing off
+        self._reads = ReadQueue(
+            self.read, batch=batch, retryable=PGFlowError,
+            retry_delay=lambda failures: backoff_delay(failures, first=READ_RETRY_FIRST,
+                                                       longest=READ_RETRY_LONGEST))
         self._tasks: list[asyncio.Task[None]] = []
         self._closed: BaseException | None = None
 
@@ -164,31 +168,11 @@ class Feed:
     # -- the log reader -------------------------------------------------------------------------
 
     def request_read(self, run_id: str) -> None:
-        self._pending[run_id] = None
-        self._wakeup.set()
+        self._reads.request(run_id)
 
     async def read_loop(self) -> None:
         """Serves ``request_read``: batched log reads; a failed read is tried again."""
-        failures = 0
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                runs = list(self._pending)[: self.batch]
-                for run_id in runs:
-                    del self._pending[run_id]
-                try:
-                    await self.read(runs)
-                except PGFlowError as exc:
-                    failures += 1
-                    logger.warning("log read failed, retrying: %s", exc,
-                                   extra={"action": "log_read_error"})
-                    for run_id in runs:
-                        self._pending.setdefault(run_id, None)
-                    await asyncio.sleep(backoff_delay(failures, first=READ_RETRY_FIRST,
-                                                      longest=READ_RETRY_LONGEST))
-                else:
-                    failures = 0
+        await self._reads.run()
 
     async def read(self, runs: Sequence[str]) -> None:
         reads: list[tuple[str, int, int | None]] = []
