@@ -21,16 +21,18 @@ slow_async = Flow("slow_async", max_attempts=1, timeout=60)
 
 
 @slow_async.step()
-async def sleeps(input: Any) -> None:
+async def waits(input: Any) -> None:
     async_entered.set()
     try:
-        await asyncio.sleep(HANDLER_LIMIT)
+        # an event no one sets: only the run's cancel ends this wait (or the limit, failing)
+        async with asyncio.timeout(HANDLER_LIMIT):
+            await asyncio.Event().wait()
     except asyncio.CancelledError:
         async_cancelled.append(time.monotonic())
         raise
 
 
-@slow_async.step(depends_on=[sleeps])
+@slow_async.step(depends_on=[waits])
 async def after(input: Any) -> None:
     raise AssertionError("never runs: its run was cancelled")
 
