@@ -176,6 +176,14 @@ async def read_json(request: Request, limit: int) -> Any:
     return loads_client_json(body, "the body")  # bad_json, or bad_request when nested too deep
 
 
+def refuse_unknown_fields(body: dict[str, Any], fields: frozenset[str], expected: str) -> None:
+    """Refuses a body with a field not among ``fields``, naming (a few of) them."""
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise BadRequestError(f"unknown field(s) {', '.join(u[:64] for u in unknown[:10])}: "
+                              f"expected {expected}")
+
+
 async def read_options(request: Request, limit: int, fields: frozenset[str]) -> dict[str, Any]:
     """An optional JSON object body (empty: ``{}``) with no fields but ``fields``."""
     body = await read_body(request, limit)
@@ -185,10 +193,7 @@ async def read_options(request: Request, limit: int, fields: frozenset[str]) -> 
     expected = "{" + ", ".join(f'"{f}"' for f in sorted(fields)) + "}"
     if not isinstance(value, dict):
         raise BadRequestError(f"the body must be a JSON object {expected}, or empty")
-    unknown = sorted(set(value) - fields)
-    if unknown:
-        raise BadRequestError(f"unknown field(s) {', '.join(u[:64] for u in unknown[:10])}: "
-                              f"expected {expected}")
+    refuse_unknown_fields(value, fields, expected)
     return value
 
 
@@ -489,10 +494,7 @@ def http_routes(
         body = await read_json(request, max_body_bytes)
         if not isinstance(body, dict) or "value" not in body:
             raise BadRequestError('the body must be a JSON object {"value": ...}')
-        unknown = sorted(set(body) - {"value"})
-        if unknown:
-            raise BadRequestError(f"unknown field(s) {', '.join(u[:64] for u in unknown[:10])}: "
-                                  'expected {"value"}')
+        refuse_unknown_fields(body, frozenset({"value"}), '{"value"}')
         value = body["value"]
         check_storable(value, "value")
         run_id, flow_slug, version = await steerable_run(request, principal)
@@ -538,10 +540,7 @@ def http_routes(
         expected = f'{{"token", "{field}"}}'
         if not isinstance(body, dict) or "token" not in body or field not in body:
             raise BadRequestError(f"the body must be a JSON object {expected}")
-        unknown = sorted(set(body) - {"token", field})
-        if unknown:
-            raise BadRequestError(f"unknown field(s) {', '.join(u[:64] for u in unknown[:10])}: "
-                                  f"expected {expected}")
+        refuse_unknown_fields(body, frozenset({"token", field}), expected)
         token = body["token"]
         if not isinstance(token, str):
             raise BadRequestError("token must be a string")

@@ -522,9 +522,11 @@ class Worker:
             claim_now = len(tasks) >= wanted
 
     def _start(self, task: Task) -> None:
-        # claimed under its version's key; the handler is told the flow's slug
-        task = dataclasses.replace(
-            task, flow_slug=self._slug_of_key.get(task.flow_slug, task.flow_slug))
+        # claimed under its version's key (the slug itself for a version 1); the handler is
+        # told the flow's slug
+        slug = self._slug_of_key.get(task.flow_slug, task.flow_slug)
+        if slug != task.flow_slug:
+            task = dataclasses.replace(task, flow_slug=slug)
         key = (task.run_id, task.step_slug, task.attempt)
         step_slug = self._step_of(task)
         url = self._http_urls.get((task.flow_slug, step_slug))

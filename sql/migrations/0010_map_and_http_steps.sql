@@ -21,6 +21,8 @@ alter table pgflow.step_states add column map_left int;
 -- new signatures: fail_step gains retry, _fail_attempt p_final
 drop function pgflow.fail_step(uuid, text, text, text, int);
 drop function pgflow._fail_attempt(uuid, text, text, boolean);
+-- _start_step starts any kind of step, input steps included
+drop function pgflow._start_waiting(uuid, bigint, text);
 
 -- sql/schema/0110_function__fail_for_good.sql
 -- _fail_for_good: a step fails without another attempt (its last attempt failed, an input step
@@ -291,30 +293,45 @@ begin
 end;
 $$;
 
--- sql/schema/0110_function__start_map.sql
--- _start_map: a map step whose dependencies completed starts its element tasks (_begin_map),
--- and its step:started event, carrying {"tasks": n}, is appended at p_seq. The per-step paths
--- (complete_step, retry_run) call it, then _settle_maps once their events are written; the
--- set-based ones write the event in their own insert.
--- Locks: the caller holds the run's row lock (it owns p_seq).
+-- sql/schema/0110_function__start_step.sql
+-- _start_step: a step whose dependencies completed starts, as its kind does, with its event at
+-- p_seq: a task is queued (step:started); an input step waits for its value (_wait_for_input,
+-- step:waiting with its schema and input); a map step starts its element tasks (_begin_map,
+-- step:started with {"tasks": n}, which _settle_maps completes or fails once the caller's
+-- events are written, when there is nothing to run). The per-step paths (complete_step,
+-- retry_run) call it; the set-based ones write their events in their own insert.
+-- Returns: the step's kind.
+-- Locks: the caller holds the run's row lock (it owns p_seq) and has queued the step's row.
 -- Notifies: pgflow_events, at commit. Raises: nothing.
 -- Idempotent: no (it appends an event).
-create function pgflow._start_map(p_run_id uuid, p_seq bigint, p_step_slug text) returns void
+create function pgflow._start_step(p_run_id uuid, p_seq bigint, p_step_slug text) returns text
 language plpgsql
 volatile
 set search_path to ''
 as $$
 declare
   v_tx xid8 := pgflow._events_tx();
-  v_payload jsonb := pgflow._begin_map(p_run_id, p_step_slug);
+  v_kind text;
+  v_payload jsonb := '{}';
 begin
+  select st.kind into v_kind
+  from pgflow.step_states as s
+  join pgflow.steps as st on st.flow_slug = s.flow_slug and st.step_slug = s.step_slug
+  where s.run_id = p_run_id and s.step_slug = p_step_slug;
+  if v_kind = 'input' then
+    v_payload := pgflow._wait_for_input(p_run_id, p_step_slug);
+  elsif v_kind = 'map' then
+    v_payload := pgflow._begin_map(p_run_id, p_step_slug);  -- counts the attempt itself
+  end if;
   insert into pgflow.run_events (run_id, seq, event, step_slug, attempt, tx, payload)
-  select p_run_id, p_seq, 'step:started', p_step_slug, s.attempt, v_tx, v_payload
+  select p_run_id, p_seq, case when v_kind = 'input' then 'step:waiting' else 'step:started' end,
+    p_step_slug, case when v_kind = 'map' then s.attempt else s.attempt + 1 end, v_tx, v_payload
   from pgflow.step_states as s
   where s.run_id = p_run_id and s.step_slug = p_step_slug;
   if v_tx is null then
     perform pgflow._note_events(p_run_id || ',' || p_seq || ',' || p_seq || ';');
   end if;
+  return v_kind;
 end;
 $$;
 
@@ -1453,7 +1470,6 @@ declare
   v_run pgflow.runs%rowtype;
   v_attempt int;
   v_flow_key text;  -- the key of the run's flow version (0030_table_flows.sql)
-  v_kind text;
   v_maps text[];  -- map steps started here
   v_element pgflow.step_states%rowtype;
   v_dependents text[];
@@ -1506,15 +1522,8 @@ begin
     if v_ready is not null then
       foreach v_slug in array v_ready loop
         v_seq := v_seq + 1;
-        select st.kind into v_kind from pgflow.steps as st
-        where st.flow_slug = v_flow_key and st.step_slug = v_slug;
-        if v_kind = 'input' then
-          perform pgflow._start_waiting(v_run.run_id, v_seq, v_slug);
-        elsif v_kind = 'map' then
-          perform pgflow._start_map(v_run.run_id, v_seq, v_slug);
+        if pgflow._start_step(v_run.run_id, v_seq, v_slug) = 'map' then
           v_maps := v_maps || v_slug;
-        else
-          perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
         end if;
       end loop;
       perform pg_notify('pgflow_tasks', v_flow_key);
@@ -1590,7 +1599,7 @@ begin
       update pgflow.step_states as s set error = null, failed_at = null
       where s.run_id = v_run.run_id and s.step_slug = v_step.step_slug;
       v_seq := v_seq + 1;
-      perform pgflow._start_map(v_run.run_id, v_seq, v_step.step_slug);
+      perform pgflow._start_step(v_run.run_id, v_seq, v_step.step_slug);
       v_maps := v_maps || v_step.step_slug;
       continue;
     end if;
@@ -1603,13 +1612,7 @@ begin
     where s.run_id = v_run.run_id and s.step_slug = v_step.step_slug;
     if v_step.ready then
       v_seq := v_seq + 1;
-      if v_step.kind = 'input' then
-        perform pgflow._start_waiting(v_run.run_id, v_seq, v_step.step_slug);
-      else
-        perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_step.step_slug, 'started',
-          null, null, (select s.attempt + 1 from pgflow.step_states as s
-                       where s.run_id = v_run.run_id and s.step_slug = v_step.step_slug));
-      end if;
+      perform pgflow._start_step(v_run.run_id, v_seq, v_step.step_slug);
     end if;
   end loop;
 
@@ -1818,7 +1821,7 @@ alter function pgflow._fail_attempt set search_path to pg_catalog, pg_temp;
 alter function pgflow.fail_step set search_path to pg_catalog, pg_temp;
 alter function pgflow._begin_map set search_path to pg_catalog, pg_temp;
 alter function pgflow._settle_maps set search_path to pg_catalog, pg_temp;
-alter function pgflow._start_map set search_path to pg_catalog, pg_temp;
+alter function pgflow._start_step set search_path to pg_catalog, pg_temp;
 alter function pgflow._time_out_input set search_path to pg_catalog, pg_temp;
 alter function pgflow._normalise_flow set search_path to pg_catalog, pg_temp;
 alter function pgflow.define_flow set search_path to pg_catalog, pg_temp;
@@ -1835,7 +1838,7 @@ revoke all on function pgflow._fail_attempt from public;
 revoke all on function pgflow.fail_step from public;
 revoke all on function pgflow._begin_map from public;
 revoke all on function pgflow._settle_maps from public;
-revoke all on function pgflow._start_map from public;
+revoke all on function pgflow._start_step from public;
 revoke all on function pgflow._time_out_input from public;
 revoke all on function pgflow._normalise_flow from public;
 revoke all on function pgflow.define_flow from public;

@@ -25,7 +25,6 @@ declare
   v_run pgflow.runs%rowtype;
   v_attempt int;
   v_flow_key text;  -- the key of the run's flow version (0030_table_flows.sql)
-  v_kind text;
   v_maps text[];  -- map steps started here
   v_element pgflow.step_states%rowtype;
   v_dependents text[];
@@ -78,15 +77,8 @@ begin
     if v_ready is not null then
       foreach v_slug in array v_ready loop
         v_seq := v_seq + 1;
-        select st.kind into v_kind from pgflow.steps as st
-        where st.flow_slug = v_flow_key and st.step_slug = v_slug;
-        if v_kind = 'input' then
-          perform pgflow._start_waiting(v_run.run_id, v_seq, v_slug);
-        elsif v_kind = 'map' then
-          perform pgflow._start_map(v_run.run_id, v_seq, v_slug);
+        if pgflow._start_step(v_run.run_id, v_seq, v_slug) = 'map' then
           v_maps := v_maps || v_slug;
-        else
-          perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_slug, 'started', null, null, 1);
         end if;
       end loop;
       perform pg_notify('pgflow_tasks', v_flow_key);

@@ -46,7 +46,7 @@ begin
       update pgflow.step_states as s set error = null, failed_at = null
       where s.run_id = v_run.run_id and s.step_slug = v_step.step_slug;
       v_seq := v_seq + 1;
-      perform pgflow._start_map(v_run.run_id, v_seq, v_step.step_slug);
+      perform pgflow._start_step(v_run.run_id, v_seq, v_step.step_slug);
       v_maps := v_maps || v_step.step_slug;
       continue;
     end if;
@@ -59,13 +59,7 @@ begin
     where s.run_id = v_run.run_id and s.step_slug = v_step.step_slug;
     if v_step.ready then
       v_seq := v_seq + 1;
-      if v_step.kind = 'input' then
-        perform pgflow._start_waiting(v_run.run_id, v_seq, v_step.step_slug);
-      else
-        perform pgflow._event(v_run.run_id, v_seq, 'step:started', v_step.step_slug, 'started',
-          null, null, (select s.attempt + 1 from pgflow.step_states as s
-                       where s.run_id = v_run.run_id and s.step_slug = v_step.step_slug));
-      end if;
+      perform pgflow._start_step(v_run.run_id, v_seq, v_step.step_slug);
     end if;
   end loop;
 
