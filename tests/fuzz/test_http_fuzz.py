@@ -47,12 +47,13 @@ SQL = ["x'; drop table pgflow.runs; --", "' or 1=1 --", '"; select pg_sleep(10);
        "chain' --", "%27%3B", "\\x00", "$1", "chain;", "../chain", "chain\x00"]
 
 FUZZ_SETTINGS = fuzz_settings(300)
+HTTP_SECRET = "the-http-fuzz-step-secret"
 
 
 @pytest.fixture(scope="module")
 def gw(pg_server: Server, template_url: str) -> Iterator[ThreadedGateway]:
     config = GatewayConfig(jwt_secret=SECRET, max_body_bytes=MAX_BODY, admin_role="admin",
-                           private_flows=frozenset({"secret_flow"}))
+                           private_flows=frozenset({"secret_flow"}), http_secret=HTTP_SECRET)
     shapes = [CHAIN, {"slug": "secret_flow", "steps": [{"slug": "only"}]}]
     with threaded_gateway(pg_server.url, "pgflow_fuzz_http", config=config,
                           shapes=shapes) as running:
@@ -129,6 +130,14 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+STEER_BODIES = st.one_of(
+    st.fixed_dictionaries({"reason": JSON_VALUES}),
+    st.fixed_dictionaries({"value": JSON_VALUES}),
+    st.fixed_dictionaries({"token": ANY_TEXT | st.sampled_from(
+        ["pgflow1.e30.AAAA", "pgflow1..", "pgflow1." + "A" * 5000]), "output": JSON_VALUES}),
+    st.fixed_dictionaries({"token": JSON_VALUES, "error": JSON_VALUES}),
+    st.dictionaries(ANY_TEXT, JSON_VALUES, max_size=3),
+).map(dumps)
 RUN_FLOW_BODIES = st.builds(
     lambda slug, input, extra, drop: dumps(
         {k: v for k, v in {"flow_slug": slug, "input": input, **extra}.items() if k not in drop}
@@ -143,6 +152,7 @@ BODIES = st.one_of(
     st.binary(max_size=300),
     JSON_VALUES.map(dumps),
     RUN_FLOW_BODIES,
+    STEER_BODIES,
     st.integers(1, 5000).map(lambda d: b'{"flow_slug": "chain", "input": ' + b"[" * d
                              + b"]" * d + b"}"),
     st.integers(MAX_BODY - 40, MAX_BODY + 40).map(
@@ -163,6 +173,12 @@ PATHS = st.one_of(
                      "/openapi.json", "/client.js", "/static/", "/realtime", "/rpc/", "//",
                      "/static/../gateway/app.py", "/static/%2e%2e/app.py"]),
     RUN_IDS.map(lambda r: "/runs/" + quote(r, safe="")),
+    st.tuples(RUN_IDS, st.sampled_from(["cancel", "retry", "steps/step1/input", "steps//input",
+                                        "steps/%00/input"])).map(
+        lambda q: f"/runs/{quote(q[0], safe='')}/{q[1]}"),
+    st.sampled_from(["/rpc/complete_step", "/rpc/fail_step"]),
+    SLUGS.map(lambda s: "/flows/" + quote(s, safe="") + "?version=1"),
+    ANY_TEXT.map(lambda v: "/flows/chain?version=" + quote(v, safe="")),
     SLUGS.map(lambda s: "/flows/" + quote(s, safe="")),
     ANY_TEXT.map(lambda s: "/static/" + quote(s, safe="/")),
     ANY_TEXT.map(lambda s: "/" + quote(s, safe="/")),
@@ -194,14 +210,16 @@ ORIGINS = st.none() | st.sampled_from(["http://evil.example", "null", "*"]) | HE
 def requests(draw: st.DrawFn) -> dict[str, Any]:
     path = draw(st.just("/rpc/run_flow") if draw(st.booleans()) else PATHS)
     # Mostly the route's own method (else nearly everything is a 405), sometimes any.
-    usual = "POST" if path == "/rpc/run_flow" else "GET"
+    posts = ("/rpc/", "/cancel", "/retry", "/input")
+    usual = "POST" if path.startswith(posts[0]) or path.endswith(posts[1:]) else "GET"
     method = draw(st.sampled_from([usual] * 3) | METHODS)
     headers: dict[str, str] = {}
     # Junk Authorization stops most requests at 401: send one only half of the time.
     auth = AUTHORIZATION if draw(st.booleans()) else st.none()
     for name, strategy in (("Authorization", auth), ("Content-Type", CONTENT_TYPES),
                            ("Origin", ORIGINS), ("If-None-Match", st.none() | HEADER_TEXT),
-                           ("Accept", st.none() | HEADER_TEXT)):
+                           ("Accept", st.none() | HEADER_TEXT),
+                           ("Idempotency-Key", st.none() | HEADER_TEXT | st.uuids().map(str))):
         value = draw(strategy)
         if value is not None:
             headers[name] = value.strip(" \t")  # h11 refuses to send outer whitespace

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from pgflow import Flow
 from pgflow.db.store import Store
+from pgflow.errors import ValueRejectedError
 from pgflow.worker.worker import Worker
 from tests.conftest import TEMPLATE_DB, Server
 from tests.integration.gateway_harness import drop_database, fresh_database
@@ -271,3 +272,39 @@ def test_every_exception_message_is_stored_with_nul_and_surrogates_made_visible(
         assert run["steps"][0]["error"] == visible(text)
         failed = [e for e in run["events"] if e["event"] == "step:failed"]
         assert [e["error"] for e in failed] == [visible(text)]
+
+
+ASKS = {"slug": "prop_asks", "steps": [{"slug": "ask", "kind": "input"}]}
+
+
+async def _submit_each(store: Store, values: list[Any]) -> list[tuple[str, Any]]:
+    """Submits each value to its own waiting input step: (run_id, True) when applied, or the
+    error refusing it."""
+    await store.define_flow(ASKS)
+    results: list[tuple[str, Any]] = []
+    for value in values:
+        run_id = await store.run_flow("prop_asks", None)
+        try:
+            results.append((str(run_id), await store.submit_input(run_id, "ask", value)))
+        except ValueRejectedError as error:
+            results.append((str(run_id), error))
+    return results
+
+
+@SETTINGS
+@given(values=st.lists(outputs, min_size=1, max_size=6))
+def test_every_submitted_value_is_stored_exactly_or_refused_clearly(
+    worker: ThreadedWorker, values: list[Any]
+) -> None:
+    # what a Python caller hands submit_input (the Python client, a server's own code): the
+    # same oracle as a handler's output, since the value becomes the step's output
+    results = worker.call(_submit_each(worker.store, values))
+    for value, (run_id, result) in zip(values, results, strict=True):
+        why = problems(value)
+        if why:
+            assert isinstance(result, ValueRejectedError), (value, result)
+            assert any(reason in str(result) for reason in why), (why, result)
+            continue
+        assert result is True, (value, result)
+        # the step's output and the run's (its only step) equal the value, as jsonb
+        assert worker.stored_equals(run_id, value)[:2] == [True, True], value

@@ -253,3 +253,16 @@ async def test_an_http_step_is_a_task_and_a_4xx_fails_it_at_once(conn: Any) -> N
         "select pgflow.fail_step($1, 'render', 'HTTP 400: bad', 'w1', 1, retry => false)", run_id)
     state = await run_state(conn, run_id)
     assert (state["status"], state["error"]) == ("failed", "HTTP 400: bad")
+
+
+async def test_an_array_past_the_element_limit_fails_the_step_and_starts_no_task(
+        conn: Any) -> None:
+    await define(conn, OVER_RUN)
+    run_id = await start(conn, "over_run", list(range(100_001)))
+    state = await run_state(conn, run_id)
+    assert state["status"] == "failed"
+    assert state["error"] == ("map step 'each' maps over an array: the run's input gave 100001 "
+                              "elements, over the 100000 a map step takes")
+    assert await conn.fetchval("select count(*) from pgflow.step_states where run_id = $1",
+                               run_id) == 1
+    assert await claim(conn) == []
