@@ -7,10 +7,13 @@ The gateway runs as a real `python -m pgflow demo` process against the session's
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
 import signal
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +104,23 @@ async def demo(db_url: str) -> AsyncIterator[Demo]:  # noqa: F811 - the imported
     running = await start_demo(["--database-url", db_url], env)
     yield running
     await stop_demo(running)
+
+
+@contextlib.asynccontextmanager
+async def demo_with_flows(database_url: str, flows: str) -> AsyncIterator[Demo]:
+    """``pgflow demo`` with a test's own flows too (``--flows module:attr``), its example
+    latencies at a fifth."""
+    env = {**os.environ, "PGFLOW_EXAMPLE_DELAY_SCALE": "0.2"}
+    running = await start_demo(["--database-url", database_url, "--flows", flows], env)
+    try:
+        yield running
+    finally:
+        await stop_demo(running)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
 
 
 @pytest.fixture(scope="session")

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from typing import Any
 
 from playwright.async_api import Page, expect
 
-from e2e.conftest import Demo, WatchedPage, artifact
+from e2e.conftest import Demo, WatchedPage, artifact, get_json
 
 RUN_TIMEOUT = 30_000  # ms: the whole run, retries included
 DIAMOND_STEPS = ("fetch", "summarize", "count_words", "report")
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
 
 
 async def open_run(page: Page, demo: Demo, flow: str, input: Any = None) -> str:

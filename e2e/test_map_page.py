@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from playwright.async_api import Page, expect
 
-from e2e.conftest import Demo, WatchedPage, artifact, start_demo, stop_demo
+from e2e.conftest import Demo, WatchedPage, artifact, demo_with_flows, get_json
 from pgflow import Flow, StepContext
+from tests.integration.worker_helpers import step_of
 
 RUN_TIMEOUT = 60_000  # ms: a whole run, a map of hundreds of elements and its retries included
 TALLY_WIDTH = 240
@@ -69,21 +68,8 @@ async def total(input: dict[str, Any]) -> dict[str, int]:
 
 @pytest.fixture
 async def map_demo(db_url: str) -> AsyncIterator[Demo]:
-    env = {**os.environ, "PGFLOW_EXAMPLE_DELAY_SCALE": "0.2"}
-    running = await start_demo(
-        ["--database-url", db_url, "--flows", "e2e.test_map_page:tally"], env
-    )
-    yield running
-    await stop_demo(running)
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
-
-
-def step_of(snapshot: dict[str, Any], slug: str) -> dict[str, Any]:
-    return next(s for s in snapshot["steps"] if s["step_slug"] == slug)
+    async with demo_with_flows(db_url, "e2e.test_map_page:tally") as running:
+        yield running
 
 
 def mixed_flow(demo: Demo) -> dict[str, Any]:

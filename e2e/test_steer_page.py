@@ -9,17 +9,16 @@ inputs (the demo process loads it with ``--flows e2e.test_steer_page:shipment``)
 from __future__ import annotations
 
 import json
-import os
 import re
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from playwright.async_api import Page, expect
 
-from e2e.conftest import Demo, WatchedPage, artifact, start_demo, stop_demo
+from e2e.conftest import Demo, WatchedPage, artifact, demo_with_flows, get_json
 from pgflow import Flow
+from tests.integration.worker_helpers import step_of
 
 RUN_TIMEOUT = 30_000  # ms: a whole run
 
@@ -62,21 +61,8 @@ async def label(input: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 async def steer_demo(db_url: str) -> AsyncIterator[Demo]:
-    env = {**os.environ, "PGFLOW_EXAMPLE_DELAY_SCALE": "0.2"}
-    running = await start_demo(
-        ["--database-url", db_url, "--flows", "e2e.test_steer_page:shipment"], env
-    )
-    yield running
-    await stop_demo(running)
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
-
-
-def step_of(snapshot: dict[str, Any], slug: str) -> dict[str, Any]:
-    return next(s for s in snapshot["steps"] if s["step_slug"] == slug)
+    async with demo_with_flows(db_url, "e2e.test_steer_page:shipment") as running:
+        yield running
 
 
 async def start_run(page: Page, demo: Demo, flow: str) -> str:

@@ -565,9 +565,7 @@ class Worker:
             self._streams.abandon(key)
             raise
         finally:
-            self._running.pop(key, None)
-            self._cancel_signals.pop(key, None)
-            self._slot_freed.set()
+            self._attempt_ended(key)
         if cancel_signal.is_set():
             # a plain handler that returned after its run was cancelled: its report would be
             # stale; its stream is dropped with it
@@ -576,13 +574,26 @@ class Worker:
         if stream is not None:
             # every chunk of the attempt is in the log before its result is reported
             await self._streams.close(key)
+        self._report(task, error, output)
+
+    def _attempt_ended(self, key: _Key) -> None:
+        """An attempt no longer runs here: its slot is free, its run's cancel is moot."""
+        self._running.pop(key, None)
+        self._cancel_signals.pop(key, None)
+        self._slot_freed.set()
+
+    def _report(self, task: Task, error: str | None, output: Any, *,
+                final: bool = False) -> None:
+        """Hands a finished attempt's result to the reporter (a final failure is the
+        caller's to report), and logs a failure."""
         if error is None:
             self._reporter.add(Completion(task.run_id, task.step_slug, task.attempt, output))
             return
-        self._reporter.add(Failure(task.run_id, task.step_slug, task.attempt, error))
+        if not final:
+            self._reporter.add(Failure(task.run_id, task.step_slug, task.attempt, error))
         logger.warning(
-            "step %s failed (attempt %d of %d): %s", task.step_slug, task.attempt,
-            task.max_attempts, error,
+            "step %s failed (attempt %d of %d%s): %s", task.step_slug, task.attempt,
+            task.max_attempts, ", for good" if final else "", error,
             extra={"action": "step_failed", "run_id": str(task.run_id),
                    "step": task.step_slug, "attempt": task.attempt},
         )
@@ -609,20 +620,16 @@ class Worker:
                 return  # its run was cancelled: nothing to report
             raise
         finally:
-            self._running.pop(key, None)
-            self._cancel_signals.pop(key, None)
-            self._slot_freed.set()
+            self._attempt_ended(key)
         if cancel_signal.is_set():
             return
         if isinstance(outcome, Completed):
             try:
                 encoded = encode_json(outcome.output)
             except UnstorableJSONError as error:
-                self._reporter.add(Failure(task.run_id, task.step_slug, task.attempt,
-                                           clip(f"step {task.step_slug!r} returned {error}")))
+                self._report(task, clip(f"step {task.step_slug!r} returned {error}"), None)
             else:
-                self._reporter.add(Completion(task.run_id, task.step_slug, task.attempt,
-                                              orjson.Fragment(encoded)))
+                self._report(task, None, orjson.Fragment(encoded))
             return
         if outcome.final:  # the function refused this input: no attempt can mend it
             try:
@@ -631,14 +638,7 @@ class Worker:
             except PGFlowError as error:  # its lease runs out, and the call is made again
                 logger.warning("step %s: its failure could not be reported: %s",
                                task.step_slug, error, extra={"action": "http_fail_failed"})
-        else:
-            self._reporter.add(Failure(task.run_id, task.step_slug, task.attempt, outcome.error))
-        logger.warning(
-            "step %s failed (attempt %d of %d%s): %s", task.step_slug, task.attempt,
-            task.max_attempts, ", for good" if outcome.final else "", outcome.error,
-            extra={"action": "step_failed", "run_id": str(task.run_id),
-                   "step": task.step_slug, "attempt": task.attempt},
-        )
+        self._report(task, outcome.error, None, final=outcome.final)
 
     def _run_cancelled(self, payload: str) -> None:
         """``pgflow_cancels``: stops the attempts of that run running here. An async handler's
